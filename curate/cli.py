@@ -1,0 +1,70 @@
+"""The `curate` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from curate.config import ConfigError, load_config
+from curate.errors import RunError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, RunError) as exc:
+        print(f"curate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("curate: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curate",
+        description="Curate raw talking-head video into lip-sync training clips.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="curate a folder of videos into clips and manifests",
+        description="Scan INPUT for videos and turn them into 25 fps / 16 kHz clips of 5-10 s inside shots, "
+                    "with Parquet manifests of every source, clip and decision under OUTPUT. Rerunning the "
+                    "same command skips finished work.",
+    )
+    run.add_argument("--input", required=True, type=Path, metavar="RAW_DIR", help="folder of source videos (read only)")
+    run.add_argument("--output", required=True, type=Path, metavar="OUT_DIR", help="folder for clips and manifests")
+    run.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (default: the built-in pipeline.yaml)")
+    run.add_argument("--address", metavar="RAY_ADDRESS",
+                     help="attach to an existing Ray cluster (also RAY_ADDRESS); default: start an embedded one")
+    run.add_argument("--num-cpus", type=int, metavar="N", help="CPUs for the embedded Ray (default: all)")
+    run.add_argument("--dry-run", action="store_true", help="show what would be done, do nothing")
+    bars = run.add_mutually_exclusive_group()
+    bars.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
+    bars.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from curate.runner import RunOptions, command_line, run
+    from curate.summary import format_dry_run, format_summary
+
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise RunError("--num-cpus must be at least 1")
+    options = RunOptions(
+        input_dir=args.input, output_dir=args.output, config=load_config(args.config),
+        address=args.address, num_cpus=args.num_cpus, dry_run=args.dry_run, progress=args.progress,
+        command=command_line(),
+    )
+    summary = run(options)
+    print(format_dry_run(summary) if args.dry_run else format_summary(summary, options.output_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Pipeline configuration: the schema of pipeline.yaml, its validation and the per-stage fingerprints.
+
+The defaults below are the documented defaults of `pipeline.yaml` at the repository root (a test keeps
+the two equal). Every model forbids unknown keys, so a typo is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunSettings(_Strict):
+    num_cpus: int | None = Field(None, ge=1)
+    address: str | None = None
+    max_in_flight: int | None = Field(None, ge=1)
+    max_retries: int = Field(3, ge=0)
+
+
+class InputSettings(_Strict):
+    extensions: tuple[str, ...] = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".flv", ".m4v")
+    follow_symlinks: bool = True
+
+    @model_validator(mode="after")
+    def _dotted(self) -> "InputSettings":
+        for ext in self.extensions:
+            if not ext.startswith(".") or len(ext) < 2:
+                raise ValueError(f"extension {ext!r} must look like '.mp4'")
+        return self
+
+
+class Resources(_Strict):
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    memory_mb: int = Field(1024, ge=64)
+
+
+class ResourceSettings(_Strict):
+    source_pass: Resources = Resources()
+
+
+class ProbeParams(_Strict):
+    truncation_tolerance_s: float = Field(1.0, ge=0)
+
+
+class ResampleParams(_Strict):
+    fps: int = Field(25, ge=1, le=240)
+    sample_rate: int = Field(16000, ge=8000, le=192000)
+
+    @model_validator(mode="after")
+    def _whole_samples_per_frame(self) -> "ResampleParams":
+        if self.sample_rate % self.fps:
+            raise ValueError(
+                f"sample_rate {self.sample_rate} is not a whole number of samples per frame at fps {self.fps}"
+            )
+        return self
+
+
+class ShotParams(_Strict):
+    adaptive_threshold: float = Field(2.0, gt=0)
+    min_scene_len_s: float = Field(0.6, ge=0)
+    window_width: int = Field(2, ge=1)
+    min_content_val: float = Field(15.0, ge=0)
+    luma_only: bool = False
+    analysis_width: int = Field(256, ge=32)
+
+
+class ClipParams(_Strict):
+    min_seconds: float = Field(5.0, gt=0)
+    max_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ClipParams":
+        if self.max_seconds < self.min_seconds:
+            raise ValueError(f"max_seconds ({self.max_seconds}) is below min_seconds ({self.min_seconds})")
+        return self
+
+
+class WriteParams(_Strict):
+    short_side: int = Field(256, ge=16)
+    crf: int = Field(18, ge=0, le=51)
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
+    ] = "veryfast"
+    audio_codec: Literal["flac", "pcm_s16le", "aac"] = "flac"
+
+
+class StageSettings(_Strict):
+    probe: ProbeParams = ProbeParams()
+    resample: ResampleParams = ResampleParams()
+    shots: ShotParams = ShotParams()
+    clips: ClipParams = ClipParams()
+    write: WriteParams = WriteParams()
+
+
+# The order the stages run in; a stage's fingerprint covers its own parameters and every earlier stage's.
+STAGE_ORDER = ("probe", "resample", "shots", "clips", "write")
+
+
+class Config(_Strict):
+    run: RunSettings = RunSettings()
+    inputs: InputSettings = InputSettings()
+    resources: ResourceSettings = ResourceSettings()
+    stages: StageSettings = StageSettings()
+
+    def stage_fingerprints(self) -> dict[str, str]:
+        """Fingerprint of each stage: a hash of its parameters chained with the stage before it.
+
+        Results recorded under a stage's fingerprint stay valid while it is unchanged, so changing one
+        stage's parameters invalidates that stage and the ones after it, nothing before.
+        """
+        fingerprints: dict[str, str] = {}
+        previous = ""
+        for name in STAGE_ORDER:
+            params = getattr(self.stages, name).model_dump(mode="json")
+            blob = json.dumps({"stage": name, "params": params, "previous": previous}, sort_keys=True)
+            previous = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            fingerprints[name] = previous
+        return fingerprints
+
+    def fingerprint(self) -> str:
+        """Fingerprint of the whole chain (the last stage's)."""
+        return self.stage_fingerprints()[STAGE_ORDER[-1]]
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a config file; None gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return config_from_dict(data if data is not None else {}, source=str(path))
+
+
+def config_from_dict(data: Any, source: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, not {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(err) for err in exc.errors())) from None
+
+
+def _describe(err: dict) -> str:
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        hint = _suggest(loc)
+        return f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
+    message = err["msg"].removeprefix("Value error, ")
+    return f"'{key}': {message}"
+
+
+def _suggest(loc: list[str]) -> str | None:
+    """The nearest valid key for a misspelt one, e.g. stages.shots.treshold -> stages.shots.threshold."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    match = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return ".".join(loc[:-1] + match) if match else None

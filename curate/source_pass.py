@@ -1,0 +1,321 @@
+"""One source, decoded once, streamed through probe -> resample -> shots -> clips -> write.
+
+This is the body of the Ray task that handles a source. Each decoded frame is scaled down once, right away,
+to the picture the writer stores; the shot detector looks at that picture and the clip splitter holds at
+most one clip's lookahead of them, so memory does not grow with the source's length and no full-resolution
+frame outlives its decoding. Clips are written as soon as their span is settled and yielded one by one, so
+they can move on before the source is finished.
+
+Events yielded, in order: ``probed`` (unless the probe rejects), one ``clip`` per clip span (written or
+rejected), then ``source`` with the source's row. A source rejected after some clips were yielded (a decode
+error partway, a truncated file) ends with a rejected ``source`` event; the runner then rejects its clips too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict, deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import av
+import cv2
+import numpy as np
+
+from curate.config import Config
+from stages import probe as probe_stage
+from stages.base import Rejected
+from stages.clips import ClipSplitter, Span
+from stages.resample import AudioTrack, FrameRateConverter, samples_per_frame, timeline_seconds
+from stages.shots import KnownShots, ShotDetector
+from stages.write import ClipWriter, scaled_size
+
+CLIPS_DIR = "clips"
+
+
+@dataclass
+class SourceTask:
+    """What the driver hands a worker for one source."""
+
+    source_id: str                     # the path relative to the input folder (posix); unique in a run
+    path: str                          # absolute path to read (never written)
+    out_key: str                       # the source's folder under <output>/clips
+    output_dir: str
+    size_bytes: int
+    mtime_ns: int
+    fingerprints: dict[str, str]
+    sha256: str | None = None          # known from an earlier run when the file's stat is unchanged
+    known_cuts: list[int] | None = None  # shot cuts an earlier run found for this content and shot settings
+
+
+class StageClock:
+    """CPU and wall seconds spent per stage inside the pass."""
+
+    def __init__(self):
+        self.cpu: dict[str, float] = defaultdict(float)
+        self.wall: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        c0, w0 = time.process_time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            self.cpu[stage] += time.process_time() - c0
+            self.wall[stage] += time.perf_counter() - w0
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
+    clock = StageClock()
+    started = time.perf_counter()
+    row: dict = {
+        "source_id": task.source_id, "path": task.path, "size_bytes": task.size_bytes,
+        "mtime_ns": task.mtime_ns, "fingerprint": task.fingerprints["write"],
+    }
+    try:
+        with clock("probe"):
+            row["sha256"] = task.sha256 or file_sha256(task.path)
+            facts = probe_stage.probe(task.path, min_duration_s=config.stages.clips.min_seconds)
+    except OSError as exc:  # vanished or unreadable between the scan and now
+        yield _source_event(row, clock, started, Rejected("probe", "unreadable", f"cannot read the file: {exc.strerror or exc}"))
+        return
+    except Rejected as rejected:
+        yield _source_event(row, clock, started, rejected)
+        return
+    row.update(facts.as_row())
+    yield {"event": "probed", "source_id": task.source_id, "duration_s": facts.duration_s}
+
+    source_pass = _Pass(task, config, facts, clock, row["sha256"])
+    try:
+        yield from source_pass.run()
+    except Rejected as rejected:
+        row.update(source_pass.summary())
+        yield _source_event(row, clock, started, rejected)
+        return
+    finally:
+        source_pass.close()
+    row.update(source_pass.summary())
+    yield _source_event(row, clock, started, None)
+
+
+def _source_event(row: dict, clock: StageClock, started: float, rejected: Rejected | None) -> dict:
+    row = dict(row)
+    row["status"] = "rejected" if rejected else "ok"
+    row["reject_stage"] = rejected.stage if rejected else None
+    row["reject_reason"] = rejected.reason if rejected else None
+    row["reject_detail"] = rejected.detail if rejected else None
+    row["cpu_s"] = {stage: round(seconds, 4) for stage, seconds in clock.cpu.items()}
+    row["wall_s"] = round(time.perf_counter() - started, 4)
+    return {"event": "source", "source_id": row["source_id"], "row": row}
+
+
+class _Pass:
+    def __init__(self, task: SourceTask, config: Config, facts: probe_stage.SourceFacts, clock: StageClock, sha256: str):
+        stages = config.stages
+        self.task, self.config, self.facts, self.clock, self.sha256 = task, config, facts, clock, sha256
+        self.fps = stages.resample.fps
+        self.sample_rate = stages.resample.sample_rate
+        self.spf = samples_per_frame(self.fps, self.sample_rate)
+        threads = max(1, round(config.resources.source_pass.num_cpus))
+        self.writer = ClipWriter(stages.write, self.fps, self.sample_rate, threads)
+        self.frc = FrameRateConverter(self.fps)
+        self.detector = KnownShots(task.known_cuts) if task.known_cuts is not None else ShotDetector(stages.shots, self.fps)
+        self.analysis_width = stages.shots.analysis_width
+        self.splitter = ClipSplitter(
+            min_frames=round(stages.clips.min_seconds * self.fps),
+            max_frames=round(stages.clips.max_seconds * self.fps),
+            fps=self.fps,
+        )
+        self.frames: deque[av.VideoFrame] = deque()   # pictures of output frames [self.base, self.base + len)
+        self.base = 0
+        self.audio: AudioTrack | None = None
+        self.ready: list[dict] = []
+        self.clip_index = 0
+        self.decoded_s = 0.0
+        self.frames_out = 0
+        self.source_frames = 0
+        self._container = av.open(task.path)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_count = threads
+        self._stream.thread_type = "AUTO" if threads > 1 else "SLICE"
+        self._size: tuple[int, int] | None = None
+        self._rotation = 0
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> Iterator[dict]:
+        decoded = self._container.decode(self._stream)
+        t0: float | None = None
+        last_t, last_duration = 0.0, 1.0 / self.fps
+        fallback_rate = self.facts.fps or self.fps
+        while True:
+            with self.clock("decode"):
+                try:
+                    frame = next(decoded)
+                except StopIteration:
+                    break
+                except (av.error.FFmpegError, ValueError) as exc:
+                    raise probe_stage.decode_error(exc, last_t) from None
+            self.source_frames += 1
+            t = timeline_seconds(frame)
+            if t is None:
+                t = (self.source_frames - 1) / fallback_rate
+            if t0 is None:
+                t0 = t
+                self._start(frame, t0)
+            last_t = t - t0
+            if frame.duration and frame.time_base:
+                last_duration = float(frame.duration * frame.time_base)
+            with self.clock("resample"):
+                slots = self.frc.push(frame, last_t)
+            self._take_slots(slots)
+            yield from self._drain_ready()
+        if t0 is None:
+            raise Rejected(probe_stage.STAGE, "no_frames", "the video stream decodes to no frames")
+        self.decoded_s = last_t + last_duration
+        probe_stage.check_truncation(self.decoded_s, self.facts, self.config.stages.probe.truncation_tolerance_s)
+        with self.clock("resample"):
+            slots = self.frc.flush(self.decoded_s)
+        self._take_slots(slots)
+        self._finish()
+        yield from self._drain_ready()
+
+    def _start(self, frame: av.VideoFrame, t0: float) -> None:
+        self._rotation = frame.rotation or 0
+        width, height = frame.width, frame.height
+        upright = (height, width) if self._rotation % 180 else (width, height)
+        out_w, out_h = scaled_size(*upright, self.config.stages.write.short_side)
+        self._size = (out_h, out_w) if self._rotation % 180 else (out_w, out_h)
+        self.audio = AudioTrack(self.task.path, self.sample_rate, t0)
+
+    def _take_slots(self, slots: list[tuple[int, av.VideoFrame]]) -> None:
+        previous, picture = None, None
+        for index, source_frame in slots:
+            if source_frame is not previous:  # a repeated frame is scaled once
+                with self.clock("scale"):
+                    picture = self.writer.prepare(source_frame, self._size, self._rotation)
+                previous = source_frame
+            self.frames.append(picture)
+            self.frames_out = index + 1
+            with self.clock("shots"):
+                cuts = self.detector.push(index, self._analysis(picture))
+            for cut in cuts:
+                self._handle(self.splitter.cut(cut))
+            self._handle(self.splitter.settle(index - self.detector.lag + 1))
+
+    def _analysis(self, picture: av.VideoFrame) -> np.ndarray | None:
+        """The small BGR picture the shot detector looks at (none when replaying known cuts)."""
+        if isinstance(self.detector, KnownShots):
+            return None
+        bgr = cv2.cvtColor(picture.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+        height, width = bgr.shape[:2]
+        if width <= self.analysis_width:
+            return bgr
+        size = (self.analysis_width, max(2, round(height * self.analysis_width / width)))
+        return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+
+    def _finish(self) -> None:
+        with self.clock("shots"):
+            cuts = self.detector.finish()
+        self._need_audio(self.frames_out * self.spf)
+        # the timeline ends with the shorter of the two streams
+        end = min(self.frames_out, self.audio.available // self.spf)
+        for cut in cuts:
+            if cut < end:
+                self._handle(self.splitter.cut(cut))
+        self._handle(self.splitter.finish(end))
+
+    def _need_audio(self, upto: int) -> None:
+        with self.clock("resample"):
+            try:
+                self.audio.ensure(upto)
+            except (av.error.FFmpegError, ValueError) as exc:
+                raise probe_stage.decode_error(exc, self.audio.available / self.sample_rate) from None
+
+    # -- spans to clips -----------------------------------------------------------------------------
+    def _handle(self, spans: list[Span]) -> None:
+        for span in spans:
+            self.ready.append(self._clip(span))
+        keep_from = self.splitter.held_from
+        while self.base < keep_from and self.frames:
+            self.frames.popleft()
+            self.base += 1
+        if self.audio is not None:
+            self.audio.release(keep_from * self.spf)
+
+    def _clip(self, span: Span) -> dict:
+        clip_id = f"{self.task.out_key}/{span.start:07d}-{span.end:07d}"
+        row = {
+            "clip_id": clip_id,
+            "source_id": self.task.source_id,
+            "source_sha256": self.sha256,
+            "clip_index": self.clip_index,
+            "shot_index": span.shot_index,
+            "start_frame": span.start,
+            "end_frame": span.end,
+            "n_frames": span.frames,
+            "start_s": round(span.start / self.fps, 6),
+            "end_s": round(span.end / self.fps, 6),
+            "duration_s": round(span.frames / self.fps, 6),
+            "fps": self.fps,
+            "sample_rate": self.sample_rate,
+        }
+        self.clip_index += 1
+        rejected = span.rejected
+        if rejected is None:
+            self._need_audio(span.end * self.spf)
+            if self.audio.available < span.end * self.spf:
+                rejected = Rejected(
+                    "resample", "audio_missing",
+                    f"the audio stream ends at {self.audio.available / self.sample_rate:.2f} s, "
+                    f"before the clip's end at {span.end / self.fps:.2f} s",
+                )
+        if rejected is not None:
+            return {**row, "status": "rejected", "reject_stage": rejected.stage,
+                    "reject_reason": rejected.reason, "reject_detail": rejected.detail,
+                    "clips_status": "rejected" if rejected.stage == "clips" else "done", "write_status": None,
+                    "path": None, "width": None, "height": None, "bytes": None, "audio_samples": None}
+        relative = Path(CLIPS_DIR) / (clip_id + ".mp4")
+        audio = self.audio.take(span.start * self.spf, span.end * self.spf)
+        pictures = [self.frames[i - self.base] for i in range(span.start, span.end)]
+        with self.clock("write"):
+            written = self.writer.write(Path(self.task.output_dir) / relative, pictures, audio)
+        return {**row, "status": "kept", "reject_stage": None, "reject_reason": None, "reject_detail": None,
+                "clips_status": "done", "write_status": "done", "path": relative.as_posix(),
+                "width": written["width"], "height": written["height"], "bytes": written["bytes"],
+                "audio_samples": int(audio.size)}
+
+    def _drain_ready(self) -> Iterator[dict]:
+        ready, self.ready = self.ready, []
+        for clip in ready:
+            yield {"event": "clip", "source_id": self.task.source_id, "row": clip}
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        cuts = list(self.detector.cuts)
+        return {
+            "decoded_s": round(self.decoded_s, 6),
+            "source_frames": self.source_frames,
+            "frames_out": self.frames_out,
+            "dropped_frames": self.frc.dropped,
+            "audio_gap_samples": self.audio.gaps_filled if self.audio else 0,
+            "rotation": self._rotation,
+            "shot_cuts": [c for c in cuts if c < self.frames_out] if self.frames_out else cuts,
+            "shots_reused": self.task.known_cuts is not None,
+            "n_clips": self.clip_index,
+        }
+
+    def close(self) -> None:
+        self._container.close()
+        if self.audio is not None:
+            self.audio.close()

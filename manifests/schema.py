@@ -1,0 +1,124 @@
+"""The Parquet manifests a run writes under <output>/manifests, column by column.
+
+- ``sources.parquet``: one row per input file found, kept or rejected.
+- ``clips.parquet``: one row per clip span cut from a source, written or rejected.
+- ``runs.parquet``: one row per `curate run`, appended.
+
+Every column carries its description in the Parquet field metadata (``schema.field(name).metadata``), so
+the files document themselves in pyarrow, pandas and DuckDB. Rows are sorted (sources by source_id,
+clips by source_id then start_frame) so a rerun that changes nothing writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# the stages whose CPU seconds the source pass measures, in the order they run
+TIMED_STAGES = ("probe", "decode", "resample", "scale", "shots", "write")
+
+
+def _field(name: str, kind: pa.DataType, description: str) -> pa.Field:
+    return pa.field(name, kind, nullable=True, metadata={"description": description})
+
+
+def _rejection(subject: str) -> list[pa.Field]:
+    return [
+        _field("status", pa.string(), f"'{'ok' if subject == 'source' else 'kept'}' or 'rejected'"),
+        _field("reject_stage", pa.string(), f"the stage that rejected the {subject} (null when kept)"),
+        _field("reject_reason", pa.string(), "short stable reason code, e.g. no_audio_stream, shot_too_short"),
+        _field("reject_detail", pa.string(), "the reason in a sentence, with the numbers behind it"),
+    ]
+
+
+SOURCES = pa.schema([
+    _field("source_id", pa.string(), "path of the file relative to the input folder ('/'-separated)"),
+    _field("path", pa.string(), "absolute path of the input file (read, never written)"),
+    _field("size_bytes", pa.int64(), "file size"),
+    _field("mtime_ns", pa.int64(), "file modification time, ns since the epoch"),
+    _field("sha256", pa.string(), "sha256 of the file's content; with the fingerprint, the key of resumable work"),
+    *_rejection("source"),
+    _field("container", pa.string(), "container format as FFmpeg names it"),
+    _field("duration_s", pa.float64(), "declared duration of the video stream"),
+    _field("video_codec", pa.string(), "video codec"),
+    _field("width", pa.int32(), "coded picture width"),
+    _field("height", pa.int32(), "coded picture height"),
+    _field("fps", pa.float64(), "declared average frame rate"),
+    _field("declared_frames", pa.int64(), "frame count the container declares (0 when unknown)"),
+    _field("pix_fmt", pa.string(), "pixel format"),
+    _field("audio_codec", pa.string(), "audio codec"),
+    _field("sample_rate", pa.int32(), "source audio sample rate"),
+    _field("channels", pa.int32(), "source audio channels"),
+    _field("rotation", pa.int32(), "display rotation applied to make the picture upright, degrees counter-clockwise"),
+    _field("decoded_s", pa.float64(), "duration that actually decoded"),
+    _field("source_frames", pa.int64(), "frames decoded"),
+    _field("frames_out", pa.int64(), "frames on the constant-rate output timeline"),
+    _field("dropped_frames", pa.int64(), "source frames that frame-rate conversion skipped"),
+    _field("audio_gap_samples", pa.int64(), "silent samples inserted where the audio stream had holes"),
+    _field("shot_cuts", pa.list_(pa.int64()), "output frames where a new shot starts"),
+    _field("shots_reused", pa.bool_(), "shot cuts were taken from an earlier run with the same content and settings"),
+    _field("n_clips", pa.int32(), "clip spans cut from the source (kept and rejected)"),
+    _field("n_clips_kept", pa.int32(), "clips kept"),
+    _field("fingerprint", pa.string(), "fingerprint of the stage settings the row was made with"),
+    *[_field(f"cpu_{stage}_s", pa.float64(), f"CPU seconds of the {stage} step in the source pass")
+      for stage in TIMED_STAGES],
+    _field("wall_s", pa.float64(), "wall seconds of the source pass"),
+])
+
+CLIPS = pa.schema([
+    _field("clip_id", pa.string(), "unique id: the clip file's path under clips/ without '.mp4'"),
+    _field("source_id", pa.string(), "the source it was cut from (sources.source_id)"),
+    _field("source_sha256", pa.string(), "content hash of that source"),
+    _field("clip_index", pa.int32(), "position among the source's clip spans"),
+    _field("shot_index", pa.int32(), "the shot it lies in (0-based, in order)"),
+    _field("start_frame", pa.int64(), "first frame on the source's 25 fps timeline"),
+    _field("end_frame", pa.int64(), "one past the last frame"),
+    _field("n_frames", pa.int64(), "end_frame - start_frame"),
+    _field("start_s", pa.float64(), "start time in the source's timeline"),
+    _field("end_s", pa.float64(), "end time in the source's timeline"),
+    _field("duration_s", pa.float64(), "n_frames / fps"),
+    _field("fps", pa.int32(), "frame rate of the clip"),
+    _field("sample_rate", pa.int32(), "audio sample rate of the clip"),
+    _field("audio_samples", pa.int64(), "audio samples written: n_frames * sample_rate / fps exactly"),
+    _field("path", pa.string(), "clip file relative to the output folder (null when not written)"),
+    _field("width", pa.int32(), "clip picture width"),
+    _field("height", pa.int32(), "clip picture height"),
+    _field("bytes", pa.int64(), "clip file size"),
+    *_rejection("clip"),
+    _field("clips_status", pa.string(), "clips stage: 'done' or 'rejected'"),
+    _field("write_status", pa.string(), "write stage: 'done', or null when not reached"),
+])
+
+STAGE_TIMING = pa.struct([
+    pa.field("stage", pa.string()),
+    pa.field("cpu_s", pa.float64()),
+    pa.field("sources_computed", pa.int64()),
+])
+
+RUNS = pa.schema([
+    _field("run_id", pa.string(), "unique id of the run"),
+    _field("started_at", pa.timestamp("ms", tz="UTC"), "when the run started"),
+    _field("finished_at", pa.timestamp("ms", tz="UTC"), "when the run finished"),
+    _field("wall_s", pa.float64(), "wall seconds of the whole run"),
+    _field("command", pa.string(), "the command line"),
+    _field("input_dir", pa.string(), "input folder"),
+    _field("output_dir", pa.string(), "output folder"),
+    _field("config_hash", pa.string(), "hash of the full effective config"),
+    _field("fingerprint", pa.string(), "fingerprint of the stage settings"),
+    _field("config_json", pa.string(), "the full effective config, as JSON"),
+    _field("versions", pa.map_(pa.string(), pa.string()), "versions of Python, this package and its libraries"),
+    _field("ray_address", pa.string(), "Ray cluster used ('local' for the embedded one)"),
+    _field("cluster_cpus", pa.float64(), "CPUs Ray reported for the cluster"),
+    _field("sources_found", pa.int64(), "input files found"),
+    _field("sources_processed", pa.int64(), "sources processed in this run"),
+    _field("sources_reused", pa.int64(), "sources whose recorded results were still valid"),
+    _field("sources_rejected", pa.int64(), "sources rejected (all runs' results)"),
+    _field("clips_kept", pa.int64(), "clips kept (all runs' results)"),
+    _field("clips_rejected", pa.int64(), "clip spans rejected (all runs' results)"),
+    _field("hours_in", pa.float64(), "hours of source video found"),
+    _field("hours_out", pa.float64(), "hours of kept clips"),
+    _field("stage_timings", pa.list_(STAGE_TIMING), "CPU seconds per stage over the sources processed in this run"),
+])
+
+
+def columns(schema: pa.Schema) -> list[str]:
+    return [f.name for f in schema]
