@@ -70,13 +70,21 @@ class RunSummary:
     planned: dict = field(default_factory=dict)          # dry run: source_id -> why it would be processed
 
 
-def check_dirs(input_dir: Path, output_dir: Path) -> None:
+def check_dirs(input_dir: Path, output_dir: Path, create: bool = True) -> None:
+    """Fail early, with the reason, on an input that cannot be read or an output that cannot be written."""
     if not input_dir.exists():
         raise RunError(f"input folder {input_dir} does not exist")
     if not input_dir.is_dir():
         raise RunError(f"input {input_dir} is not a folder")
     if not os.access(input_dir, os.R_OK | os.X_OK):
         raise RunError(f"input folder {input_dir} cannot be read")
+    if input_dir.resolve() == output_dir.resolve():
+        raise RunError("the output folder must not be the input folder")
+    if not create:
+        existing = next((p for p in [output_dir, *output_dir.parents] if p.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise RunError(f"cannot write to output folder {output_dir}")
+        return
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".curate-write-test-{os.getpid()}"
@@ -84,8 +92,6 @@ def check_dirs(input_dir: Path, output_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise RunError(f"cannot write to output folder {output_dir}: {exc.strerror or exc}") from None
-    if input_dir.resolve() == output_dir.resolve():
-        raise RunError("the output folder must not be the input folder")
 
 
 def make_plan(options: RunOptions) -> Plan:
@@ -131,11 +137,11 @@ def _why(record: dict | None, unchanged: bool, source: ScannedSource, fingerprin
 def run(options: RunOptions) -> RunSummary:
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    check_dirs(options.input_dir, options.output_dir)
+    check_dirs(options.input_dir, options.output_dir, create=not options.dry_run)
+    if options.dry_run:
+        return _dry_summary(make_plan(options))
     with OutputLock(options.output_dir):
         plan = make_plan(options)
-        if options.dry_run:
-            return _dry_summary(plan)
         records, processed, cluster_cpus = _execute(options, plan)
         summary = _finish(options, plan, records, processed, started_at, time.perf_counter() - t0, cluster_cpus)
     return summary
@@ -245,10 +251,10 @@ def _connect_ray(options: RunOptions) -> bool:
         return False
     address = options.address or os.environ.get("RAY_ADDRESS") or options.config.run.address
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         return False
     num_cpus = options.num_cpus or options.config.run.num_cpus or os.cpu_count()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     return True
 
 

@@ -94,6 +94,7 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
         yield _source_event(row, clock, started, rejected)
         return
     row.update(facts.as_row())
+    _remove_partials(Path(task.output_dir) / CLIPS_DIR / task.out_key)
     yield {"event": "probed", "source_id": task.source_id, "duration_s": facts.duration_s}
 
     source_pass = _Pass(task, config, facts, clock, row["sha256"])
@@ -107,6 +108,13 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
         source_pass.close()
     row.update(source_pass.summary())
     yield _source_event(row, clock, started, None)
+
+
+def _remove_partials(folder: Path) -> None:
+    """Clip files an interrupted attempt left half-written (they never got their final name)."""
+    if folder.is_dir():
+        for partial in folder.glob("*.partial"):
+            partial.unlink(missing_ok=True)
 
 
 def _source_event(row: dict, clock: StageClock, started: float, rejected: Rejected | None) -> dict:
@@ -176,13 +184,13 @@ class _Pass:
             last_t = t - t0
             if frame.duration and frame.time_base:
                 last_duration = float(frame.duration * frame.time_base)
+            self.decoded_s = last_t + last_duration
             with self.clock("resample"):
                 slots = self.frc.push(frame, last_t)
             self._take_slots(slots)
             yield from self._drain_ready()
         if t0 is None:
             raise Rejected(probe_stage.STAGE, "no_frames", "the video stream decodes to no frames")
-        self.decoded_s = last_t + last_duration
         probe_stage.check_truncation(self.decoded_s, self.facts, self.config.stages.probe.truncation_tolerance_s)
         with self.clock("resample"):
             slots = self.frc.flush(self.decoded_s)

@@ -1,0 +1,37 @@
+import logging
+from pathlib import Path
+
+import pytest
+
+from media import TALKING_HEADS
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One embedded Ray for the whole test session; `curate run` attaches to it instead of starting its own."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def talking_heads() -> Path:
+    if not TALKING_HEADS.is_dir():
+        pytest.skip(f"{TALKING_HEADS} is absent: these tests need the shared talking-head videos (../shared)")
+    return TALKING_HEADS
+
+
+@pytest.fixture(scope="session")
+def curate(ray_cluster):
+    """Run the pipeline in this process, the way `curate run` does, on the session's Ray."""
+    from curate.config import Config
+    from curate.runner import RunOptions, run
+
+    def run_curate(input_dir: Path, output_dir: Path, config=None, **options):
+        return run(RunOptions(input_dir=input_dir, output_dir=output_dir, config=config or Config(),
+                              progress=False, **options))
+
+    return run_curate

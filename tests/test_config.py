@@ -1,0 +1,69 @@
+"""pipeline.yaml is the documented default, validated with errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from curate.config import STAGE_ORDER, Config, ConfigError, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pipeline_yaml_is_exactly_the_built_in_default():
+    assert load_config(ROOT / "pipeline.yaml") == Config()
+
+
+def test_pipeline_yaml_lists_stages_in_run_order():
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "pipeline.yaml").read_text())["stages"]
+    assert tuple(stages) == STAGE_ORDER
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"stages": {"shots": {"adaptive_treshold": 3}}}, ["stages.shots.adaptive_treshold", "stages.shots.adaptive_threshold"]),
+    ({"stagez": {}}, ["unknown key 'stagez'", "did you mean 'stages'"]),
+    ({"stages": {"clips": {"min_seconds": 12}}}, ["stages.clips", "below min_seconds"]),
+    ({"run": {"num_cpus": 0}}, ["run.num_cpus"]),
+    ({"stages": {"write": {"audio_codec": "mp3"}}}, ["stages.write.audio_codec"]),
+    ({"stages": {"resample": {"fps": 24}}}, ["stages.resample", "whole number of samples per frame"]),
+    ({"inputs": {"extensions": ["mp4"]}}, ["inputs", ".mp4"]),
+    ([1, 2], ["top level must be a mapping"]),
+])
+def test_bad_values_are_named(data, words):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(data, source="my.yaml")
+    message = str(error.value)
+    assert message.startswith("my.yaml: ")
+    for word in words:
+        assert word in message
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == Config()
+
+
+def test_a_partial_file_keeps_the_other_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("stages:\n  clips:\n    max_seconds: 8\n")
+    config = load_config(path)
+    assert config.stages.clips.max_seconds == 8
+    assert config.stages.clips.min_seconds == 5
+    assert config.stages.shots == Config().stages.shots
+
+
+def test_changing_a_stage_changes_its_fingerprint_and_later_ones_only():
+    base = Config().stage_fingerprints()
+    changed = config_from_dict({"stages": {"shots": {"adaptive_threshold": 3.0}}}).stage_fingerprints()
+    assert [stage for stage in STAGE_ORDER if base[stage] != changed[stage]] == ["shots", "clips", "write"]
+    # resources and run settings do not change what is computed
+    other = config_from_dict({"run": {"max_retries": 0}, "resources": {"source_pass": {"num_cpus": 2}}})
+    assert other.stage_fingerprints() == base

@@ -1,0 +1,184 @@
+"""End to end: a folder of real and broken videos through `curate run`, checked from the manifests and clips."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from manifests import schema
+from media import (GARDEN, KITCHEN, SOFA, av_markers, downscaled, ffmpeg, hard_cut, read_clip, synthetic,
+                   tree_hashes)
+
+MARKS = [1.0, 3.0, 7.5, 9.0]  # seconds at which the marker videos flash and beep together
+
+# file -> expected reject reason (None: kept)
+EXPECTED = {
+    "speaker1/talk 1.mp4": None,                     # real, 25 fps, 44.1 kHz stereo, a space in the name
+    "speaker1/it's \"quoted\".mp4": None,            # real, 30 fps
+    "speaker2/ünïcødé 话.mkv": None,                 # real, Matroska
+    "speaker2/$(touch PWNED).mp4": None,             # markers at 30 fps, 48 kHz stereo
+    "speaker3/markers 29.97.mov": None,              # markers at 29.97 fps, 44.1 kHz stereo PCM
+    "cuts/hard_cut.mp4": None,                       # 6 s + 7 s of two real videos
+    "bad/empty.mp4": "empty_file",
+    "bad/notes.mp4": "unreadable_container",         # a text file named .mp4
+    "bad/truncated.mp4": "decode_error",             # index up front, data cut at 30 %
+    "bad/truncated_late.mp4": "decode_error",        # the same, cut at 85 %: fails after a clip was written
+    "bad/truncated_no_index.mp4": "unreadable_container",  # index at the end, cut off
+    "bad/audio_only.mp4": "no_video_stream",
+    "bad/video_only.mp4": "no_audio_stream",
+    "bad/three_seconds.mp4": "too_short",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, talking_heads):
+    raw = tmp_path_factory.mktemp("raw")
+    made = tmp_path_factory.mktemp("made")
+    for name in EXPECTED:
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+    downscaled(raw / "speaker1/talk 1.mp4", KITCHEN)
+    downscaled(raw / "speaker1/it's \"quoted\".mp4", SOFA)
+    downscaled(raw / "speaker2/ünïcødé 话.mkv", GARDEN)
+    av_markers(raw / "speaker2/$(touch PWNED).mp4", 12, "30", 48000, 2, MARKS)
+    av_markers(raw / "speaker3/markers 29.97.mov", 12, "30000/1001", 44100, 2, MARKS)
+    hard_cut(raw / "cuts/hard_cut.mp4", KITCHEN, 6, GARDEN, 7)
+    (raw / "bad/empty.mp4").write_bytes(b"")
+    (raw / "bad/notes.mp4").write_text("meeting notes, not a video\n" * 40)
+    ffmpeg("-i", raw / "speaker1/talk 1.mp4", "-c", "copy", "-movflags", "+faststart", made / "faststart.mp4")
+    data = (made / "faststart.mp4").read_bytes()
+    (raw / "bad/truncated.mp4").write_bytes(data[: len(data) * 3 // 10])
+    (raw / "bad/truncated_late.mp4").write_bytes(data[: len(data) * 85 // 100])
+    (raw / "bad/truncated_no_index.mp4").write_bytes(KITCHEN.read_bytes()[:600_000])
+    synthetic(raw / "bad/audio_only.mp4", 8, video=False)
+    synthetic(raw / "bad/video_only.mp4", 8, audio=False)
+    synthetic(raw / "bad/three_seconds.mp4", 3)
+    (raw / "bad/readme.txt").write_text("not an input")
+    return raw
+
+
+@pytest.fixture(scope="module")
+def result(corpus, tmp_path_factory, curate):
+    before = tree_hashes(corpus)
+    out = tmp_path_factory.mktemp("out")
+    summary = curate(corpus, out)
+    sources = pd.read_parquet(out / "manifests/sources.parquet")
+    clips = pd.read_parquet(out / "manifests/clips.parquet")
+    return {"raw": corpus, "out": out, "summary": summary, "sources": sources, "clips": clips, "before": before}
+
+
+def test_every_input_has_a_row_with_the_right_verdict(result):
+    sources = result["sources"].set_index("source_id")
+    assert sorted(sources.index) == sorted(EXPECTED)
+    for name, reason in EXPECTED.items():
+        row = sources.loc[name]
+        if reason is None:
+            assert row.status == "ok", (name, row.reject_reason, row.reject_detail)
+            assert row.n_clips_kept >= 1
+        else:
+            assert (row.status, row.reject_stage, row.reject_reason) == ("rejected", "probe", reason), name
+            assert row.reject_detail
+
+
+def test_truncated_file_is_caught_partway(result):
+    row = result["sources"].set_index("source_id").loc["bad/truncated.mp4"]
+    assert "decoding failed at" in row.reject_detail
+    assert 2.0 < row.decoded_s < 10.0  # it decoded a few seconds of the 20 before failing
+    clips = result["clips"]
+    assert (clips[clips.source_id == "bad/truncated.mp4"].status == "rejected").all()
+
+
+def test_source_failing_after_a_clip_was_written_leaves_no_clip_behind(result):
+    clips = result["clips"][result["clips"].source_id == "bad/truncated_late.mp4"]
+    assert len(clips) >= 1, "the failure should come after the first clip was cut"
+    assert (clips.status == "rejected").all() and (clips.reject_reason == "decode_error").all()
+    assert clips.path.isna().all()
+    assert all(detail.startswith("source rejected: decoding failed at") for detail in clips.reject_detail)
+
+
+def test_inputs_are_untouched_and_nothing_ran_in_a_shell(result):
+    assert tree_hashes(result["raw"]) == result["before"]
+    for folder in (result["raw"], result["out"], Path.cwd()):
+        assert not list(folder.rglob("PWNED"))
+
+
+def test_clips_are_25_fps_16_khz_mono_and_frame_exact(result):
+    kept = result["clips"][result["clips"].status == "kept"]
+    assert len(kept) >= 10
+    for clip in kept.itertuples():
+        frames, audio, facts = read_clip(result["out"] / clip.path)
+        assert facts["fps"] == 25 and facts["video_codec"] == "h264" and facts["pix_fmt"] == "yuv420p"
+        assert facts["sample_rate"] == 16000 and facts["channels"] == 1 and facts["audio_codec"] == "flac"
+        assert len(frames) == clip.n_frames == clip.end_frame - clip.start_frame
+        assert len(audio) == clip.audio_samples == clip.n_frames * 640
+        assert 5.0 <= clip.duration_s <= 10.0
+        assert min(facts["width"], facts["height"]) <= 256
+
+
+def test_durations_follow_the_sources(result):
+    sources = result["sources"].set_index("source_id")
+    clips = result["clips"]
+    for name in ("speaker1/talk 1.mp4", "speaker1/it's \"quoted\".mp4"):
+        row = sources.loc[name]
+        assert row.frames_out == pytest.approx(row.duration_s * 25, abs=1)
+        kept = clips[(clips.source_id == name) & (clips.status == "kept")]
+        # a 20 s single-shot source is cut into two 10 s clips, with at most a frame lost to the audio's end
+        assert kept.duration_s.sum() >= row.duration_s - 0.1
+    assert sources.loc["speaker1/it's \"quoted\".mp4"].dropped_frames == pytest.approx(100, abs=2)  # 30 -> 25 fps
+
+
+def test_clips_respect_the_hard_cut(result):
+    row = result["sources"].set_index("source_id").loc["cuts/hard_cut.mp4"]
+    assert len(row.shot_cuts) == 1 and abs(row.shot_cuts[0] - 150) <= 1
+    cut = row.shot_cuts[0]
+    clips = result["clips"][result["clips"].source_id == "cuts/hard_cut.mp4"]
+    assert sorted(zip(clips.start_frame, clips.end_frame, clips.shot_index)) == [(0, cut, 0), (cut, 325, 1)]
+
+
+@pytest.mark.parametrize("name", ["speaker2/$(touch PWNED).mp4", "speaker3/markers 29.97.mov"])
+def test_audio_stays_in_sync_after_resampling(result, name):
+    clips = result["clips"]
+    kept = clips[(clips.source_id == name) & (clips.status == "kept")]
+    found = []
+    for clip in kept.itertuples():
+        frames, audio, _ = read_clip(result["out"] / clip.path)
+        lit = np.array([frame[:24, :24].mean() > 200 for frame in frames])
+        flashes = [i for i in range(len(lit)) if lit[i] and (i == 0 or not lit[i - 1])]
+        loud = np.abs(audio.astype(np.int32)) > 8000
+        beeps = [i for i in np.flatnonzero(loud) if i == 0 or not loud[max(0, i - 200):i].any()]
+        assert len(flashes) == len(beeps), (clip.clip_id, flashes, beeps)
+        for flash, beep in zip(flashes, beeps):
+            # the flash's first frame and the beep's first sample are within one frame (640 samples)
+            assert abs(flash * 640 - beep) <= 640, (clip.clip_id, flash, beep)
+            found.append(clip.start_frame + flash)
+    assert [round(f / 25, 1) for f in found] == pytest.approx(MARKS, abs=0.05)
+
+
+def test_manifests_have_the_documented_schema(result):
+    out = result["out"]
+    for name, expected in (("sources", schema.SOURCES), ("clips", schema.CLIPS), ("runs", schema.RUNS)):
+        table = pq.read_table(out / "manifests" / f"{name}.parquet")
+        assert table.schema.names == expected.names
+        assert all(field.metadata and b"description" in field.metadata for field in table.schema)
+    runs = pd.read_parquet(out / "manifests/runs.parquet")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run.sources_found == len(EXPECTED) and run.sources_processed == len(EXPECTED)
+    assert dict(run.versions)["av"] and run.config_hash
+    assert {t["stage"] for t in run.stage_timings} == set(schema.TIMED_STAGES)
+
+
+def test_summary_counts_match_the_manifests(result):
+    summary, sources, clips = result["summary"], result["sources"], result["clips"]
+    assert summary.sources_found == len(sources)
+    assert summary.sources_rejected == (sources.status == "rejected").sum()
+    assert summary.clips_kept == (clips.status == "kept").sum()
+    assert sum(summary.rejects.values()) == summary.sources_rejected + summary.clips_rejected
+
+
+def test_clip_files_are_exactly_the_kept_rows(result):
+    out = result["out"]
+    on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "clips").rglob("*") if p.is_file())
+    kept = sorted(result["clips"][result["clips"].status == "kept"].path)
+    assert on_disk == kept

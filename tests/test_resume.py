@@ -1,0 +1,118 @@
+"""Resume: a rerun skips finished work, a changed stage recomputes from there on, a crash loses nothing."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from curate.config import config_from_dict
+from media import GARDEN, KITCHEN, downscaled, hard_cut, sha256, synthetic
+
+
+
+def volatile(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop the columns that measure time: they differ between two honest runs."""
+    return frame.drop(columns=[c for c in frame.columns if c.startswith("cpu_") or c == "wall_s"])
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory, talking_heads):
+    raw = tmp_path_factory.mktemp("raw")
+    downscaled(raw / "a" / "kitchen.mp4", KITCHEN, size="180x320")
+    hard_cut(raw / "a" / "cut.mp4", KITCHEN, 6, GARDEN, 7, size="180x320")
+    synthetic(raw / "b" / "pattern.mp4", 23, fps="30", sample_rate=48000, channels=2)
+    return raw
+
+
+def clip_files(out: Path) -> dict[str, tuple[str, int]]:
+    return {p.relative_to(out).as_posix(): (sha256(p), p.stat().st_mtime_ns)
+            for p in sorted((out / "clips").rglob("*")) if p.is_file()}
+
+
+def test_rerun_does_nothing_and_rewrites_nothing(raw, tmp_path, curate):
+    out = tmp_path / "out"
+    first = curate(raw, out)
+    assert first.sources_processed == 3
+    files = clip_files(out)
+    manifests = {name: (out / "manifests" / f"{name}.parquet").read_bytes() for name in ("sources", "clips")}
+
+    second = curate(raw, out)
+    assert (second.sources_processed, second.sources_reused) == (0, 3)
+    assert clip_files(out) == files
+    for name, data in manifests.items():
+        assert (out / "manifests" / f"{name}.parquet").read_bytes() == data
+    runs = pd.read_parquet(out / "manifests/runs.parquet")
+    assert list(runs.sources_processed) == [3, 0]
+
+
+def test_changing_a_stage_recomputes_it_and_later_stages_only(raw, tmp_path, curate):
+    out = tmp_path / "out"
+    curate(raw, out)
+    before = pd.read_parquet(out / "manifests/clips.parquet")
+    before_files = clip_files(out)
+
+    # clips: new spans from the recorded shots; the shot detector does not run again
+    shorter = config_from_dict({"stages": {"clips": {"min_seconds": 3, "max_seconds": 6}}})
+    summary = curate(raw, out, shorter)
+    assert summary.sources_processed == 3
+    sources = pd.read_parquet(out / "manifests/sources.parquet")
+    assert sources.shots_reused.all()
+    timings = {t["stage"]: t for t in pd.read_parquet(out / "manifests/runs.parquet").stage_timings.iloc[-1]}
+    assert timings["shots"]["sources_computed"] == 0 and timings["write"]["sources_computed"] == 3
+    after = pd.read_parquet(out / "manifests/clips.parquet")
+    kept = after[after.status == "kept"]
+    assert kept.duration_s.between(3, 6).all() and len(kept) > len(before[before.status == "kept"])
+    # the old clips that no longer exist are gone from disk, the new ones are there
+    assert sorted(clip_files(out)) == sorted(kept.path)
+
+    # write: same spans, files encoded again
+    back = config_from_dict({"stages": {"write": {"crf": 30}}})
+    curate(raw, out, back)
+    again = pd.read_parquet(out / "manifests/clips.parquet")
+    assert list(again.clip_id) == list(before.clip_id)
+    assert pd.read_parquet(out / "manifests/sources.parquet").shots_reused.all()
+    rewritten = clip_files(out)
+    assert sorted(rewritten) == sorted(before_files)
+    assert all(rewritten[path][0] != before_files[path][0] for path in rewritten)  # crf 30 != crf 18
+
+    # shots: detected again
+    curate(raw, out, config_from_dict({"stages": {"shots": {"adaptive_threshold": 2.5}}}))
+    assert not pd.read_parquet(out / "manifests/sources.parquet").shots_reused.any()
+
+
+def test_a_killed_run_resumes_to_the_same_result(raw, tmp_path, curate):
+    reference = tmp_path / "reference"
+    curate(raw, reference)
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "curate.cli", "run", "--input", str(raw), "--output", str(out),
+               "--num-cpus", "1", "--no-progress"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = out / ".curate" / "journal.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode()
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-run
+    process.wait()
+    done = journal.read_bytes().count(b"\n")
+    assert 1 <= done < 3, "the run should have been killed with work left"
+    assert not (out / "manifests" / "clips.parquet").exists()
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{3 - done} processed now, {done} unchanged" in resumed.stdout
+
+    for name in ("sources", "clips"):
+        got = volatile(pd.read_parquet(out / "manifests" / f"{name}.parquet"))
+        want = volatile(pd.read_parquet(reference / "manifests" / f"{name}.parquet"))
+        pd.testing.assert_frame_equal(got, want)
+    assert {p: h for p, (h, _) in clip_files(out).items()} == {p: h for p, (h, _) in clip_files(reference).items()}
+    assert not list(out.rglob("*.partial"))
