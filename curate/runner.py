@@ -311,9 +311,10 @@ def _complete(flight: _InFlight, plan: Plan, records: dict, journal: mio.Journal
     output_dir = Path(task.output_dir)
     clips = flight.clips
     if source["status"] == "rejected":
-        # a source rejected partway (decode error, truncation, crash): none of its clips are kept
+        # a source rejected partway (decode error, truncation, crash): none of its clips are kept, and
+        # anything an attempt wrote in its folder goes, reported to us or not
+        _remove_source_outputs(output_dir, task.out_key)
         for clip in clips:
-            _remove_output(output_dir, clip.get("path"))
             if clip["status"] == "kept":
                 clip.update(status="rejected", reject_stage=source["reject_stage"],
                             reject_reason=source["reject_reason"],
@@ -335,6 +336,14 @@ def _complete(flight: _InFlight, plan: Plan, records: dict, journal: mio.Journal
     journal.append(record)
     records[task.source_id] = record
     progress.done()
+
+
+def _remove_source_outputs(output_dir: Path, out_key: str) -> None:
+    folder = output_dir / "clips" / out_key
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_file():
+                _remove_output(output_dir, path.relative_to(output_dir).as_posix())
 
 
 def _remove_output(output_dir: Path, relative: str | None) -> None:

@@ -52,7 +52,11 @@ class SourceTask:
 
 
 class StageClock:
-    """CPU and wall seconds spent per stage inside the pass."""
+    """CPU and wall seconds spent per stage inside the pass.
+
+    CPU is this thread's time: decoding and encoding run single-threaded in it (thread count 1, the
+    default), and Ray's own threads in the worker process are left out.
+    """
 
     def __init__(self):
         self.cpu: dict[str, float] = defaultdict(float)
@@ -60,11 +64,11 @@ class StageClock:
 
     @contextmanager
     def __call__(self, stage: str):
-        c0, w0 = time.process_time(), time.perf_counter()
+        c0, w0 = time.thread_time(), time.perf_counter()
         try:
             yield
         finally:
-            self.cpu[stage] += time.process_time() - c0
+            self.cpu[stage] += time.thread_time() - c0
             self.wall[stage] += time.perf_counter() - w0
 
 
@@ -100,6 +104,10 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
     source_pass = _Pass(task, config, facts, clock, row["sha256"])
     try:
         yield from source_pass.run()
+    except av.error.FFmpegError as exc:  # the file could be probed but not opened again for decoding
+        row.update(source_pass.summary())
+        yield _source_event(row, clock, started, probe_stage.decode_error(exc, 0.0))
+        return
     except Rejected as rejected:
         row.update(source_pass.summary())
         yield _source_event(row, clock, started, rejected)
@@ -153,16 +161,19 @@ class _Pass:
         self.decoded_s = 0.0
         self.frames_out = 0
         self.source_frames = 0
-        self._container = av.open(task.path)
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_count = threads
-        self._stream.thread_type = "AUTO" if threads > 1 else "SLICE"
+        self._threads = threads
+        self._container = None
         self._size: tuple[int, int] | None = None
         self._rotation = 0
+        self._released = 0
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> Iterator[dict]:
-        decoded = self._container.decode(self._stream)
+        self._container = av.open(self.task.path)
+        stream = self._container.streams.video[0]
+        stream.thread_count = self._threads
+        stream.thread_type = "AUTO" if self._threads > 1 else "SLICE"
+        decoded = self._container.decode(stream)
         t0: float | None = None
         last_t, last_duration = 0.0, 1.0 / self.fps
         fallback_rate = self.facts.fps or self.fps
@@ -258,8 +269,9 @@ class _Pass:
         while self.base < keep_from and self.frames:
             self.frames.popleft()
             self.base += 1
-        if self.audio is not None:
+        if self.audio is not None and keep_from > self._released:
             self.audio.release(keep_from * self.spf)
+            self._released = keep_from
 
     def _clip(self, span: Span) -> dict:
         clip_id = f"{self.task.out_key}/{span.start:07d}-{span.end:07d}"
@@ -324,6 +336,7 @@ class _Pass:
         }
 
     def close(self) -> None:
-        self._container.close()
+        if self._container is not None:
+            self._container.close()
         if self.audio is not None:
             self.audio.close()

@@ -1,0 +1,67 @@
+"""The command line: clear errors before any work, a dry run that does nothing, a summary at the end."""
+
+import subprocess
+import sys
+
+import pytest
+
+from curate.cli import main
+
+
+def test_missing_input_folder(tmp_path, capsys):
+    assert main(["run", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
+    assert f"input folder {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(blocker / "out")]) == 2
+    assert "cannot write to output folder" in capsys.readouterr().err
+
+
+def test_bad_config_names_the_key(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()
+    config = tmp_path / "my.yaml"
+    config.write_text("stages:\n  shots:\n    adaptive_treshold: 3\n")
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'stages.shots.adaptive_treshold'" in err and "did you mean 'stages.shots.adaptive_threshold'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys, talking_heads):
+    out = tmp_path / "out"
+    assert main(["run", "--input", str(talking_heads), "--output", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 sources found, 0 unchanged, 3 would be processed" in printed
+    assert "man_sofa_1080x1920_30fps.mp4  (new)" in printed
+    assert not out.exists()
+
+
+def test_second_run_on_the_same_output_is_refused(tmp_path, capsys):
+    from curate.lock import OutputLock
+
+    (tmp_path / "raw").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    with OutputLock(out):
+        assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out)]) == 2
+    assert "another curate run (pid" in capsys.readouterr().err
+    with OutputLock(out):  # released on exit, so the next run may take it
+        pass
+
+
+def test_console_script_help_runs_without_ray():
+    result = subprocess.run([sys.executable, "-m", "curate.cli", "run", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--address" in result.stdout and "--dry-run" in result.stdout
+
+
+def test_empty_input_folder_is_a_clean_run(tmp_path, capsys, ray_cluster):
+    (tmp_path / "raw").mkdir()
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "sources in: 0" in capsys.readouterr().out
+    assert (tmp_path / "out" / "manifests" / "sources.parquet").exists()
