@@ -9,7 +9,8 @@ from curate.runner import RunSummary
 
 
 def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.3f} h" if seconds >= 36 else f"{seconds:.1f} s"
+    hours = f"{seconds / 3600:.3f} h"
+    return hours if seconds >= 3600 else f"{hours} = {seconds:.1f} s"
 
 
 def format_summary(summary: RunSummary, output_dir: Path) -> str:

@@ -31,6 +31,16 @@ def ffmpeg(*args: str | Path) -> None:
         raise RuntimeError(f"ffmpeg failed: {' '.join(cmd)}\n{result.stderr}")
 
 
+def unseekable_mkv(path: Path, seconds: float) -> Path:
+    """Matroska written to a pipe, as live recorders do: no duration in its header."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+           f"testsrc2=size=320x240:rate=25:duration={seconds}", "-f", "lavfi", "-i", f"sine=duration={seconds}",
+           *x264(), "-c:a", "aac", "-f", "matroska", "pipe:1"]
+    with open(path, "wb") as out:
+        subprocess.run(cmd, stdout=out, check=True)
+    return path
+
+
 def x264(crf: int = 20) -> list[str]:
     return ["-c:v", "libx264", "-preset", "ultrafast", "-crf", str(crf), "-pix_fmt", "yuv420p"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from manifests import schema
 from media import (GARDEN, KITCHEN, SOFA, av_markers, downscaled, ffmpeg, hard_cut, read_clip, synthetic,
-                   tree_hashes)
+                   tree_hashes, unseekable_mkv)
 
 MARKS = [1.0, 3.0, 7.5, 9.0]  # seconds at which the marker videos flash and beep together
 
@@ -29,6 +29,7 @@ EXPECTED = {
     "bad/audio_only.mp4": "no_video_stream",
     "bad/video_only.mp4": "no_audio_stream",
     "bad/three_seconds.mp4": "too_short",
+    "bad/live recording.mkv": "unknown_duration",    # written to a pipe: no duration in the header
 }
 
 
@@ -54,6 +55,7 @@ def corpus(tmp_path_factory, talking_heads):
     synthetic(raw / "bad/audio_only.mp4", 8, video=False)
     synthetic(raw / "bad/video_only.mp4", 8, audio=False)
     synthetic(raw / "bad/three_seconds.mp4", 3)
+    unseekable_mkv(raw / "bad/live recording.mkv", 8)
     (raw / "bad/readme.txt").write_text("not an input")
     return raw
 
