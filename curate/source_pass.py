@@ -170,7 +170,7 @@ class _Pass:
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> Iterator[dict]:
         self._container = av.open(self.task.path)
-        stream = self._container.streams.video[0]
+        stream = self._container.streams[self.facts.video_index]
         stream.thread_count = self._threads
         stream.thread_type = "AUTO" if self._threads > 1 else "SLICE"
         decoded = self._container.decode(stream)
@@ -215,7 +215,7 @@ class _Pass:
         upright = (height, width) if self._rotation % 180 else (width, height)
         out_w, out_h = scaled_size(*upright, self.config.stages.write.short_side)
         self._size = (out_h, out_w) if self._rotation % 180 else (out_w, out_h)
-        self.audio = AudioTrack(self.task.path, self.sample_rate, t0)
+        self.audio = AudioTrack(self.task.path, self.facts.audio_index, self.sample_rate, t0)
 
     def _take_slots(self, slots: list[tuple[int, av.VideoFrame]]) -> None:
         previous, picture = None, None

@@ -20,6 +20,8 @@ STAGE = "probe"
 
 @dataclass(frozen=True)
 class SourceFacts:
+    video_index: int           # the streams the pass decodes (cover art and thumbnails are skipped)
+    audio_index: int
     container: str
     size_bytes: int
     duration_s: float          # the video's declared duration (the container's when the stream has none)
@@ -34,7 +36,9 @@ class SourceFacts:
     channels: int
 
     def as_row(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        del row["video_index"], row["audio_index"]
+        return row
 
 
 def probe(path: str | Path, min_duration_s: float) -> SourceFacts:
@@ -55,12 +59,11 @@ def probe(path: str | Path, min_duration_s: float) -> SourceFacts:
     except OSError as exc:
         raise Rejected(STAGE, "unreadable", f"cannot open the file: {exc.strerror or exc}") from None
     with container:
-        if not container.streams.video:
+        video, audio = pick_streams(container)
+        if video is None:
             raise Rejected(STAGE, "no_video_stream", f"{container.format.name} file with no video stream")
-        if not container.streams.audio:
+        if audio is None:
             raise Rejected(STAGE, "no_audio_stream", f"{container.format.name} file with no audio stream")
-        video = container.streams.video[0]
-        audio = container.streams.audio[0]
         vctx, actx = video.codec_context, audio.codec_context
         if not vctx.width or not vctx.height:
             raise Rejected(STAGE, "no_picture_size", f"video stream reports a {vctx.width}x{vctx.height} picture")
@@ -77,6 +80,8 @@ def probe(path: str | Path, min_duration_s: float) -> SourceFacts:
             )
         rate = video.average_rate or video.guessed_rate
         return SourceFacts(
+            video_index=video.index,
+            audio_index=audio.index,
             container=container.format.name,
             size_bytes=size,
             duration_s=round(duration, 6),
@@ -90,6 +95,25 @@ def probe(path: str | Path, min_duration_s: float) -> SourceFacts:
             sample_rate=actx.sample_rate,
             channels=actx.channels,
         )
+
+
+# picture codecs that, as a "video" stream, are a cover or thumbnail (Matroska stores covers so)
+_PICTURE_CODECS = {"png", "bmp", "tiff", "webp", "gif"}
+
+
+def pick_streams(container) -> tuple:
+    """The video and audio streams to use: the default one of each kind, else the first; a video stream
+    that is only a cover picture or thumbnail track never counts."""
+    still = av.stream.Disposition.attached_pic | av.stream.Disposition.still_image | av.stream.Disposition.timed_thumbnails
+    videos = [s for s in container.streams.video
+              if not (s.disposition & still) and s.codec_context.name not in _PICTURE_CODECS]
+    audios = list(container.streams.audio)
+
+    def best(streams):
+        defaults = [s for s in streams if s.disposition & av.stream.Disposition.default]
+        return (defaults or streams or [None])[0]
+
+    return best(videos), best(audios)
 
 
 def _declared_duration(container, video) -> float | None:

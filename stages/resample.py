@@ -69,16 +69,16 @@ class FrameRateConverter:
 
 
 class AudioTrack:
-    """Pull-based decoder of a source's first audio stream into mono s16 at `sample_rate` on the timeline.
+    """Pull-based decoder of a source's audio stream into mono s16 at `sample_rate` on the timeline.
 
     It opens its own demuxer on the file, so audio is read as far as a clip needs whatever the container's
     interleaving, and memory holds only the samples not yet handed out (`release`).
     """
 
-    def __init__(self, path: str, sample_rate: int, t0: float):
+    def __init__(self, path: str, stream_index: int, sample_rate: int, t0: float):
         self.sample_rate = sample_rate
         self._container = av.open(path)
-        stream = self._container.streams.audio[0]
+        stream = self._container.streams[stream_index]
         self._frames: Iterator[av.AudioFrame] = self._container.decode(stream)
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
         self._t0 = t0

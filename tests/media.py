@@ -105,6 +105,15 @@ def downscaled(path: Path, source: Path, size: str = "360x640", seconds: float |
     return path
 
 
+def with_cover_art(path: Path, source: Path, work: Path) -> Path:
+    """`source` with a cover picture as its first video stream, as music and phone apps write them."""
+    cover = work / "cover.png"
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=64x64", "-frames:v", "1", cover)
+    ffmpeg("-i", cover, "-i", source, "-map", "0", "-map", "1", "-c", "copy", "-c:v:0", "png",
+           "-disposition:v:0", "attached_pic", "-disposition:v:1", "0", path)
+    return path
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -9,7 +10,7 @@ import pytest
 
 from manifests import schema
 from media import (GARDEN, KITCHEN, SOFA, av_markers, downscaled, ffmpeg, hard_cut, read_clip, synthetic,
-                   tree_hashes, unseekable_mkv)
+                   tree_hashes, unseekable_mkv, with_cover_art)
 
 MARKS = [1.0, 3.0, 7.5, 9.0]  # seconds at which the marker videos flash and beep together
 
@@ -21,6 +22,8 @@ EXPECTED = {
     "speaker2/$(touch PWNED).mp4": None,             # markers at 30 fps, 48 kHz stereo
     "speaker3/markers 29.97.mov": None,              # markers at 29.97 fps, 44.1 kHz stereo PCM
     "cuts/hard_cut.mp4": None,                       # 6 s + 7 s of two real videos
+    "speaker4/cover art first.mkv": None,            # a cover picture is video stream 0 (Matroska)
+    "speaker5/phone rotated.mp4": None,              # portrait stored with a 90-degree display rotation
     "bad/empty.mp4": "empty_file",
     "bad/notes.mp4": "unreadable_container",         # a text file named .mp4
     "bad/truncated.mp4": "decode_error",             # index up front, data cut at 30 %
@@ -45,6 +48,8 @@ def corpus(tmp_path_factory, talking_heads):
     av_markers(raw / "speaker2/$(touch PWNED).mp4", 12, "30", 48000, 2, MARKS)
     av_markers(raw / "speaker3/markers 29.97.mov", 12, "30000/1001", 44100, 2, MARKS)
     hard_cut(raw / "cuts/hard_cut.mp4", KITCHEN, 6, GARDEN, 7)
+    with_cover_art(raw / "speaker4/cover art first.mkv", raw / "cuts/hard_cut.mp4", made)
+    ffmpeg("-display_rotation", "90", "-i", raw / "speaker1/talk 1.mp4", "-c", "copy", raw / "speaker5/phone rotated.mp4")
     (raw / "bad/empty.mp4").write_bytes(b"")
     (raw / "bad/notes.mp4").write_text("meeting notes, not a video\n" * 40)
     ffmpeg("-i", raw / "speaker1/talk 1.mp4", "-c", "copy", "-movflags", "+faststart", made / "faststart.mp4")
@@ -155,6 +160,19 @@ def test_audio_stays_in_sync_after_resampling(result, name):
             assert abs(flash * 640 - beep) <= 640, (clip.clip_id, flash, beep)
             found.append(clip.start_frame + flash)
     assert [round(f / 25, 1) for f in found] == pytest.approx(MARKS, abs=0.05)
+
+
+def test_display_rotation_is_applied_as_ffmpeg_plays_it(result, tmp_path):
+    clips = result["clips"]
+    clip = clips[(clips.source_id == "speaker5/phone rotated.mp4") & (clips.status == "kept")].iloc[0]
+    assert (clip.width, clip.height) == (456, 256)  # 360x640 stored, shown turned: landscape
+    ours = read_clip(result["out"] / clip.path)[0][0].astype(np.float32)
+    shown = tmp_path / "shown.png"
+    ffmpeg("-i", result["raw"] / "speaker5/phone rotated.mp4", "-frames:v", "1", "-vf", "scale=456:256", shown)
+    with av.open(str(shown)) as image:
+        reference = next(image.decode(video=0)).to_ndarray(format="rgb24").astype(np.float32)
+    assert np.abs(ours - reference).mean() < 6
+    assert np.abs(ours - reference[::-1, ::-1]).mean() > 20  # turned the other way would not match
 
 
 def test_manifests_have_the_documented_schema(result):
