@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from curate.config import ConfigError, load_config
+from curate.config import ConfigError, load_config, with_skipped
 from curate.errors import RunError
 
 
@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", metavar="RAY_ADDRESS",
                      help="attach to an existing Ray cluster (also RAY_ADDRESS); default: start an embedded one")
     run.add_argument("--num-cpus", type=int, metavar="N", help="CPUs for the embedded Ray (default: all)")
+    run.add_argument("--skip", action="append", default=[], metavar="STAGE",
+                     help="leave a stage out (repeatable): shots (a source is one shot), face (clips unaligned)")
     run.add_argument("--dry-run", action="store_true", help="show what would be done, do nothing")
     bars = run.add_mutually_exclusive_group()
     bars.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
@@ -56,8 +58,11 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise RunError("--num-cpus must be at least 1")
+    config = load_config(args.config)
+    if args.skip:
+        config = with_skipped(config, args.skip)
     options = RunOptions(
-        input_dir=args.input, output_dir=args.output, config=load_config(args.config),
+        input_dir=args.input, output_dir=args.output, config=config,
         address=args.address, num_cpus=args.num_cpus, dry_run=args.dry_run, progress=args.progress,
         command=command_line(),
     )

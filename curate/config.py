@@ -24,11 +24,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# stages a run may leave out (`--skip`); without `face` the clips are written unaligned
+SKIPPABLE = ("shots", "face")
+
+
 class RunSettings(_Strict):
     num_cpus: int | None = Field(None, ge=1)
     address: str | None = None
     max_in_flight: int | None = Field(None, ge=1)
     max_retries: int = Field(3, ge=0)
+    skip: tuple[Literal[SKIPPABLE], ...] = ()
 
 
 class InputSettings(_Strict):
@@ -90,6 +95,27 @@ class ClipParams(_Strict):
         return self
 
 
+class FaceParams(_Strict):
+    backend: Literal["dlib", "fan"] = "dlib"
+    resolution: int = Field(256, ge=64, le=2048)
+    track: bool = True
+    detect_every: int = Field(50, ge=1)
+    search_every: int = Field(10, ge=1)
+    shape_tolerance: float = Field(0.08, gt=0)
+    min_face_px: int = Field(96, ge=8)
+    min_detection_rate: float = Field(0.9, ge=0, le=1)
+    max_multi_face_share: float = Field(0.2, ge=0, le=1)
+    prominent_ratio: float = Field(0.5, gt=0, le=1)
+    max_gap_frames: int = Field(10, ge=0)
+    smooth_sigma_frames: float = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _even(self) -> "FaceParams":
+        if self.resolution % 2:
+            raise ValueError(f"resolution {self.resolution} must be even (4:2:0 video)")
+        return self
+
+
 class WriteParams(_Strict):
     short_side: int = Field(256, ge=16)
     crf: int = Field(18, ge=0, le=51)
@@ -104,11 +130,12 @@ class StageSettings(_Strict):
     resample: ResampleParams = ResampleParams()
     shots: ShotParams = ShotParams()
     clips: ClipParams = ClipParams()
+    face: FaceParams = FaceParams()
     write: WriteParams = WriteParams()
 
 
 # The order the stages run in; a stage's fingerprint covers its own parameters and every earlier stage's.
-STAGE_ORDER = ("probe", "resample", "shots", "clips", "write")
+STAGE_ORDER = ("probe", "resample", "shots", "clips", "face", "write")
 
 
 class Config(_Strict):
@@ -126,7 +153,7 @@ class Config(_Strict):
         fingerprints: dict[str, str] = {}
         previous = ""
         for name in STAGE_ORDER:
-            params = getattr(self.stages, name).model_dump(mode="json")
+            params = "skipped" if name in self.run.skip else getattr(self.stages, name).model_dump(mode="json")
             blob = json.dumps({"stage": name, "params": params, "previous": previous}, sort_keys=True)
             previous = hashlib.sha256(blob.encode()).hexdigest()[:16]
             fingerprints[name] = previous
@@ -138,6 +165,14 @@ class Config(_Strict):
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_skipped(config: Config, stages: list[str]) -> Config:
+    """`config` with more stages skipped (the --skip flag)."""
+    data = config.model_dump(mode="json")
+    data["run"]["skip"] = sorted(set(data["run"]["skip"]) | set(stages), key=STAGE_ORDER.index
+                                 if all(s in STAGE_ORDER for s in stages) else str)
+    return config_from_dict(data, source="--skip")
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -70,8 +70,8 @@ class RunSummary:
     planned: dict = field(default_factory=dict)          # dry run: source_id -> why it would be processed
 
 
-def check_dirs(input_dir: Path, output_dir: Path, create: bool = True) -> None:
-    """Fail early, with the reason, on an input that cannot be read or an output that cannot be written."""
+def check_input(input_dir: Path, output_dir: Path) -> None:
+    """Fail early, with the reason, on an input folder that cannot be read."""
     if not input_dir.exists():
         raise RunError(f"input folder {input_dir} does not exist")
     if not input_dir.is_dir():
@@ -80,6 +80,10 @@ def check_dirs(input_dir: Path, output_dir: Path, create: bool = True) -> None:
         raise RunError(f"input folder {input_dir} cannot be read")
     if input_dir.resolve() == output_dir.resolve():
         raise RunError("the output folder must not be the input folder")
+
+
+def check_output(output_dir: Path, create: bool = True) -> None:
+    """Fail early on an output folder that cannot be written; make it when `create`."""
     if not create:
         existing = next((p for p in [output_dir, *output_dir.parents] if p.exists()), None)
         if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -92,6 +96,17 @@ def check_dirs(input_dir: Path, output_dir: Path, create: bool = True) -> None:
         probe.unlink()
     except OSError as exc:
         raise RunError(f"cannot write to output folder {output_dir}: {exc.strerror or exc}") from None
+
+
+def check_models(config: Config) -> None:
+    """Every enabled stage's code and weights must be here before any work starts."""
+    from stages.face_landmarks import BackendUnavailable, check_backend
+
+    if "face" not in config.run.skip:
+        try:
+            check_backend(config.stages.face.backend)
+        except BackendUnavailable as exc:
+            raise RunError(f"{exc}; or run without the face stage: --skip face") from None
 
 
 def make_plan(options: RunOptions) -> Plan:
@@ -137,7 +152,9 @@ def _why(record: dict | None, unchanged: bool, source: ScannedSource, fingerprin
 def run(options: RunOptions) -> RunSummary:
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    check_dirs(options.input_dir, options.output_dir, create=not options.dry_run)
+    check_input(options.input_dir, options.output_dir)
+    check_models(options.config)
+    check_output(options.output_dir, create=not options.dry_run)
     if options.dry_run:
         return _dry_summary(make_plan(options))
     with OutputLock(options.output_dir):

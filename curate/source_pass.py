@@ -1,10 +1,11 @@
-"""One source, decoded once, streamed through probe -> resample -> shots -> clips -> write.
+"""One source, decoded once, streamed through probe -> resample -> shots -> clips -> face -> write.
 
-This is the body of the Ray task that handles a source. Each decoded frame is scaled down once, right away,
-to the picture the writer stores; the shot detector looks at that picture and the clip splitter holds at
-most one clip's lookahead of them, so memory does not grow with the source's length and no full-resolution
-frame outlives its decoding. Clips are written as soon as their span is settled and yielded one by one, so
-they can move on before the source is finished.
+This is the body of the Ray task that handles a source. Each decoded frame gives, right away, a small picture
+for the shot detector and the picture the writer stores: the face stage's aligned frame (a few frames later,
+once its smoothing window is complete), or with the face stage skipped the frame scaled down. The clip
+splitter holds at most one clip's lookahead of stored pictures, so memory does not grow with the source's
+length, and no full-resolution frame outlives the face stage's short window. Clips are written as soon as
+their span is settled and yielded one by one, so they can move on before the source is finished.
 
 Events yielded, in order: ``probed`` (unless the probe rejects), one ``clip`` per clip span (written or
 rejected), then ``source`` with the source's row. A source rejected after some clips were yielded (a decode
@@ -29,9 +30,11 @@ from curate.config import Config
 from stages import probe as probe_stage
 from stages.base import Rejected
 from stages.clips import ClipSplitter, Span
+from stages.face import FaceStage
+from stages.face_landmarks import get_backend
 from stages.resample import AudioTrack, FrameRateConverter, samples_per_frame, timeline_seconds
 from stages.shots import KnownShots, ShotDetector
-from stages.write import ClipWriter, scaled_size
+from stages.write import ClipWriter, scaled_size, write_arrays
 
 CLIPS_DIR = "clips"
 
@@ -49,6 +52,14 @@ class SourceTask:
     fingerprints: dict[str, str]
     sha256: str | None = None          # known from an earlier run when the file's stat is unchanged
     known_cuts: list[int] | None = None  # shot cuts an earlier run found for this content and shot settings
+
+
+# columns a clip has only once written (or once the face stage looked at it)
+_NOT_WRITTEN = {
+    "path": None, "width": None, "height": None, "bytes": None, "audio_samples": None, "landmarks_path": None,
+    "face_backend": None, "face_detection_rate": None, "face_size_px": None, "face_jitter_px": None,
+    "face_max_faces": None, "aligned_size": None,
+}
 
 
 class StageClock:
@@ -146,7 +157,15 @@ class _Pass:
         threads = max(1, round(config.resources.source_pass.num_cpus))
         self.writer = ClipWriter(stages.write, self.fps, self.sample_rate, threads)
         self.frc = FrameRateConverter(self.fps)
-        self.detector = KnownShots(task.known_cuts) if task.known_cuts is not None else ShotDetector(stages.shots, self.fps)
+        skip = set(config.run.skip)
+        if "shots" in skip:
+            self.detector = KnownShots([])
+        elif task.known_cuts is not None:
+            self.detector = KnownShots(task.known_cuts)
+        else:
+            self.detector = ShotDetector(stages.shots, self.fps)
+        self.face_on = "face" not in skip
+        self.faces: FaceStage | None = None
         self.analysis_width = stages.shots.analysis_width
         self.splitter = ClipSplitter(
             min_frames=round(stages.clips.min_seconds * self.fps),
@@ -215,37 +234,64 @@ class _Pass:
         upright = (height, width) if self._rotation % 180 else (width, height)
         out_w, out_h = scaled_size(*upright, self.config.stages.write.short_side)
         self._size = (out_h, out_w) if self._rotation % 180 else (out_w, out_h)
+        analysis_w = min(self.analysis_width, upright[0])
+        analysis_h = max(2, round(upright[1] * analysis_w / upright[0] / 2) * 2)
+        self._analysis_size = (analysis_h, analysis_w) if self._rotation % 180 else (analysis_w, analysis_h)
         self.audio = AudioTrack(self.task.path, self.facts.audio_index, self.sample_rate, t0)
+        if self.face_on:
+            params = self.config.stages.face
+            self.faces = FaceStage(params, get_backend(params.backend), self._rotation, upright[0], self.detector.lag)
 
     def _take_slots(self, slots: list[tuple[int, av.VideoFrame]]) -> None:
-        previous, picture = None, None
+        previous, picture, analysis = None, None, None
         for index, source_frame in slots:
             if source_frame is not previous:  # a repeated frame is scaled once
                 with self.clock("scale"):
-                    picture = self.writer.prepare(source_frame, self._size, self._rotation)
+                    picture, analysis = self._pictures(source_frame)
                 previous = source_frame
-            self.frames.append(picture)
             self.frames_out = index + 1
             with self.clock("shots"):
-                cuts = self.detector.push(index, self._analysis(picture))
+                cuts = self.detector.push(index, analysis)
+            if self.faces is not None:
+                with self.clock("face"):
+                    self.faces.push(index, source_frame)
+                    for cut in cuts:
+                        self.faces.cut(cut)
+                    self.frames.extend(p for _, p in self.faces.ready(index - self.detector.lag + 1))
+            else:
+                self.frames.append(picture)
             for cut in cuts:
                 self._handle(self.splitter.cut(cut))
-            self._handle(self.splitter.settle(index - self.detector.lag + 1))
+            settled = min(index - self.detector.lag + 1, self.base + len(self.frames))
+            self._handle(self.splitter.settle(settled))
 
-    def _analysis(self, picture: av.VideoFrame) -> np.ndarray | None:
-        """The small BGR picture the shot detector looks at (none when replaying known cuts)."""
-        if isinstance(self.detector, KnownShots):
-            return None
-        bgr = cv2.cvtColor(picture.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
-        height, width = bgr.shape[:2]
-        if width <= self.analysis_width:
-            return bgr
-        size = (self.analysis_width, max(2, round(height * self.analysis_width / width)))
-        return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    def _pictures(self, frame: av.VideoFrame) -> tuple[av.VideoFrame | None, np.ndarray | None]:
+        """The stored picture (without the face stage) and the shot detector's small BGR picture."""
+        replaying = isinstance(self.detector, KnownShots)
+        if self.faces is None:
+            picture = self.writer.prepare(frame, self._size, self._rotation)
+            if replaying:
+                return picture, None
+            bgr = cv2.cvtColor(picture.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+            height, width = bgr.shape[:2]
+            if width > self.analysis_width:
+                size = (self.analysis_width, max(2, round(height * self.analysis_width / width)))
+                bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+            return picture, bgr
+        if replaying:
+            return None, None
+        width, height = self._analysis_size
+        bgr = frame.reformat(width=width, height=height, format="bgr24", interpolation="AREA").to_ndarray()
+        return None, (np.ascontiguousarray(np.rot90(bgr, self._rotation // 90)) if self._rotation % 360 else bgr)
 
     def _finish(self) -> None:
         with self.clock("shots"):
-            cuts = self.detector.finish()
+            cuts = [cut for cut in self.detector.finish() if cut < self.frames_out]
+        if self.faces is not None:
+            with self.clock("face"):
+                for cut in cuts:
+                    self.faces.cut(cut)
+                self.frames.extend(p for _, p in self.faces.finish())
         self._need_audio(self.frames_out * self.spf)
         # the timeline ends with the shorter of the two streams
         end = min(self.frames_out, self.audio.available // self.spf)
@@ -272,6 +318,8 @@ class _Pass:
         if self.audio is not None and keep_from > self._released:
             self.audio.release(keep_from * self.spf)
             self._released = keep_from
+            if self.faces is not None:
+                self.faces.release(keep_from)
 
     def _clip(self, span: Span) -> dict:
         clip_id = f"{self.task.out_key}/{span.start:07d}-{span.end:07d}"
@@ -289,6 +337,10 @@ class _Pass:
             "duration_s": round(span.frames / self.fps, 6),
             "fps": self.fps,
             "sample_rate": self.sample_rate,
+            "clips_status": "rejected" if span.rejected else "done",
+            "face_status": None if self.face_on else "skipped",
+            "write_status": None,
+            **_NOT_WRITTEN,
         }
         self.clip_index += 1
         rejected = span.rejected
@@ -300,20 +352,27 @@ class _Pass:
                     f"the audio stream ends at {self.audio.available / self.sample_rate:.2f} s, "
                     f"before the clip's end at {span.end / self.fps:.2f} s",
                 )
+        faces = None
+        if rejected is None and self.faces is not None:
+            with self.clock("face"):
+                faces = self.faces.judge(span.start, span.end)
+            row.update(faces.columns, face_status="rejected" if faces.rejected else "done")
+            rejected = faces.rejected
         if rejected is not None:
             return {**row, "status": "rejected", "reject_stage": rejected.stage,
-                    "reject_reason": rejected.reason, "reject_detail": rejected.detail,
-                    "clips_status": "rejected" if rejected.stage == "clips" else "done", "write_status": None,
-                    "path": None, "width": None, "height": None, "bytes": None, "audio_samples": None}
+                    "reject_reason": rejected.reason, "reject_detail": rejected.detail}
         relative = Path(CLIPS_DIR) / (clip_id + ".mp4")
         audio = self.audio.take(span.start * self.spf, span.end * self.spf)
         pictures = [self.frames[i - self.base] for i in range(span.start, span.end)]
         with self.clock("write"):
             written = self.writer.write(Path(self.task.output_dir) / relative, pictures, audio)
+            if faces is not None:
+                landmarks = relative.with_suffix(".npz")
+                write_arrays(Path(self.task.output_dir) / landmarks, faces.arrays)
+                row["landmarks_path"] = landmarks.as_posix()
         return {**row, "status": "kept", "reject_stage": None, "reject_reason": None, "reject_detail": None,
-                "clips_status": "done", "write_status": "done", "path": relative.as_posix(),
-                "width": written["width"], "height": written["height"], "bytes": written["bytes"],
-                "audio_samples": int(audio.size)}
+                "write_status": "done", "path": relative.as_posix(), "width": written["width"],
+                "height": written["height"], "bytes": written["bytes"], "audio_samples": int(audio.size)}
 
     def _drain_ready(self) -> Iterator[dict]:
         ready, self.ready = self.ready, []
@@ -332,6 +391,7 @@ class _Pass:
             "rotation": self._rotation,
             "shot_cuts": [c for c in cuts if c < self.frames_out] if self.frames_out else cuts,
             "shots_reused": self.task.known_cuts is not None,
+            "face_detections": self.faces.tracker.detections if self.faces is not None else None,
             "n_clips": self.clip_index,
         }
 

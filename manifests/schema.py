@@ -14,7 +14,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 # the stages whose CPU seconds the source pass measures, in the order they run
-TIMED_STAGES = ("probe", "decode", "resample", "scale", "shots", "write")
+TIMED_STAGES = ("probe", "decode", "resample", "scale", "shots", "face", "write")
 
 
 def _field(name: str, kind: pa.DataType, description: str) -> pa.Field:
@@ -56,6 +56,7 @@ SOURCES = pa.schema([
     _field("audio_gap_samples", pa.int64(), "silent samples inserted where the audio stream had holes"),
     _field("shot_cuts", pa.list_(pa.int64()), "output frames where a new shot starts"),
     _field("shots_reused", pa.bool_(), "shot cuts were taken from an earlier run with the same content and settings"),
+    _field("face_detections", pa.int64(), "face detector passes (the landmark model tracks the face in between)"),
     _field("n_clips", pa.int32(), "clip spans cut from the source (kept and rejected)"),
     _field("n_clips_kept", pa.int32(), "clips kept"),
     _field("fingerprint", pa.string(), "fingerprint of the stage settings the row was made with"),
@@ -79,13 +80,22 @@ CLIPS = pa.schema([
     _field("fps", pa.int32(), "frame rate of the clip"),
     _field("sample_rate", pa.int32(), "audio sample rate of the clip"),
     _field("audio_samples", pa.int64(), "audio samples written: n_frames * sample_rate / fps exactly"),
-    _field("path", pa.string(), "clip file relative to the output folder (null when not written)"),
+    _field("path", pa.string(), "clip file relative to the output folder, face-aligned when face_status is 'done' "
+                               "(null when not written)"),
     _field("width", pa.int32(), "clip picture width"),
     _field("height", pa.int32(), "clip picture height"),
     _field("bytes", pa.int64(), "clip file size"),
     *_rejection("clip"),
     _field("clips_status", pa.string(), "clips stage: 'done' or 'rejected'"),
+    _field("face_status", pa.string(), "face stage: 'done', 'rejected', 'skipped', or null when not reached"),
     _field("write_status", pa.string(), "write stage: 'done', or null when not reached"),
+    _field("face_backend", pa.string(), "landmark backend that aligned the clip: dlib or fan"),
+    _field("face_detection_rate", pa.float64(), "share of the clip's frames where the face was found"),
+    _field("face_size_px", pa.float64(), "median face width in source pixels (extent of the 68 landmarks)"),
+    _field("face_jitter_px", pa.float64(), "RMS frame-to-frame wobble of the crop window, in aligned pixels"),
+    _field("face_max_faces", pa.int32(), "most prominent faces one detection pass found in the clip"),
+    _field("aligned_size", pa.int32(), "side of the aligned square picture"),
+    _field("landmarks_path", pa.string(), "per-frame landmarks (source and aligned) and affine matrices (.npz)"),
 ])
 
 STAGE_TIMING = pa.struct([

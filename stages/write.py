@@ -31,6 +31,20 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
+def write_arrays(path: Path, arrays: dict) -> None:
+    """Per-frame arrays beside a clip (.npz), appearing under their final name only when complete."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OutputError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
 class ClipWriter:
     def __init__(self, params: WriteParams, fps: int, sample_rate: int, threads: int = 1):
         self.params = params

@@ -35,3 +35,16 @@ def curate(ray_cluster):
                               progress=False, **options))
 
     return run_curate
+
+
+@pytest.fixture(scope="session")
+def readme_run(talking_heads, tmp_path_factory):
+    """The README's main job, run once as a newcomer runs it: `curate run` on the shared videos, defaults."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("readme") / "out"
+    command = [sys.executable, "-m", "curate.cli", "run", "--input", str(talking_heads), "--output", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr
+    return {"out": out, "stdout": result.stdout, "command": command}

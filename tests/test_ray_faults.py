@@ -57,7 +57,7 @@ def run_with_killer(curate, raw, out, times, retries):
     killer = Killer(times)
     killer.start()
     try:
-        summary = curate(raw, out, config_from_dict({"run": {"max_retries": retries}}))
+        summary = curate(raw, out, config_from_dict({"run": {"max_retries": retries, "skip": ["face"]}}))
     finally:
         killer.stop.set()
         killer.join()

@@ -1,19 +1,16 @@
 """The README's main job, as a newcomer runs it: `curate run` on the shared talking-head videos."""
 
 import subprocess
-import sys
 
+import numpy as np
 import pandas as pd
 
 from media import read_clip
 
 
-def test_curate_the_shared_talking_heads(talking_heads, tmp_path):
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "curate.cli", "run", "--input", str(talking_heads), "--output", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
-    assert "sources in: 3" in result.stdout and "clips out:  5" in result.stdout
+def test_curate_the_shared_talking_heads(readme_run):
+    out = readme_run["out"]
+    assert "sources in: 3" in readme_run["stdout"] and "clips out:  5" in readme_run["stdout"]
 
     sources = pd.read_parquet(out / "manifests/sources.parquet")
     assert (sources.status == "ok").all()
@@ -23,10 +20,16 @@ def test_curate_the_shared_talking_heads(talking_heads, tmp_path):
     }
     clips = pd.read_parquet(out / "manifests/clips.parquet")
     assert (clips.status == "kept").all() and (clips.n_frames == 250).all()
-    for path in clips.path:
-        frames, audio, facts = read_clip(out / path)
+    assert (clips.face_status == "done").all() and (clips.face_backend == "dlib").all()
+    for clip in clips.itertuples():
+        frames, audio, facts = read_clip(out / clip.path)
         assert (len(frames), len(audio)) == (250, 160000)
-        assert (facts["width"], facts["height"], facts["fps"]) == (256, 456, 25.0)
+        assert (facts["width"], facts["height"], facts["fps"]) == (256, 256, 25.0)
+        arrays = np.load(out / clip.landmarks_path)
+        assert arrays["landmarks_source"].shape == arrays["landmarks_aligned"].shape == (250, 68, 2)
+        assert arrays["matrices"].shape == (250, 2, 3) and arrays["present"].all()
 
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+def test_rerunning_the_readme_job_does_nothing(readme_run):
+    again = subprocess.run(readme_run["command"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 processed now, 3 unchanged" in again.stdout

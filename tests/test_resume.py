@@ -15,6 +15,12 @@ from media import GARDEN, KITCHEN, downscaled, hard_cut, sha256, synthetic
 
 
 
+def chain(stages: dict | None = None, skip=("face",)):
+    """A config for these tests: the chain without the face stage (resume works the same with it; see the
+    last test), with `stages` overriding defaults."""
+    return config_from_dict({"run": {"skip": list(skip)}, "stages": stages or {}})
+
+
 def volatile(frame: pd.DataFrame) -> pd.DataFrame:
     """Drop the columns that measure time: they differ between two honest runs."""
     return frame.drop(columns=[c for c in frame.columns if c.startswith("cpu_") or c == "wall_s"])
@@ -36,12 +42,12 @@ def clip_files(out: Path) -> dict[str, tuple[str, int]]:
 
 def test_rerun_does_nothing_and_rewrites_nothing(raw, tmp_path, curate):
     out = tmp_path / "out"
-    first = curate(raw, out)
+    first = curate(raw, out, chain())
     assert first.sources_processed == 3
     files = clip_files(out)
     manifests = {name: (out / "manifests" / f"{name}.parquet").read_bytes() for name in ("sources", "clips")}
 
-    second = curate(raw, out)
+    second = curate(raw, out, chain())
     assert (second.sources_processed, second.sources_reused) == (0, 3)
     assert clip_files(out) == files
     for name, data in manifests.items():
@@ -52,12 +58,12 @@ def test_rerun_does_nothing_and_rewrites_nothing(raw, tmp_path, curate):
 
 def test_changing_a_stage_recomputes_it_and_later_stages_only(raw, tmp_path, curate):
     out = tmp_path / "out"
-    curate(raw, out)
+    curate(raw, out, chain())
     before = pd.read_parquet(out / "manifests/clips.parquet")
     before_files = clip_files(out)
 
     # clips: new spans from the recorded shots; the shot detector does not run again
-    shorter = config_from_dict({"stages": {"clips": {"min_seconds": 3, "max_seconds": 6}}})
+    shorter = chain({"clips": {"min_seconds": 3, "max_seconds": 6}})
     summary = curate(raw, out, shorter)
     assert summary.sources_processed == 3
     sources = pd.read_parquet(out / "manifests/sources.parquet")
@@ -71,7 +77,7 @@ def test_changing_a_stage_recomputes_it_and_later_stages_only(raw, tmp_path, cur
     assert sorted(clip_files(out)) == sorted(kept.path)
 
     # write: same spans, files encoded again
-    back = config_from_dict({"stages": {"write": {"crf": 30}}})
+    back = chain({"write": {"crf": 30}})
     curate(raw, out, back)
     again = pd.read_parquet(out / "manifests/clips.parquet")
     assert list(again.clip_id) == list(before.clip_id)
@@ -81,17 +87,17 @@ def test_changing_a_stage_recomputes_it_and_later_stages_only(raw, tmp_path, cur
     assert all(rewritten[path][0] != before_files[path][0] for path in rewritten)  # crf 30 != crf 18
 
     # shots: detected again
-    curate(raw, out, config_from_dict({"stages": {"shots": {"adaptive_threshold": 2.5}}}))
+    curate(raw, out, chain({"shots": {"adaptive_threshold": 2.5}}))
     assert not pd.read_parquet(out / "manifests/sources.parquet").shots_reused.any()
 
 
 def test_a_killed_run_resumes_to_the_same_result(raw, tmp_path, curate):
     reference = tmp_path / "reference"
-    curate(raw, reference)
+    curate(raw, reference, chain())
 
     out = tmp_path / "out"
     command = [sys.executable, "-m", "curate.cli", "run", "--input", str(raw), "--output", str(out),
-               "--num-cpus", "1", "--no-progress"]
+               "--num-cpus", "1", "--no-progress", "--skip", "face"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = out / ".curate" / "journal.jsonl"
     deadline = time.monotonic() + 240
@@ -116,3 +122,22 @@ def test_a_killed_run_resumes_to_the_same_result(raw, tmp_path, curate):
         pd.testing.assert_frame_equal(got, want)
     assert {p: h for p, (h, _) in clip_files(out).items()} == {p: h for p, (h, _) in clip_files(reference).items()}
     assert not list(out.rglob("*.partial"))
+
+
+def test_changing_the_face_stage_keeps_the_shots_and_recomputes_face_and_write(tmp_path, curate, talking_heads):
+    raw = tmp_path / "raw"
+    downscaled(raw / "kitchen.mp4", KITCHEN, size="540x960", seconds=8)
+    out = tmp_path / "out"
+    curate(raw, out)
+    first = pd.read_parquet(out / "manifests/clips.parquet")
+    assert list(first.face_status) == ["done"] and first.face_jitter_px.iloc[0] > 0
+    curate(raw, out, config_from_dict({"stages": {"face": {"smooth_sigma_frames": 0}}}))
+    second = pd.read_parquet(out / "manifests/clips.parquet")
+    sources = pd.read_parquet(out / "manifests/sources.parquet")
+    assert sources.shots_reused.all()
+    assert second.face_jitter_px.iloc[0] > first.face_jitter_px.iloc[0]  # the face stage ran again, unsmoothed
+    # skipping the face stage writes the clip unaligned; bringing it back aligns it again
+    curate(raw, out, chain())
+    assert pd.read_parquet(out / "manifests/clips.parquet").face_status.tolist() == ["skipped"]
+    curate(raw, out)
+    assert pd.read_parquet(out / "manifests/clips.parquet").face_jitter_px.iloc[0] == first.face_jitter_px.iloc[0]

@@ -1,0 +1,402 @@
+"""Face stage: track one face through each shot and warp every frame onto the LatentSync template.
+
+Per frame, in the single pass:
+- detect, then track: a detector runs on a scaled-down picture at the start of a shot, every
+  `detect_every` frames, and whenever the tracked landmarks jump or lose their shape; in between, the
+  landmark model is run on a box predicted from the previous frame's landmarks, which costs a fraction of
+  a detection;
+- the three anchor points (brow centres, nose centre) are smoothed over a centred window that never
+  crosses a shot cut, and the frame is warped from its full-resolution planes straight to the aligned
+  size, bicubic, grey outside the picture.
+
+The stage holds a few full-resolution frames (the smoothing window and the gap it may fill, plus the shot
+detector's lag); it hands back aligned yuv420p frames in order. At the end of a clip it judges the clip: too
+few frames with the face, several prominent faces, a face smaller than the minimum, or a track that was lost
+(the face replaced by another, or missing for longer than a gap can be filled) reject it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import av
+import cv2
+import numpy as np
+
+from curate.config import FaceParams
+from stages import face_align
+from stages.base import Rejected
+from stages.face_landmarks import FaceBox, LandmarkBackend
+
+STAGE = "face"
+GREY_Y, GREY_UV = 125, 128  # RGB (127, 127, 127) in limited-range YUV, LatentSync's border colour
+_FULL_RANGE = np.clip((np.arange(256) - 16) * 255.0 / 219.0, 0, 255).astype(np.uint8)
+
+
+class FrameView:
+    """Upright pictures of one decoded frame, made on demand and kept while the frame is."""
+
+    def __init__(self, frame: av.VideoFrame, rotation: int):
+        self.frame = frame
+        self.rotation = rotation % 360
+        self.turns = self.rotation // 90
+        stored = (frame.width, frame.height)
+        self.size = stored[::-1] if self.turns % 2 else stored  # upright (w, h)
+        self._cache: dict = {}
+
+    def full(self, channels: int) -> np.ndarray:
+        """The whole picture at full resolution: luma as stored (a view, no copy) or RGB."""
+        key = ("full", channels)
+        if key not in self._cache:
+            if channels == 1:
+                plane = self.frame.planes[0]
+                picture = np.frombuffer(plane, np.uint8).reshape(self.frame.height, plane.line_size)[:, :self.frame.width]
+            else:
+                picture = self.frame.to_ndarray(format="rgb24")
+            self._cache[key] = np.rot90(picture, self.turns) if self.turns else picture
+        return self._cache[key]
+
+    def around(self, channels: int, box: FaceBox) -> tuple[np.ndarray, np.ndarray]:
+        """The neighbourhood of `box` (a face size of margin), full resolution, ready for a landmark
+        model (grey in full range), and the offset of its top-left corner."""
+        picture = self.full(channels)
+        height, width = picture.shape[:2]
+        pad = box.size
+        x0, y0 = int(max(0, box.x0 - pad)), int(max(0, box.y0 - pad))
+        x1, y1 = int(min(width, box.x1 + pad)), int(min(height, box.y1 + pad))
+        crop = np.ascontiguousarray(picture[y0:y1, x0:x1])
+        if channels == 1 and self.frame.color_range != 2:  # limited-range luma: stretch as the models expect
+            crop = cv2.LUT(crop, _FULL_RANGE)
+        return crop, np.array([x0, y0], dtype=np.float32)
+
+    def scaled(self, channels: int, scale: float) -> np.ndarray:
+        """The picture scaled by `scale` (<= 1), grey or RGB, for a detector."""
+        if scale >= 1:
+            return self.full(channels)
+        key = ("scaled", channels, round(scale, 4))
+        if key not in self._cache:
+            width = max(16, round(self.frame.width * scale / 2) * 2)
+            height = max(16, round(self.frame.height * scale / 2) * 2)
+            picture = self.frame.reformat(width=width, height=height, format="gray" if channels == 1 else "rgb24",
+                                          interpolation="AREA").to_ndarray()
+            self._cache[key] = np.ascontiguousarray(np.rot90(picture, self.turns)) if self.turns else picture
+        return self._cache[key]
+
+    def warp(self, matrix_upright: np.ndarray, size: int) -> av.VideoFrame:
+        """The aligned picture: `matrix_upright` maps upright pixels to the size x size output."""
+        stored_to_upright = face_align.rotation_matrix(self.rotation, self.frame.width, self.frame.height)
+        matrix = (np.vstack([matrix_upright, [0, 0, 1]]) @ stored_to_upright)[:2]
+        planes = []
+        for index, plane in enumerate(self.frame.planes[:3]):
+            pixels = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+            if index == 0:
+                planes.append(face_align.warp_plane(pixels, matrix, (size, size), GREY_Y))
+            else:  # chroma at half resolution, samples centred between luma samples
+                linear = matrix[:, :2]
+                offset = (linear @ np.array([0.5, 0.5]) + matrix[:, 2] - 0.5) / 2
+                chroma = np.hstack([linear, offset[:, None]])
+                planes.append(face_align.warp_plane(pixels, chroma, (size // 2, size // 2), GREY_UV))
+        stacked = np.concatenate([p.reshape(-1) for p in planes]).reshape(size * 3 // 2, size)
+        return av.VideoFrame.from_ndarray(stacked, format="yuv420p")
+
+
+@dataclass
+class FaceFrame:
+    """What tracking found in one frame."""
+
+    landmarks: np.ndarray | None = None   # (68, 2) upright source pixels
+    box: FaceBox | None = None            # the box the landmark model was given
+    detected: bool = False                # a detection pass ran on this frame
+    faces: int = 0                        # prominent faces that pass found
+    switched: bool = False                # the tracked face was replaced by another one here
+
+    anchors: np.ndarray | None = None     # the three alignment points, from the landmarks
+
+    def __post_init__(self):
+        if self.landmarks is not None and self.anchors is None:
+            self.anchors = face_align.anchors(self.landmarks)
+
+    @property
+    def present(self) -> bool:
+        return self.landmarks is not None
+
+    @property
+    def size(self) -> float:
+        """Face width in source pixels: the horizontal extent of the 68 points."""
+        return float(np.ptp(self.landmarks[:, 0])) if self.landmarks is not None else float("nan")
+
+
+def _shape_change(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS distance between two shapes after the best similarity fit, relative to the face's size."""
+    matrix = face_align.fit_similarity(a, b)
+    moved = a @ matrix[:, :2].T + matrix[:, 2]
+    return float(np.sqrt(((moved - b) ** 2).sum(1).mean()) / max(np.ptp(b[:, 0]), 1.0))
+
+
+class FaceTracker:
+    """Detect, then follow one face from frame to frame through a shot."""
+
+    def __init__(self, backend: LandmarkBackend, params: FaceParams, frame_width: int):
+        self.backend = backend
+        self.params = params
+        self.frame_width = frame_width
+        self.detections = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the face: the next frame starts with a detection (a new shot)."""
+        self.previous: FaceFrame | None = None
+        self.since_detect = 0
+        self.since_search = 0
+        self._box_offset = np.zeros(2)   # detector box centre - landmark centre, in face widths
+        self._box_ratio = 1.0            # detector box size / face width
+
+    def step(self, view: FrameView) -> FaceFrame:
+        params, previous = self.params, self.previous
+        tracking = previous is not None and previous.present
+        if not tracking:
+            self.since_search += 1
+            if self.previous is not None and self.since_search < params.search_every:
+                self.previous = FaceFrame()
+                return self.previous
+            found = self._detect(view, None)
+        elif not params.track or self.since_detect + 1 >= params.detect_every:
+            found = self._detect(view, previous)
+        else:
+            self.since_detect += 1
+            box = self._box_from(previous.landmarks)
+            landmarks = self._landmarks(view, box)
+            if landmarks is not None and self._plausible(previous.landmarks, landmarks):
+                found = FaceFrame(landmarks=landmarks, box=box)
+            else:
+                found = self._detect(view, previous)
+        self.previous = found
+        return found
+
+    # -- detection ------------------------------------------------------------------------------------
+    def _detect(self, view: FrameView, previous: FaceFrame | None) -> FaceFrame:
+        self.detections += 1
+        self.since_detect = 0
+        self.since_search = 0
+        boxes = []
+        for scale in self._scales(previous):
+            picture = view.scaled(self.backend.channels, scale)
+            factor = view.size[0] / picture.shape[1]
+            boxes = [box.scaled(factor) for box in self.backend.detect(picture)]
+            if boxes:
+                break
+        if not boxes:
+            return FaceFrame(detected=True)
+        largest = boxes[0].size
+        prominent = [box for box in boxes if box.size >= self.params.prominent_ratio * largest]
+        chosen, switched = prominent[0], False
+        if previous is not None and previous.box is not None:
+            # keep following the same face when it is still there
+            nearest = min(boxes, key=lambda box: np.linalg.norm(box.centre - previous.box.centre))
+            if np.linalg.norm(nearest.centre - previous.box.centre) < 0.5 * previous.box.size:
+                chosen = nearest
+            else:
+                switched = previous.present
+        landmarks = self._landmarks(view, chosen)
+        if landmarks is not None:
+            width = max(float(np.ptp(landmarks[:, 0])), 1.0)
+            self._box_offset = (chosen.centre - landmarks.mean(0)) / width
+            self._box_ratio = chosen.size / width
+        return FaceFrame(landmarks=landmarks, box=chosen, detected=True, faces=len(prominent), switched=switched)
+
+    def _landmarks(self, view: FrameView, box: FaceBox) -> np.ndarray | None:
+        crop, offset = view.around(self.backend.channels, box)
+        if min(crop.shape[:2]) < 8:
+            return None
+        local = FaceBox(box.x0 - offset[0], box.y0 - offset[1], box.x1 - offset[0], box.y1 - offset[1])
+        points = self.backend.landmarks(crop, local)
+        return None if points is None else points + offset
+
+    def _scales(self, previous: FaceFrame | None) -> list[float]:
+        """Detector picture scales to try, smallest (cheapest) first."""
+        if previous is not None and previous.box is not None:
+            # the tracked face at about 140 px: a second face half its size is still found
+            return [min(1.0, 140.0 / max(previous.box.size, 1.0))]
+        search = [min(1.0, 384.0 / self.frame_width), min(1.0, 80.0 / self.params.min_face_px)]
+        return sorted(set(search))
+
+    # -- tracking -------------------------------------------------------------------------------------
+    def _box_from(self, landmarks: np.ndarray) -> FaceBox:
+        """The box a detector would give for this face, from its landmarks (relation learnt at detection)."""
+        width = max(float(np.ptp(landmarks[:, 0])), 1.0)
+        centre = landmarks.mean(0) + self._box_offset * width
+        half = self._box_ratio * width / 2
+        return FaceBox(centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half)
+
+    def _plausible(self, before: np.ndarray, after: np.ndarray) -> bool:
+        """False when the new landmarks jumped or lost the face's shape: time to detect again."""
+        size_before, size_after = np.ptp(before[:, 0]), np.ptp(after[:, 0])
+        if size_before <= 0 or not 0.8 <= size_after / size_before <= 1.25:
+            return False
+        if np.linalg.norm(after.mean(0) - before.mean(0)) > 0.3 * size_before:
+            return False
+        return _shape_change(after, before) <= self.params.shape_tolerance
+
+
+@dataclass
+class _Held:
+    view: FrameView | None
+    record: FaceFrame
+    segment: int
+    matrix: np.ndarray | None = None
+
+
+@dataclass
+class ClipFaces:
+    """The face stage's verdict on one clip and what it stores beside it."""
+
+    rejected: Rejected | None
+    columns: dict
+    arrays: dict = field(default_factory=dict)
+
+
+class FaceStage:
+    """Streams frames in, hands aligned frames out `lag` frames later, and judges clips."""
+
+    def __init__(self, params: FaceParams, backend: LandmarkBackend, rotation: int, frame_width: int, shot_lag: int):
+        self.params = params
+        self.backend = backend
+        self.rotation = rotation
+        self.size = params.resolution
+        self.sigma = params.smooth_sigma_frames
+        self.radius = int(round(3 * self.sigma)) if self.sigma > 0 else 0
+        self.max_gap = params.max_gap_frames
+        self.lookahead = max(self.radius, self.max_gap)
+        self.lag = self.lookahead + shot_lag
+        self.tracker = FaceTracker(backend, params, frame_width)
+        self.held: dict[int, _Held] = {}
+        self.segment = 0
+        self.pushed = 0
+        self.finalized = 0
+
+    def push(self, index: int, frame: av.VideoFrame) -> None:
+        view = FrameView(frame, self.rotation)
+        self.held[index] = _Held(view, self.tracker.step(view), self.segment)
+        self.pushed = index + 1
+
+    def cut(self, at: int) -> None:
+        """A shot starts at `at`: frames from there were tracked with the old shot's face, so track them again."""
+        self.segment += 1
+        self.tracker.reset()
+        for index in range(at, self.pushed):
+            held = self.held[index]
+            assert held.view is not None, "a cut is reported before the frames after it are finalized"
+            held.segment = self.segment
+            held.record = self.tracker.step(held.view)
+
+    def ready(self, known_upto: int) -> list[tuple[int, av.VideoFrame]]:
+        """Aligned frames whose smoothing window is tracked and free of unreported cuts."""
+        out = []
+        while self.finalized < self.pushed and self.finalized + self.lookahead < known_upto:
+            out.append(self._finalize(self.finalized))
+        return out
+
+    def finish(self) -> list[tuple[int, av.VideoFrame]]:
+        return [self._finalize(index) for index in range(self.finalized, self.pushed)]
+
+    def release(self, before: int) -> None:
+        """Forget per-frame records no clip and no smoothing window will ask for again."""
+        limit = min(before, self.finalized - self.lookahead - 1)
+        for index in [i for i in self.held if i < limit]:
+            del self.held[index]
+
+    # -- per frame ------------------------------------------------------------------------------------
+    def _finalize(self, index: int) -> tuple[int, av.VideoFrame]:
+        held = self.held[index]
+        anchors = self._anchors(index)
+        if anchors is None:  # no face to go by yet in this shot: centre the picture
+            width, height = held.view.size
+            scale = self.size / min(width, height)
+            matrix = np.array([[scale, 0, (self.size - scale * width) / 2], [0, scale, (self.size - scale * height) / 2]])
+        else:
+            matrix = face_align.align_matrix(anchors, self.size)
+        held.matrix = matrix
+        picture = held.view.warp(matrix, self.size)
+        held.view = None  # the full-resolution frame is no longer needed
+        self.finalized = index + 1
+        return index, picture
+
+    def _anchors(self, index: int) -> np.ndarray | None:
+        """Smoothed anchors of frame `index` (a Gaussian-weighted mean over the frames of its shot within
+        the window); for a frame without the face, interpolated from the nearest frames with it within the
+        gap a clip may have, else the previous frame's."""
+        segment = self.held[index].segment
+        nearby = {}
+        for i in range(index - self.lookahead, index + self.lookahead + 1):
+            held = self.held.get(i)
+            if held is not None and held.segment == segment and held.record.present:
+                nearby[i] = held.record.anchors
+        if index in nearby:
+            if self.radius == 0:
+                return nearby[index]
+            frames = np.array([i for i in nearby if abs(i - index) <= self.radius])
+            weights = np.exp(-0.5 * ((frames - index) / self.sigma) ** 2)
+            return np.tensordot(weights / weights.sum(), np.stack([nearby[i] for i in frames]), axes=1)
+        before = [i for i in nearby if index - self.max_gap <= i < index]
+        after = [i for i in nearby if index < i <= index + self.max_gap]
+        if before and after:
+            a, b = max(before), min(after)
+            weight = (index - a) / (b - a)
+            return (1 - weight) * nearby[a] + weight * nearby[b]
+        if before or after:
+            return nearby[max(before)] if before else nearby[min(after)]
+        previous = self.held.get(index - 1)
+        if previous is not None and previous.segment == segment and previous.record.present:
+            return previous.record.anchors
+        return None
+
+    # -- per clip -------------------------------------------------------------------------------------
+    def judge(self, start: int, end: int) -> ClipFaces:
+        """Verdict and stored arrays for frames [start, end), all finalized."""
+        params = self.params
+        records = [self.held[i].record for i in range(start, end)]
+        matrices = np.array([self.held[i].matrix for i in range(start, end)])
+        present = np.array([r.present for r in records])
+        rate = float(present.mean())
+        sizes = np.array([r.size for r in records if r.present])
+        size = float(np.median(sizes)) if sizes.size else 0.0
+        passes = [r for r in records if r.detected]
+        crowded = sum(1 for r in passes if r.faces > 1)
+        longest_gap = _longest_run(~present)
+        columns = {
+            "face_backend": self.backend.name,
+            "face_detection_rate": round(rate, 4),
+            "face_size_px": round(size, 1),
+            "face_jitter_px": round(face_align.jitter_px(matrices, self.size), 4),
+            "face_max_faces": max((r.faces for r in passes), default=0),
+            "aligned_size": self.size,
+        }
+        rejected = None
+        if rate < params.min_detection_rate:
+            rejected = Rejected(STAGE, "no_face", f"the face is found in {rate:.0%} of the frames, "
+                                f"fewer than {params.min_detection_rate:.0%}")
+        elif passes and crowded / len(passes) > params.max_multi_face_share:
+            rejected = Rejected(STAGE, "several_faces", f"{crowded} of {len(passes)} detection passes found more "
+                                f"than one prominent face")
+        elif size < params.min_face_px:
+            rejected = Rejected(STAGE, "face_too_small", f"the face is {size:.0f} px wide (median), "
+                                f"smaller than {params.min_face_px} px")
+        elif any(r.switched for r in records) or longest_gap > self.max_gap:
+            why = "the tracked face was replaced by another" if any(r.switched for r in records) else \
+                f"the face is missing for {longest_gap} frames in a row"
+            rejected = Rejected(STAGE, "track_lost", why)
+        arrays = {}
+        if rejected is None:
+            source = np.array([r.landmarks if r.present else np.full((68, 2), np.nan) for r in records], np.float32)
+            aligned = np.einsum("tij,tkj->tki", matrices[:, :, :2], source) + matrices[:, None, :, 2]
+            arrays = {"landmarks_source": source, "landmarks_aligned": aligned.astype(np.float32),
+                      "matrices": matrices.astype(np.float32), "present": present}
+        return ClipFaces(rejected, columns, arrays)
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    best = run = 0
+    for flag in flags:
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best

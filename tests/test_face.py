@@ -1,0 +1,156 @@
+"""The face stage on real talking heads: alignment, steadiness, sync, and the clips it must reject."""
+
+import os
+import subprocess
+
+import av
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from curate.config import config_from_dict
+from curate.source_pass import SourceTask, process_source
+from media import GARDEN, KITCHEN, SOFA, downscaled, ffmpeg, ffmpeg_exe, read_clip, synthetic
+from stages import face_align
+from stages.face_landmarks import BackendUnavailable, DlibBackend, check_backend
+
+
+def kept(out, source_id=None):
+    clips = pd.read_parquet(out / "manifests/clips.parquet")
+    clips = clips[clips.status == "kept"]
+    return clips if source_id is None else clips[clips.source_id == source_id]
+
+
+def redetected_anchors(frames: list[np.ndarray], backend: DlibBackend) -> list[np.ndarray | None]:
+    """Anchors found afresh on aligned RGB frames: unstretched to the template box (75:100), at 2x."""
+    found = []
+    for frame in frames:
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        picture = cv2.resize(grey, (384, 512), interpolation=cv2.INTER_CUBIC)
+        boxes = backend.detect(picture)
+        if not boxes:
+            found.append(None)
+            continue
+        landmarks = backend.landmarks(picture, boxes[0]) * np.array([256 / 384, 256 / 512])
+        found.append(face_align.anchors(landmarks))
+    return found
+
+
+def test_redetected_brows_and_nose_land_on_the_template(readme_run):
+    out, backend = readme_run["out"], DlibBackend()
+    template = face_align.template(256)
+    for clip in kept(out).itertuples():
+        frames, _, _ = read_clip(out / clip.path)
+        stored = np.load(out / clip.landmarks_path)["landmarks_aligned"]
+        found = redetected_anchors(frames[::5], backend)
+        assert sum(a is None for a in found) <= 2, clip.clip_id  # the aligned face is found again
+        pairs = [(a, face_align.anchors(s)) for a, s in zip(found, stored[::5]) if a is not None]
+        to_template = np.array([np.linalg.norm(a - template, axis=1) for a, _ in pairs])
+        to_stored = np.array([np.linalg.norm(a - s, axis=1) for a, s in pairs])
+        # each point sits on its template position on average, within a few pixels of 256 ...
+        assert np.abs(np.mean([a - template for a, _ in pairs], axis=0)).max() < 6, clip.clip_id
+        # ... and per frame within the spread that head pose gives a three-point fit
+        assert (to_template < 10).mean() > 0.8, clip.clip_id
+        # the warp put the face exactly where the stored aligned landmarks say
+        assert np.median(to_stored) < 3 and (to_stored < 6).mean() > 0.9, clip.clip_id
+
+
+def test_steady_talking_heads_do_not_wobble(readme_run):
+    clips = kept(readme_run["out"])
+    assert (clips.face_jitter_px < 2.5).all(), clips[["clip_id", "face_jitter_px"]]
+    sources = pd.read_parquet(readme_run["out"] / "manifests/sources.parquet")
+    # tracking: the detector ran on a few frames only; the landmark model followed the face in between
+    assert (sources.face_detections <= sources.frames_out / 20).all(), sources[["source_id", "face_detections"]]
+
+
+def test_smoothing_is_what_keeps_the_crop_steady(tmp_path, talking_heads):
+    source = downscaled(tmp_path / "garden.mp4", GARDEN, size="540x960")
+    jitter = {}
+    for sigma in (0.0, 2.0):
+        config = config_from_dict({"stages": {"face": {"smooth_sigma_frames": sigma, "min_face_px": 64}}})
+        stat = os.stat(source)
+        task = SourceTask(source_id="garden.mp4", path=str(source), out_key=f"s{sigma}", output_dir=str(tmp_path / "out"),
+                          size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns, fingerprints=config.stage_fingerprints())
+        rows = [event["row"] for event in process_source(task, config) if event["event"] == "clip"]
+        assert [row["status"] for row in rows] == ["kept"]
+        jitter[sigma] = rows[0]["face_jitter_px"]
+    assert jitter[2.0] < 0.6 * jitter[0.0], jitter
+
+
+def test_thirty_fps_source_gives_a_25_fps_aligned_clip_in_sync(readme_run, tmp_path):
+    out = readme_run["out"]
+    clip = kept(out, "man_sofa_1080x1920_30fps.mp4").sort_values("start_frame").iloc[-1]
+    frames, audio, facts = read_clip(out / clip.path)
+    assert facts["fps"] == 25 and len(frames) == clip.n_frames == 250 and len(audio) == 250 * 640
+
+    # audio: the clip's samples are the source's from start_frame * 640 on, to the sample
+    pcm = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(SOFA), "-ac", "1", "-ar", "16000", "-f", "s16le", "-"],
+                         capture_output=True, check=True).stdout
+    reference = np.frombuffer(pcm, np.int16).astype(np.float64)
+    start = clip.start_frame * 640
+    lags = range(-320, 321, 4)
+    piece = audio[:150_000].astype(np.float64)  # the source's own audio ends a few samples past the clip
+    scores = [np.dot(piece, reference[start + lag:start + lag + piece.size]) for lag in lags]
+    assert abs(list(lags)[int(np.argmax(scores))]) <= 4
+
+    # video: aligned frame k is the source frame shown at (start + k) / 25 s, warped by the stored matrix
+    matrices = np.load(out / clip.landmarks_path)["matrices"]
+    with av.open(str(SOFA)) as container:
+        source_frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+    for k in (20, 125, 230):
+        shown = round((clip.start_frame + k) / 25 * 30)
+        ours = cv2.cvtColor(frames[k], cv2.COLOR_RGB2GRAY).astype(float)
+        errors = {}
+        for offset in (-6, 0, 6):
+            warped = cv2.warpAffine(source_frames[shown + offset], matrices[k], (256, 256), flags=cv2.INTER_CUBIC)
+            errors[offset] = np.abs(warped.astype(float) - ours)[32:224, 32:224].mean()
+        assert errors[0] < 6 and errors[0] < min(errors[-6], errors[6]), (k, errors)
+
+
+@pytest.fixture(scope="module")
+def rejects(tmp_path_factory, talking_heads, curate):
+    raw = tmp_path_factory.mktemp("face_raw")
+    synthetic(raw / "test pattern.mp4", 8)
+    ffmpeg("-t", "8", "-i", KITCHEN, "-t", "8", "-i", GARDEN, "-filter_complex",
+           "[0:v]scale=540:960[a];[1:v]scale=540:960[b];[a][b]hstack[v]", "-map", "[v]", "-map", "0:a",
+           "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", "-c:a", "aac", raw / "two people.mp4")
+    downscaled(raw / "far away.mp4", KITCHEN, size="540x960", seconds=8)
+    out = tmp_path_factory.mktemp("face_out")
+    curate(raw, out, config_from_dict({"stages": {"face": {"min_face_px": 150}}}))
+    return pd.read_parquet(out / "manifests/clips.parquet").set_index("source_id")
+
+
+@pytest.mark.parametrize("source_id, reason", [
+    ("test pattern.mp4", "no_face"),
+    ("two people.mp4", "several_faces"),
+    ("far away.mp4", "face_too_small"),  # a face about 130 px wide against a 150 px minimum
+])
+def test_clips_without_one_usable_face_are_rejected(rejects, source_id, reason):
+    row = rejects.loc[source_id]
+    assert (row.status, row.reject_stage, row.reject_reason, row.face_status) == ("rejected", "face", reason, "rejected")
+    assert row.reject_detail and pd.isna(row.path)
+
+
+def test_missing_fan_weights_fail_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(BackendUnavailable) as error:
+        check_backend("fan")
+    message = str(error.value)
+    try:
+        import face_alignment  # noqa: F401
+    except ImportError:
+        assert "lipsync-curate[fan]" in message
+    else:
+        assert "2DFAN4-11f355bf06.pth.tar" in message and str(tmp_path / "torch") in message
+        assert "curate models download fan" in message
+
+    from curate.cli import main
+
+    (tmp_path / "raw").mkdir()
+    config = tmp_path / "fan.yaml"
+    config.write_text("stages:\n  face:\n    backend: fan\n")
+    out = tmp_path / "out"
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out), "--config", str(config)]) == 2
+    assert "--skip face" in capsys.readouterr().err
+    assert not out.exists()
