@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     bars.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
     bars.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
     run.set_defaults(handler=_run)
+
+    models = commands.add_parser("models", help="model weights: list what is here, download what is not")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = model_commands.add_parser("list", help="every model file, where it belongs, and whether it is there")
+    listing.set_defaults(handler=_models_list)
+    fetch = model_commands.add_parser("download", help="fetch a model's files from their public locations")
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="model name, e.g. fan")
+    fetch.set_defaults(handler=_models_download)
     return parser
 
 
@@ -68,6 +76,25 @@ def _run(args: argparse.Namespace) -> int:
     )
     summary = run(options)
     print(format_dry_run(summary) if args.dry_run else format_summary(summary, options.output_dir))
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from curate.models import describe
+
+    for model, name, path, present in describe():
+        print(f"{model:6} {'ok' if present else 'missing':8} {path if path is not None else name}")
+    return 0
+
+
+def _models_download(args: argparse.Namespace) -> int:
+    from curate.models import DownloadError, download_model
+
+    try:
+        for name in args.names:
+            download_model(name)
+    except DownloadError as exc:
+        raise RunError(str(exc)) from None
     return 0
 
 
