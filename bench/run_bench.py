@@ -16,7 +16,11 @@ output folder; its whole-process CPU includes starting and stopping the embedded
 comes from the manifests. A second part decodes a short and a long source (the same video concatenated
 without re-encoding) through the source pass alone, to show that memory does not grow with length.
 
-Results: a table on stdout and bench/results/latest.json.
+Part 2 runs the whole chain with the face stage (dlib backend) and reports its CPU per source-second next to
+the cost of decoding the sources once, and the face stage's frames per CPU-second with tracking and with a
+detection on every frame (`track: false`).
+
+Results: tables on stdout and bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -114,17 +118,35 @@ def reference(sources: list[Path], work: Path, workers: int) -> dict:
     return result
 
 
-def ours(input_dir: Path, work: Path, cpus: int) -> dict:
-    out = work / "ours"
+def ours(input_dir: Path, out: Path, cpus: int, *extra: str) -> dict:
     curate = shutil.which("curate", path=str(Path(sys.executable).parent)) or "curate"
     busy = machine_busy_s()
-    whole = timed([curate, "run", "--input", str(input_dir), "--output", str(out), "--num-cpus", str(cpus), "--no-progress"])
+    whole = timed([curate, "run", "--input", str(input_dir), "--output", str(out), "--num-cpus", str(cpus),
+                   "--no-progress", *extra])
     whole["machine_cpu_s"] = machine_busy_s() - busy
     sources = pd.read_parquet(out / "manifests" / "sources.parquet")
     clips = pd.read_parquet(out / "manifests" / "clips.parquet")
     stages = {c[4:-2]: float(sources[c].sum()) for c in sources.columns if c.startswith("cpu_") and c.endswith("_s")}
     return {"whole": whole, "stages": stages, "clip_seconds": sorted(clips[clips.status == "kept"].duration_s.round(2)),
+            "frames": int(sources.frames_out.sum()), "face_detections": int(sources.face_detections.fillna(0).sum()),
             "per_source": sources[["source_id", "duration_s", *[c for c in sources.columns if c.startswith("cpu_")]]].to_dict("records")}
+
+
+def decode_only(sources: list[Path]) -> float:
+    """CPU seconds to decode every source's video once, one thread, nothing else (the floor of any pass)."""
+    script = ("import av,sys\nfor p in sys.argv[1:]:\n c=av.open(p); s=c.streams.video[0]; s.thread_count=1\n"
+              " for f in c.decode(s): pass\n")
+    return timed([sys.executable, "-c", script, *map(str, sources)])["cpu_s"]
+
+
+def face_without_tracking(source: Path, work: Path) -> dict:
+    """The face stage detecting on every frame (`track: false`), on one source, for comparison."""
+    config = work / "no_tracking.yaml"
+    config.write_text("stages:\n  face:\n    track: false\n")
+    folder = work / "one"
+    folder.mkdir()
+    (folder / source.name).symlink_to(source.resolve())
+    return ours(folder, work / "ours_no_tracking", 1, "--config", str(config))
 
 
 def memory_vs_length(source: Path, work: Path, copies: int) -> dict:
@@ -178,24 +200,31 @@ def main() -> int:
         busy = machine_busy_s()
         ref = reference(sources, work / "ref", args.cpus)
         ref["machine_cpu_s"] = machine_busy_s() - busy
-        our = ours(inputs, work, args.cpus)
+        steps_only = ours(inputs, work / "ours_steps", args.cpus, "--skip", "face")
+        full = ours(inputs, work / "ours_full", args.cpus)
+        untracked = face_without_tracking(originals[0], work)
+        decode_s = decode_only(sources)
         memory = memory_vs_length(originals[0], work, args.long_source_copies)
 
     steps = ("resample", "shots", "segment")
     ref_cpu = sum(ref[s]["cpu_s"] for s in steps)
     ref_wall = sum(ref[s]["wall_s"] for s in steps)
     ref_mem = max(ref[s]["maxrss_mb"] for s in steps)
+    our = steps_only
     stage_cpu = sum(our["stages"].values())
     machine_ratio = ref["machine_cpu_s"] / our["whole"]["machine_cpu_s"]
+    face_fps = full["frames"] / full["stages"]["face"]
+    untracked_fps = untracked["frames"] / untracked["stages"]["face"]
     report = {
         "input": str(args.input), "repeat": args.repeat, "sources": len(sources), "source_seconds": seconds,
-        "cpus": args.cpus,
-        "reference": ref, "ours": our, "memory_vs_length": memory,
+        "cpus": args.cpus, "reference": ref, "ours_steps": our, "ours_full": full, "face_untracked": untracked,
+        "decode_only_cpu_s": decode_s, "memory_vs_length": memory,
         "ratios": {
             "cpu_per_source_second_machine": machine_ratio,
             "cpu_per_source_second_stages": ref_cpu / stage_cpu,
             "wall": ref_wall / our["whole"]["wall_s"],
             "peak_memory": ref_mem / our["whole"]["maxrss_mb"],
+            "face_tracking_speedup": face_fps / untracked_fps,
         },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +232,8 @@ def main() -> int:
 
     per = lambda value: f"{value / seconds:.3f}"  # noqa: E731 - CPU seconds per source second
     ours_stage = lambda *names: sum(our["stages"].get(n, 0.0) for n in names)  # noqa: E731
-    print(f"{len(sources)} sources ({len(originals)} files x {args.repeat}), {seconds:.1f} s of video, {args.cpus} CPUs\n")
+    print(f"{len(sources)} sources ({len(originals)} files x {args.repeat}), {seconds:.1f} s of video, {args.cpus} CPUs")
+    print("\n1. The recipe's steps (resample, shots, clips) against ours without the face stage (`--skip face`).")
     print("CPU-seconds per source-second, by step:\n")
     print("| step | reference | ours |")
     print("|---|---:|---:|")
@@ -222,8 +252,27 @@ def main() -> int:
     bad = lambda durations: sum(1 for d in durations if not 5 <= d <= 10)  # noqa: E731
     print(f"| clips out (outside 5-10 s) | {len(ref['clip_seconds'])} ({bad(ref['clip_seconds'])}) | "
           f"{len(our['clip_seconds'])} ({bad(our['clip_seconds'])}) | |")
+
+    print("\n2. The whole chain to here, with the face stage (dlib backend), CPU-seconds per source-second:\n")
+    print("| part | CPU-s / source-s |")
+    print("|---|---:|")
+    print(f"| decoding the sources once, nothing else (separate run) | {per(decode_s)} |")
+    for name in ("decode", "resample", "scale", "shots", "face", "write"):
+        print(f"| {name} | {per(full['stages'].get(name, 0.0))} |")
+    print(f"| **all stages** | **{per(sum(full['stages'].values()))}** |")
+    print(f"| whole machine while it ran (Ray included) | {per(full['whole']['machine_cpu_s'])} |")
+    print("\nFace stage alone (tracking, landmarks, smoothing, warp), frames per CPU-second:\n")
+    print("| dlib backend | frames per CPU-second | detector passes per 100 frames |")
+    print("|---|---:|---:|")
+    print(f"| tracking (default: detect every 50 frames, and on a jump) | {face_fps:.1f} | "
+          f"{100 * full['face_detections'] / full['frames']:.1f} |")
+    print(f"| detect on every frame (`track: false`, {originals[0].name}) | {untracked_fps:.1f} | "
+          f"{100 * untracked['face_detections'] / untracked['frames']:.1f} |")
+    print(f"| tracking / detecting every frame | {face_fps / untracked_fps:.1f}x | |")
+    print("(fan needs weights that cannot be fetched here; it is not measured)")
+
     short, long = memory["short"], memory["long"]
-    print("\nThe source pass alone on one source and on copies of it back to back:\n")
+    print("\n3. The source pass alone on one source and on copies of it back to back:\n")
     print("| source | seconds | peak memory (MB) | CPU-s |")
     print("|---|---:|---:|---:|")
     print(f"| {originals[0].name} | {short['seconds']:.0f} | {short['maxrss_mb']:.0f} | {short['cpu_s']:.1f} |")

@@ -11,8 +11,8 @@ Per frame, in the single pass:
 
 The stage holds a few full-resolution frames (the smoothing window and the gap it may fill, plus the shot
 detector's lag); it hands back aligned yuv420p frames in order. At the end of a clip it judges the clip: too
-few frames with the face, several prominent faces, a face smaller than the minimum, or a track that was lost
-(the face replaced by another, or missing for longer than a gap can be filled) reject it.
+few frames with the face, several prominent faces, a track that was lost (the face replaced by another, or
+missing for longer than a gap can be filled), or a face smaller than the minimum reject it, in that order.
 """
 
 from __future__ import annotations
@@ -146,6 +146,7 @@ class FaceTracker:
     def reset(self) -> None:
         """Forget the face: the next frame starts with a detection (a new shot)."""
         self.previous: FaceFrame | None = None
+        self.last_seen: FaceFrame | None = None  # the face as last found in this shot, kept across gaps
         self.since_detect = 0
         self.since_search = 0
         self._box_offset = np.zeros(2)   # detector box centre - landmark centre, in face widths
@@ -171,6 +172,8 @@ class FaceTracker:
             else:
                 found = self._detect(view, previous)
         self.previous = found
+        if found.present:
+            self.last_seen = found
         return found
 
     # -- detection ------------------------------------------------------------------------------------
@@ -190,13 +193,15 @@ class FaceTracker:
         largest = boxes[0].size
         prominent = [box for box in boxes if box.size >= self.params.prominent_ratio * largest]
         chosen, switched = prominent[0], False
-        if previous is not None and previous.box is not None:
-            # keep following the same face when it is still there
-            nearest = min(boxes, key=lambda box: np.linalg.norm(box.centre - previous.box.centre))
-            if np.linalg.norm(nearest.centre - previous.box.centre) < 0.5 * previous.box.size:
+        known = previous if previous is not None and previous.box is not None else self.last_seen
+        if known is not None and known.box is not None:
+            # keep following the same face when it is still there; a face found elsewhere after the
+            # tracked one was lost is another face: the track is lost
+            nearest = min(boxes, key=lambda box: np.linalg.norm(box.centre - known.box.centre))
+            if np.linalg.norm(nearest.centre - known.box.centre) < 0.5 * known.box.size:
                 chosen = nearest
             else:
-                switched = previous.present
+                switched = True
         landmarks = self._landmarks(view, chosen)
         if landmarks is not None:
             width = max(float(np.ptp(landmarks[:, 0])), 1.0)
@@ -378,13 +383,13 @@ class FaceStage:
         elif passes and crowded / len(passes) > params.max_multi_face_share:
             rejected = Rejected(STAGE, "several_faces", f"{crowded} of {len(passes)} detection passes found more "
                                 f"than one prominent face")
-        elif size < params.min_face_px:
-            rejected = Rejected(STAGE, "face_too_small", f"the face is {size:.0f} px wide (median), "
-                                f"smaller than {params.min_face_px} px")
         elif any(r.switched for r in records) or longest_gap > self.max_gap:
             why = "the tracked face was replaced by another" if any(r.switched for r in records) else \
                 f"the face is missing for {longest_gap} frames in a row"
             rejected = Rejected(STAGE, "track_lost", why)
+        elif size < params.min_face_px:
+            rejected = Rejected(STAGE, "face_too_small", f"the face is {size:.0f} px wide (median), "
+                                f"smaller than {params.min_face_px} px")
         arrays = {}
         if rejected is None:
             source = np.array([r.landmarks if r.present else np.full((68, 2), np.nan) for r in records], np.float32)

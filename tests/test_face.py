@@ -115,16 +115,22 @@ def rejects(tmp_path_factory, talking_heads, curate):
     ffmpeg("-t", "8", "-i", KITCHEN, "-t", "8", "-i", GARDEN, "-filter_complex",
            "[0:v]scale=540:960[a];[1:v]scale=540:960[b];[a][b]hstack[v]", "-map", "[v]", "-map", "0:a",
            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", "-c:a", "aac", raw / "two people.mp4")
-    downscaled(raw / "far away.mp4", KITCHEN, size="540x960", seconds=8)
+    downscaled(raw / "far away.mp4", KITCHEN, size="360x640", seconds=8)
+    # the camera pans from one speaker to another within one shot
+    ffmpeg("-t", "10", "-i", KITCHEN, "-t", "10", "-i", GARDEN, "-filter_complex",
+           "[0:v]scale=540:960,setsar=1[a];[1:v]scale=540:960,setsar=1[b];"
+           "[a][b]hstack,crop=540:960:x='min(540,max(0,(t-4)*540))':y=0[v]", "-map", "[v]", "-map", "0:a",
+           "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", "-c:a", "aac", raw / "pan.mp4")
     out = tmp_path_factory.mktemp("face_out")
-    curate(raw, out, config_from_dict({"stages": {"face": {"min_face_px": 150}}}))
+    curate(raw, out, config_from_dict({"stages": {"face": {"min_face_px": 110}}}))
     return pd.read_parquet(out / "manifests/clips.parquet").set_index("source_id")
 
 
 @pytest.mark.parametrize("source_id, reason", [
     ("test pattern.mp4", "no_face"),
     ("two people.mp4", "several_faces"),
-    ("far away.mp4", "face_too_small"),  # a face about 130 px wide against a 150 px minimum
+    ("far away.mp4", "face_too_small"),  # a face about 88 px wide against a 110 px minimum
+    ("pan.mp4", "track_lost"),           # the tracked face leaves, another is found elsewhere
 ])
 def test_clips_without_one_usable_face_are_rejected(rejects, source_id, reason):
     row = rejects.loc[source_id]
