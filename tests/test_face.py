@@ -160,3 +160,34 @@ def test_missing_fan_weights_fail_before_any_work(tmp_path, monkeypatch, capsys)
     assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out), "--config", str(config)]) == 2
     assert "--skip face" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fan_backend_runs_through_face_alignment_with_stand_in_weights(tmp_path, monkeypatch):
+    """The official FAN weights cannot be fetched here: random weights under the official file names go
+    through the same loading and inference code, so shapes and coordinates are checked, not accuracy."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("face_alignment")
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    from stages.face_landmarks import FaceBox, FanBackend, fan_weights_dir
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    folder = fan_weights_dir()
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(FAN(4).state_dict(), folder / "2DFAN4-11f355bf06.pth.tar")
+    torch.save(s3fd().state_dict(), folder / "s3fd-619a316812.pth")
+    check_backend("fan")
+
+    backend = FanBackend("cpu")
+    picture = np.random.default_rng(0).integers(0, 255, (600, 500, 3), dtype=np.uint8)
+    box = FaceBox(150, 200, 350, 400)
+    points = backend.landmarks(picture, box)
+    assert points.shape == (68, 2) and np.isfinite(points).all()
+    # FAN looks at a crop around the box: its points come back in the picture's coordinates, near the box
+    assert (points[:, 0] > box.x0 - box.size).all() and (points[:, 0] < box.x1 + box.size).all()
+    assert (points[:, 1] > box.y0 - box.size).all() and (points[:, 1] < box.y1 + box.size).all()
+    boxes = backend.detect(picture[::4, ::4].copy())
+    assert all(isinstance(b, FaceBox) for b in boxes)
+    assert [b.size for b in boxes] == sorted((b.size for b in boxes), reverse=True)
