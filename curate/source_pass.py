@@ -256,7 +256,7 @@ class _Pass:
                 with self.clock("face"):
                     self.faces.push(index, source_frame)
                     for cut in cuts:
-                        self.faces.cut(cut)
+                        self.frames.extend(p for _, p in self.faces.cut(cut))
                     self.frames.extend(p for _, p in self.faces.ready(index - self.detector.lag + 1))
             else:
                 self.frames.append(picture)
@@ -290,7 +290,7 @@ class _Pass:
         if self.faces is not None:
             with self.clock("face"):
                 for cut in cuts:
-                    self.faces.cut(cut)
+                    self.frames.extend(p for _, p in self.faces.cut(cut))
                 self.frames.extend(p for _, p in self.faces.finish())
         self._need_audio(self.frames_out * self.spf)
         # the timeline ends with the shorter of the two streams

@@ -284,8 +284,12 @@ class FaceStage:
         self.held[index] = _Held(view, self.tracker.step(view), self.segment)
         self.pushed = index + 1
 
-    def cut(self, at: int) -> None:
-        """A shot starts at `at`: frames from there were tracked with the old shot's face, so track them again."""
+    def cut(self, at: int) -> list[tuple[int, av.VideoFrame]]:
+        """A shot starts at `at`: frames from there were tracked with the old shot's face, so track them again.
+
+        The frames before the cut no longer wait for anything (their window ends at the cut), so they are
+        finalized now and returned: the shot that just ended can be cut into clips at once.
+        """
         self.segment += 1
         self.tracker.reset()
         for index in range(at, self.pushed):
@@ -293,6 +297,7 @@ class FaceStage:
             assert held.view is not None, "a cut is reported before the frames after it are finalized"
             held.segment = self.segment
             held.record = self.tracker.step(held.view)
+        return [self._finalize(index) for index in range(self.finalized, at)]
 
     def ready(self, known_upto: int) -> list[tuple[int, av.VideoFrame]]:
         """Aligned frames whose smoothing window is tracked and free of unreported cuts."""

@@ -11,7 +11,7 @@ import pytest
 
 from curate.config import config_from_dict
 from curate.source_pass import SourceTask, process_source
-from media import GARDEN, KITCHEN, SOFA, downscaled, ffmpeg, ffmpeg_exe, read_clip, synthetic
+from media import GARDEN, KITCHEN, SOFA, downscaled, ffmpeg, ffmpeg_exe, hard_cut, read_clip, synthetic
 from stages import face_align
 from stages.face_landmarks import BackendUnavailable, DlibBackend, check_backend
 
@@ -121,9 +121,17 @@ def rejects(tmp_path_factory, talking_heads, curate):
            "[0:v]scale=540:960,setsar=1[a];[1:v]scale=540:960,setsar=1[b];"
            "[a][b]hstack,crop=540:960:x='min(540,max(0,(t-4)*540))':y=0[v]", "-map", "[v]", "-map", "0:a",
            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", "-c:a", "aac", raw / "pan.mp4")
+    hard_cut(raw / "two shots.mp4", KITCHEN, 6, GARDEN, 7, size="720x1280")
     out = tmp_path_factory.mktemp("face_out")
     curate(raw, out, config_from_dict({"stages": {"face": {"min_face_px": 110}}}))
     return pd.read_parquet(out / "manifests/clips.parquet").set_index("source_id")
+
+
+def test_each_shot_is_aligned_on_its_own_speaker(rejects):
+    clips = rejects.loc[["two shots.mp4"]].sort_values("start_frame")
+    assert list(zip(clips.start_frame, clips.end_frame)) == [(0, 150), (150, 325)]
+    assert (clips.status == "kept").all() and (clips.face_status == "done").all()
+    assert clips.face_size_px.iloc[0] > 1.2 * clips.face_size_px.iloc[1]  # the man's face, then the woman's
 
 
 @pytest.mark.parametrize("source_id, reason", [
