@@ -16,10 +16,11 @@ class Progress:
             "probe": tqdm(total=total, desc="probe  ", unit="src", position=0, **common),
             "shots": tqdm(desc="shots  ", unit="shot", position=1, **common),
             "clips": tqdm(desc="clips  ", unit="clip", position=2, **common),
-            "write": tqdm(desc="write  ", unit="clip", position=3, **common),
-            "done": tqdm(total=total, desc="sources", unit="src", position=4, **common),
+            "face": tqdm(desc="face   ", unit="clip", position=3, **common),
+            "write": tqdm(desc="write  ", unit="clip", position=4, **common),
+            "done": tqdm(total=total, desc="sources", unit="src", position=5, **common),
         }
-        self._rejected = {"probe": 0, "clips": 0, "done": 0}
+        self._rejected = {"probe": 0, "clips": 0, "face": 0, "done": 0}
 
     def reused(self, count: int) -> None:
         for name in ("probe", "done"):
@@ -33,10 +34,14 @@ class Progress:
 
     def clip(self, row: dict) -> None:
         self._bars["clips"].update(1)
+        if row.get("clips_status") == "rejected":
+            self._reject("clips")
+        if row.get("face_status") in ("done", "rejected"):
+            self._bars["face"].update(1)
+            if row["face_status"] == "rejected":
+                self._reject("face")
         if row["status"] == "kept":
             self._bars["write"].update(1)
-        else:
-            self._reject("clips")
 
     def source(self, row: dict) -> None:
         cuts = row.get("shot_cuts")
