@@ -32,9 +32,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", help="curate a folder of videos into clips and manifests",
-        description="Scan INPUT for videos and turn them into 25 fps / 16 kHz clips of 5-10 s inside shots, "
-                    "with Parquet manifests of every source, clip and decision under OUTPUT. Rerunning the "
-                    "same command skips finished work.",
+        description="Scan RAW_DIR for videos and turn them into clips of 5-10 s inside shots, the face "
+                    "aligned to 256x256, at 25 fps with 16 kHz mono audio, with Parquet manifests of every "
+                    "source, clip and decision under OUT_DIR. Rerunning the same command skips finished work.",
     )
     run.add_argument("--input", required=True, type=Path, metavar="RAW_DIR", help="folder of source videos (read only)")
     run.add_argument("--output", required=True, type=Path, metavar="OUT_DIR", help="folder for clips and manifests")

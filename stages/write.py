@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import av
 import numpy as np
@@ -31,18 +31,32 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
-def write_arrays(path: Path, arrays: dict) -> None:
-    """Per-frame arrays beside a clip (.npz), appearing under their final name only when complete."""
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temporary file beside `path`, then fsync it and rename it into place, so the file
+    appears under its name only when complete. A failure to write is an OutputError: the run must stop."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     try:
-        with open(partial, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-            handle.flush()
+        write(partial)
+        with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, path)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise OutputError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_arrays(path: Path, arrays: dict) -> None:
+    """Per-frame arrays beside a clip (.npz)."""
+
+    def save(target: Path) -> None:
+        with open(target, "wb") as handle:  # a handle: given a name, numpy would append ".npz" to it
+            np.savez_compressed(handle, **arrays)
+
+    write_atomically(path, save)
 
 
 class ClipWriter:
@@ -69,19 +83,7 @@ class ClipWriter:
         """Encode `frames` (all the same size, any pixel format) and mono int16 `audio` into `path`."""
         if not frames:
             raise ValueError("a clip needs at least one frame")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        try:
-            self._encode(partial, frames, audio)
-            with open(partial, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(partial, path)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise OutputError(exc.errno, f"cannot write clip {path}: {exc.strerror or exc}") from exc
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda target: self._encode(target, frames, audio))
         return {"bytes": path.stat().st_size, "width": frames[0].width, "height": frames[0].height}
 
     def _encode(self, target: Path, frames: Sequence[av.VideoFrame], audio: np.ndarray) -> None:
