@@ -59,7 +59,7 @@ def describe() -> list[tuple[str, str, Path | None, bool]]:
     return rows
 
 
-def download_model(name: str, progress: Callable[[str], None] = print) -> list[Path]:
+def download_model(name: str, progress: Callable[[str], None] = print, timeout: float = 60.0) -> list[Path]:
     if name not in MODELS:
         raise DownloadError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     paths = []
@@ -71,7 +71,7 @@ def download_model(name: str, progress: Callable[[str], None] = print) -> list[P
             raise DownloadError(f"{name}: {target} is missing; it comes with a Python package (reinstall it)")
         else:
             progress(f"{name}: fetching {file.url}")
-            download(file.url, target)
+            download(file.url, target, timeout=timeout)
             progress(f"{name}: {target}")
         paths.append(target)
     return paths

@@ -98,15 +98,29 @@ def check_output(output_dir: Path, create: bool = True) -> None:
         raise RunError(f"cannot write to output folder {output_dir}: {exc.strerror or exc}") from None
 
 
-def check_models(config: Config) -> None:
-    """Every enabled stage's code and weights must be here before any work starts."""
+def check_models(config: Config, fetch: bool = True) -> None:
+    """Every enabled stage's code and weights must be here before any work starts. Weights with a public
+    location are fetched on first use (unless `fetch` is off, as in a dry run); if that fails, the run stops
+    with the file, the folder it belongs in and the command that gets it."""
+    from curate.models import MODELS, DownloadError, download_model
     from stages.face_landmarks import BackendUnavailable, check_backend
 
-    if "face" not in config.run.skip:
+    if "face" in config.run.skip:
+        return
+    backend = config.stages.face.backend
+    try:
+        check_backend(backend)
+        return
+    except BackendUnavailable as exc:
+        problem = exc
+    if fetch and backend in MODELS and MODELS[backend][1][0].url is not None:
         try:
-            check_backend(config.stages.face.backend)
-        except BackendUnavailable as exc:
-            raise RunError(f"{exc}; or run without the face stage: --skip face") from None
+            download_model(backend, progress=lambda line: print(line, file=sys.stderr))
+            check_backend(backend)
+            return
+        except (DownloadError, BackendUnavailable) as exc:
+            print(f"curate: {exc}", file=sys.stderr)
+    raise RunError(f"{problem}; or run without the face stage: --skip face") from None
 
 
 def make_plan(options: RunOptions) -> Plan:
@@ -153,7 +167,7 @@ def run(options: RunOptions) -> RunSummary:
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     check_input(options.input_dir, options.output_dir)
-    check_models(options.config)
+    check_models(options.config, fetch=not options.dry_run)
     check_output(options.output_dir, create=not options.dry_run)
     if options.dry_run:
         return _dry_summary(make_plan(options))

@@ -91,3 +91,19 @@ def test_models_list_shows_the_bundled_dlib_model(capsys):
 def test_unknown_model_name(capsys):
     assert main(["models", "download", "nonsense"]) == 2
     assert "unknown model 'nonsense'" in capsys.readouterr().err
+
+
+def test_run_fetches_missing_weights_on_first_use(server, tmp_path, monkeypatch, capsys):
+    """`curate run` with the fan backend fetches its weights before any work (here from a loopback server)."""
+    pytest.importorskip("face_alignment")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    files = [models.ModelFile(f.name, url(server), f.folder) for f in models.MODELS["fan"][1]]
+    monkeypatch.setitem(models.MODELS, "fan", (models.MODELS["fan"][0], files))
+    (tmp_path / "raw").mkdir()
+    config = tmp_path / "fan.yaml"
+    config.write_text("stages:\n  face:\n    backend: fan\n")
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"),
+                 "--config", str(config), "--no-progress"]) == 0
+    for file in files:
+        assert file.path.read_bytes() == PAYLOAD
+    assert "fan: fetching" in capsys.readouterr().err
