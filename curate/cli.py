@@ -50,12 +50,30 @@ def _parser() -> argparse.ArgumentParser:
     bars.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
     run.set_defaults(handler=_run)
 
+    evaluate = commands.add_parser(
+        "eval-sync", help="SyncNet offset, LSE-D and LSE-C of videos (e.g. generated lip-sync samples)",
+        description="Measure audio-visual sync of each VIDEO with SyncNet as lip-sync papers report it: the offset "
+                    "in frames (> 0: the sound comes first), LSE-D (min distance, lower is better) and LSE-C "
+                    "(confidence, higher is better). Videos are read at 25 fps with 16 kHz audio.",
+    )
+    evaluate.add_argument("videos", nargs="+", metavar="VIDEO")
+    evaluate.add_argument("--weights", type=Path, metavar="FILE", help="syncnet_v2.model (default: the verified one in "
+                          "the models folder)")
+    evaluate.add_argument("--precropped", action="store_true", help="the videos are already face crops (224x224)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (models folder, face backend)")
+    evaluate.set_defaults(handler=_eval_sync)
+
     models = commands.add_parser("models", help="model weights: list what is here, download what is not")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    listing = model_commands.add_parser("list", help="every model file, where it belongs, and whether it is there")
+    listing = model_commands.add_parser("list", help="every model file, where it belongs, and whether it is there "
+                                                     "and verified")
+    listing.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (for models.dir and models.sha256)")
     listing.set_defaults(handler=_models_list)
-    fetch = model_commands.add_parser("download", help="fetch a model's files from their public locations")
-    fetch.add_argument("names", nargs="+", metavar="NAME", help="model name, e.g. fan")
+    fetch = model_commands.add_parser("download", help="fetch model files from their public locations and verify them")
+    fetch.add_argument("names", nargs="*", metavar="NAME",
+                       help="syncnet, fan (default: every model the default pipeline needs)")
+    fetch.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (for models.dir and models.sha256)")
     fetch.set_defaults(handler=_models_download)
     return parser
 
@@ -79,21 +97,71 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_sync(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from curate.models import ModelError, require
+    from stages import probe as probe_stage
+    from stages.base import Rejected
+    from syncnet.evaluate import evaluate
+    from syncnet.model import load_syncnet
+    from syncnet.score import SyncScorer
+
+    config = load_config(args.config)
+    for video in args.videos:
+        if not Path(video).is_file():
+            raise RunError(f"{video} is not a file")
+    try:
+        weights = args.weights or require("syncnet", config.models)[0]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        scorer = SyncScorer(load_syncnet(weights, device), device, config.resources.sync.batch_windows)
+    except ModelError as exc:
+        raise RunError(str(exc)) from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise RunError(f"cannot load SyncNet weights from {weights}: {exc}") from None
+    face = config.stages.face.model_copy(update={"min_face_px": 40})  # samples often have small faces
+    results, failed = [], []
+    for video in args.videos:
+        try:
+            results.extend(evaluate([video], scorer, args.precropped, face))
+        except (Rejected, ValueError, av_errors()) as exc:
+            failed.append((video, str(exc)))
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results] + [{"video": v, "error": e} for v, e in failed], indent=1))
+    else:
+        print(f"{'LSE-D':>8} {'LSE-C':>7} {'offset':>6} {'frames':>6}  video")
+        for r in results:
+            d = r.as_dict()
+            print(f"{d['lse_d']:8.3f} {d['lse_c']:7.3f} {d['av_offset']:6d} {d['frames']:6d}  {d['video']}")
+        for video, error in failed:
+            print(f"{'-':>8} {'-':>7} {'-':>6} {'-':>6}  {video}: {error}")
+    return 1 if failed else 0
+
+
+def av_errors():
+    import av
+
+    return av.error.FFmpegError
+
+
 def _models_list(args: argparse.Namespace) -> int:
     from curate.models import describe
 
-    for model, name, path, present in describe():
-        print(f"{model:6} {'ok' if present else 'missing':8} {path if path is not None else name}")
+    for model, name, path, status in describe(load_config(args.config).models):
+        print(f"{model:8} {status:10} {path if path is not None else name}")
     return 0
 
 
 def _models_download(args: argparse.Namespace) -> int:
-    from curate.models import DownloadError, download_model
+    from curate.models import ModelError, download_model
 
+    settings = load_config(args.config).models
     try:
-        for name in args.names:
-            download_model(name)
-    except DownloadError as exc:
+        for name in args.names or ["syncnet"]:
+            download_model(name, settings)
+    except ModelError as exc:
         raise RunError(str(exc)) from None
     return 0
 

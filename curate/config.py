@@ -24,8 +24,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# stages a run may leave out (`--skip`); without `face` the clips are written unaligned
-SKIPPABLE = ("shots", "face")
+# stages a run may leave out (`--skip`); without `face` the clips are written unaligned (and `sync`, which
+# crops from the face stage's landmarks, is left out too)
+SKIPPABLE = ("shots", "face", "sync")
 
 
 class RunSettings(_Strict):
@@ -54,8 +55,20 @@ class Resources(_Strict):
     memory_mb: int = Field(1024, ge=64)
 
 
+class PoolResources(Resources):
+    workers: int = Field(1, ge=1)            # actors in the pool, each with the weights loaded once
+    batch_clips: int = Field(4, ge=1)        # clips handed to an actor at once
+    batch_windows: int = Field(64, ge=1)     # network batch size
+
+
 class ResourceSettings(_Strict):
     source_pass: Resources = Resources()
+    sync: PoolResources = PoolResources(memory_mb=2048)
+
+
+class ModelSettings(_Strict):
+    dir: str | None = None                   # null: $CURATE_MODELS_DIR, else ~/.cache/lipsync-curate/models
+    sha256: dict[str, str] = {}              # pinned sha256 per file name; a file that differs is refused
 
 
 class ProbeParams(_Strict):
@@ -116,6 +129,12 @@ class FaceParams(_Strict):
         return self
 
 
+class SyncParams(_Strict):
+    min_confidence: float = Field(3.0, ge=0)
+    max_offset: int = Field(6, ge=0, le=15)
+    crop_scale: float = Field(0.4, gt=0)
+
+
 class WriteParams(_Strict):
     short_side: int = Field(256, ge=16)
     crf: int = Field(18, ge=0, le=51)
@@ -132,17 +151,25 @@ class StageSettings(_Strict):
     clips: ClipParams = ClipParams()
     face: FaceParams = FaceParams()
     write: WriteParams = WriteParams()
+    sync: SyncParams = SyncParams()
 
 
 # The order the stages run in; a stage's fingerprint covers its own parameters and every earlier stage's.
-STAGE_ORDER = ("probe", "resample", "shots", "clips", "face", "write")
+# probe .. write run in one pass per source; sync works on the written clips.
+STAGE_ORDER = ("probe", "resample", "shots", "clips", "face", "write", "sync")
+SOURCE_PASS = STAGE_ORDER[:STAGE_ORDER.index("write") + 1]
 
 
 class Config(_Strict):
     run: RunSettings = RunSettings()
     inputs: InputSettings = InputSettings()
     resources: ResourceSettings = ResourceSettings()
+    models: ModelSettings = ModelSettings()
     stages: StageSettings = StageSettings()
+
+    def skipped(self, stage: str) -> bool:
+        """Whether `stage` does not run: asked to be skipped, or it needs a stage that is."""
+        return stage in self.run.skip or (stage == "sync" and "face" in self.run.skip)
 
     def stage_fingerprints(self) -> dict[str, str]:
         """Fingerprint of each stage: a hash of its parameters chained with the stage before it.
@@ -153,7 +180,7 @@ class Config(_Strict):
         fingerprints: dict[str, str] = {}
         previous = ""
         for name in STAGE_ORDER:
-            params = "skipped" if name in self.run.skip else getattr(self.stages, name).model_dump(mode="json")
+            params = "skipped" if self.skipped(name) else getattr(self.stages, name).model_dump(mode="json")
             blob = json.dumps({"stage": name, "params": params, "previous": previous}, sort_keys=True)
             previous = hashlib.sha256(blob.encode()).hexdigest()[:16]
             fingerprints[name] = previous
@@ -162,6 +189,10 @@ class Config(_Strict):
     def fingerprint(self) -> str:
         """Fingerprint of the whole chain (the last stage's)."""
         return self.stage_fingerprints()[STAGE_ORDER[-1]]
+
+    def source_fingerprint(self) -> str:
+        """Fingerprint of what the per-source pass makes (through the clip writer)."""
+        return self.stage_fingerprints()[SOURCE_PASS[-1]]
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,87 +1,211 @@
-"""Model weights the stages need: where each file lives, whether it is there, and fetching it.
+"""Model weights the stages need: where each file lives, fetching it, and proving it is the right file.
 
-`curate models list` shows them; `curate models download NAME` fetches a model's files from their public
-locations, resuming a download that was cut, and puts each file in place only once it is complete.
+A file counts as installed only once it has loaded into our network with the official key names and shapes
+(strict), and its sha256 has been recorded in ``<models dir>/verified.json``. Later uses hash the file again
+and refuse one that changed since; a sha256 pinned in the config (``models.sha256``) must match as well.
+
+`curate models list` shows every file and its state; `curate models download [NAME]` fetches from the public
+locations, resuming a download that was cut off, and puts a file in place only once complete and verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import json
 import os
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from curate.config import ModelSettings
 from stages import face_landmarks
+
+
+class ModelError(RuntimeError):
+    """A model file that is missing, cannot be fetched, or is not what it claims to be."""
+
+
+DownloadError = ModelError  # the name the download code and its callers use
+
+
+def models_dir(settings: ModelSettings) -> Path:
+    configured = settings.dir or os.environ.get("CURATE_MODELS_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "lipsync-curate" / "models"
+
+
+# -- what each file must load into --------------------------------------------------------------------
+
+def _verify_syncnet(path: Path) -> None:
+    from syncnet.model import load_syncnet
+
+    load_syncnet(path)
+
+
+def _verify_fan(path: Path) -> None:
+    import torch
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    network = s3fd() if path.name.startswith("s3fd") else FAN(4)
+    network.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True), strict=True)
+
+
+def _verify_dlib(path: Path) -> None:
+    import dlib
+
+    dlib.shape_predictor(str(path))
 
 
 @dataclass(frozen=True)
 class ModelFile:
     name: str
-    url: str | None                 # None: shipped inside a Python package, nothing to fetch
-    folder: Callable[[], Path]
+    url: str | None                                  # None: shipped inside a Python package
+    folder: Callable[[ModelSettings], Path]
+    verify: Callable[[Path], None]
 
-    @property
-    def path(self) -> Path:
-        return self.folder() / self.name
-
-
-def _dlib_folder() -> Path:
-    return face_landmarks.dlib_model_path().parent
+    def path(self, settings: ModelSettings) -> Path:
+        return self.folder(settings) / self.name
 
 
 _FAN_URL = "https://www.adrianbulat.com/downloads/python-fan/"
+SYNCNET_FILE = "syncnet_v2.model"
 
 MODELS: dict[str, tuple[str, list[ModelFile]]] = {
     "dlib": ("68-point landmarks for the face stage's dlib backend (in face_recognition_models)",
-             [ModelFile("shape_predictor_68_face_landmarks.dat", None, _dlib_folder)]),
+             [ModelFile("shape_predictor_68_face_landmarks.dat", None,
+                        lambda settings: face_landmarks.dlib_model_path().parent, _verify_dlib)]),
     "fan": ("S3FD face detector and 2D-FAN-4 landmarks for the face stage's fan backend (face-alignment)",
-            [ModelFile(name, _FAN_URL + name, face_landmarks.fan_weights_dir) for name in face_landmarks.FAN_FILES]),
+            [ModelFile(name, _FAN_URL + name, lambda settings: face_landmarks.fan_weights_dir(), _verify_fan)
+             for name in face_landmarks.FAN_FILES]),
+    "syncnet": ("SyncNet of Chung & Zisserman, for the sync stage and `curate eval-sync`",
+                [ModelFile(SYNCNET_FILE, "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
+                           models_dir, _verify_syncnet)]),
 }
 
 
-class DownloadError(RuntimeError):
-    pass
+# -- the record of verified files ---------------------------------------------------------------------
+
+def _record_path(settings: ModelSettings) -> Path:
+    return models_dir(settings) / "verified.json"
 
 
-def describe() -> list[tuple[str, str, Path | None, bool]]:
-    """(model, file, path, present) for every file of every model."""
+def _records(settings: ModelSettings) -> dict:
+    try:
+        return json.loads(_record_path(settings).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(settings: ModelSettings, path: Path, sha256: str) -> None:
+    records = _records(settings)
+    records[str(path)] = {"sha256": sha256, "size": path.stat().st_size, "verified_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    target = _record_path(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(records, indent=1, sort_keys=True))
+    os.replace(partial, target)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check(file: ModelFile, path: Path, settings: ModelSettings, sha256: str) -> None:
+    """Raise unless `path` loads into our network strictly and matches a pinned hash."""
+    pinned = settings.sha256.get(file.name)
+    if pinned and pinned.lower() != sha256:
+        raise ModelError(f"{path} has sha256 {sha256}, not the pinned {pinned} (models.sha256)")
+    try:
+        file.verify(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to load means it is not the model
+        raise ModelError(f"{path} is not a valid {file.name}: {type(exc).__name__}: {str(exc)[:300]}") from None
+
+
+# -- using and fetching -------------------------------------------------------------------------------
+
+def state(name: str, settings: ModelSettings) -> list[tuple[ModelFile, Path | None, str]]:
+    """(file, path, state) per file of model `name`; state is ok, unverified, changed or missing."""
     rows = []
-    for model, (_, files) in MODELS.items():
-        for file in files:
-            try:
-                path = file.path
-            except face_landmarks.BackendUnavailable:
-                rows.append((model, file.name, None, False))
-                continue
-            rows.append((model, file.name, path, path.is_file()))
+    for file in MODELS[name][1]:
+        try:
+            path = file.path(settings)
+        except face_landmarks.BackendUnavailable:
+            rows.append((file, None, "missing"))
+            continue
+        if not path.is_file():
+            rows.append((file, path, "missing"))
+            continue
+        record = _records(settings).get(str(path))
+        if record is None:
+            rows.append((file, path, "unverified"))
+        else:
+            rows.append((file, path, "ok" if record["sha256"] == sha256_of(path) else "changed"))
     return rows
 
 
-def download_model(name: str, progress: Callable[[str], None] = print, timeout: float = 60.0) -> list[Path]:
+def require(name: str, settings: ModelSettings) -> list[Path]:
+    """The paths of model `name`'s files, each verified; one that is there but not yet verified is verified
+    now. Raises ModelError naming the file, its folder and the command that gets it."""
+    paths = []
+    for file, path, status in state(name, settings):
+        if status == "missing":
+            where = f"in {path.parent}" if path is not None else "(its package is not installed)"
+            fix = f"`curate models download {name}`" if file.url else "reinstalling its package"
+            raise ModelError(f"{file.name} is missing {where}; get it with {fix}")
+        sha256 = sha256_of(path)
+        if status == "changed":
+            raise ModelError(f"{path} changed since it was verified (sha256 now {sha256}); "
+                             f"run `curate models download {name}` to check it again")
+        _check(file, path, settings, sha256)
+        if status == "unverified":
+            _remember(settings, path, sha256)
+        paths.append(path)
+    return paths
+
+
+def download_model(name: str, settings: ModelSettings, progress: Callable[[str], None] = print,
+                   timeout: float = 60.0) -> list[Path]:
+    """Fetch what is missing of model `name`, verify every file, record it; returns the paths."""
     if name not in MODELS:
-        raise DownloadError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     paths = []
     for file in MODELS[name][1]:
-        target = file.path
-        if target.is_file():
-            progress(f"{name}: {target} is already there")
-        elif file.url is None:
-            raise DownloadError(f"{name}: {target} is missing; it comes with a Python package (reinstall it)")
-        else:
+        try:
+            target = file.path(settings)
+        except face_landmarks.BackendUnavailable as exc:
+            raise ModelError(str(exc)) from None
+        if not target.is_file():
+            if file.url is None:
+                raise ModelError(f"{name}: {target} is missing; it comes with a Python package (reinstall it)")
             progress(f"{name}: fetching {file.url}")
-            download(file.url, target, timeout=timeout)
-            progress(f"{name}: {target}")
+            partial = download(file.url, target, timeout=timeout, keep_partial=True)
+            try:
+                _check(file, partial, settings, sha256_of(partial))
+            except ModelError:
+                partial.unlink(missing_ok=True)  # a wrong file is not kept, not even to resume
+                raise
+            os.replace(partial, target)
+        else:
+            _check(file, target, settings, sha256_of(target))
+        _remember(settings, target, sha256_of(target))
+        progress(f"{name}: {target} ok")
         paths.append(target)
     return paths
 
 
-def download(url: str, target: Path, chunk: int = 1 << 20, timeout: float = 60.0) -> None:
-    """Fetch `url` into `target`, resuming from `target.partial` if an earlier attempt was cut off.
+def download(url: str, target: Path, chunk: int = 1 << 20, timeout: float = 60.0, keep_partial: bool = False) -> Path:
+    """Fetch `url` for `target`, resuming from `target.partial` if an earlier attempt was cut off.
 
-    The bytes go to the .partial file and it is renamed to `target` only when the server's full length has
-    arrived, so an interrupted download never looks like a model.
+    The bytes go to the .partial file, which is renamed to `target` only when the server's full length has
+    arrived (with `keep_partial`, the complete .partial is returned for the caller to check and rename), so
+    an interrupted download never looks like a model.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
@@ -101,11 +225,14 @@ def download(url: str, target: Path, chunk: int = 1 << 20, timeout: float = 60.0
                 out.flush()
                 os.fsync(out.fileno())
     except (OSError, http.client.HTTPException) as exc:  # URLError, a reset, a body cut short
-        raise DownloadError(f"downloading {url} failed ({exc}); run the same command again to resume") from None
+        raise ModelError(f"downloading {url} failed ({exc}); run the same command again to resume") from None
     size = partial.stat().st_size
     if total is not None and size != total:
-        raise DownloadError(f"downloading {url} stopped at {size} of {total} bytes; run the same command again to resume")
+        raise ModelError(f"downloading {url} stopped at {size} of {total} bytes; run the same command again to resume")
+    if keep_partial:
+        return partial
     os.replace(partial, target)
+    return target
 
 
 def _total_length(response, have: int) -> int | None:
@@ -115,3 +242,8 @@ def _total_length(response, have: int) -> int | None:
         return int(total) if total.isdigit() else None
     length = response.headers.get("Content-Length")
     return int(length) + have if length and length.isdigit() else None
+
+
+def describe(settings: ModelSettings) -> list[tuple[str, str, Path | None, str]]:
+    """(model, file name, path, state) for every file of every model."""
+    return [(name, file.name, path, status) for name in MODELS for file, path, status in state(name, settings)]

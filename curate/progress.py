@@ -18,9 +18,10 @@ class Progress:
             "clips": tqdm(desc="clips  ", unit="clip", position=2, **common),
             "face": tqdm(desc="face   ", unit="clip", position=3, **common),
             "write": tqdm(desc="write  ", unit="clip", position=4, **common),
-            "done": tqdm(total=total, desc="sources", unit="src", position=5, **common),
+            "sync": tqdm(desc="sync   ", unit="clip", position=5, **common),
+            "done": tqdm(total=total, desc="sources", unit="src", position=6, **common),
         }
-        self._rejected = {"probe": 0, "clips": 0, "face": 0, "done": 0}
+        self._rejected = {"probe": 0, "clips": 0, "face": 0, "sync": 0, "done": 0}
 
     def reused(self, count: int) -> None:
         for name in ("probe", "done"):
@@ -42,6 +43,12 @@ class Progress:
                 self._reject("face")
         if row["status"] == "kept":
             self._bars["write"].update(1)
+
+    def staged(self, stage: str, row: dict) -> None:
+        """A clip stage (sync) finished a clip."""
+        self._bars[stage].update(1)
+        if row.get("status") == "rejected":
+            self._reject(stage)
 
     def source(self, row: dict) -> None:
         cuts = row.get("shot_cuts")

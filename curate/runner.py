@@ -49,6 +49,8 @@ class Plan:
     reused: dict[str, dict]           # source_id -> journal record still valid
     previous: dict[str, dict]         # source_id -> newest journal record, valid or not
     why: dict[str, str]               # source_id -> why it is (re)processed
+    stage_records: dict = field(default_factory=dict)   # (clip_id, stage) -> newest clip-stage record
+    sync_todo: list = field(default_factory=list)       # ClipWork of reused sources that still need sync
 
 
 @dataclass
@@ -67,6 +69,8 @@ class RunSummary:
     seconds_processed: float = 0.0    # declared duration of the sources processed in this run
     rejects: Counter = field(default_factory=Counter)   # (kind, stage, reason) -> count
     skipped_paths: list = field(default_factory=list)
+    clips_staged: dict = field(default_factory=dict)    # clip stage -> clips it ran for in this run
+    warnings: list = field(default_factory=list)        # dry run: what would stop a real run
     planned: dict = field(default_factory=dict)          # dry run: source_id -> why it would be processed
 
 
@@ -98,36 +102,47 @@ def check_output(output_dir: Path, create: bool = True) -> None:
         raise RunError(f"cannot write to output folder {output_dir}: {exc.strerror or exc}") from None
 
 
-def check_models(config: Config, fetch: bool = True) -> None:
-    """Every enabled stage's code and weights must be here before any work starts. Weights with a public
-    location are fetched on first use (unless `fetch` is off, as in a dry run); if that fails, the run stops
-    with the file, the folder it belongs in and the command that gets it."""
-    from curate.models import MODELS, DownloadError, download_model
+def check_models(config: Config, fetch: bool = True) -> dict[str, list[str]]:
+    """Every enabled stage's code and weights must be here, verified, before any work starts. Files with a
+    public location are fetched on first use (unless `fetch` is off, as in a dry run); if that fails, the run
+    stops with the file, the folder it belongs in and the command that gets it. Returns the weight paths the
+    workers load, per model."""
+    from curate.models import MODELS, ModelError, download_model, require
     from stages.face_landmarks import BackendUnavailable, check_backend
 
-    if "face" in config.run.skip:
-        return
-    backend = config.stages.face.backend
-    try:
-        check_backend(backend)
-        return
-    except BackendUnavailable as exc:
-        problem = exc
-    if fetch and backend in MODELS and MODELS[backend][1][0].url is not None:
+    needed = []
+    if not config.skipped("face"):
         try:
-            download_model(backend, progress=lambda line: print(line, file=sys.stderr))
-            check_backend(backend)
-            return
-        except (DownloadError, BackendUnavailable) as exc:
-            print(f"curate: {exc}", file=sys.stderr)
-    raise RunError(f"{problem}; or run without the face stage: --skip face") from None
+            check_backend(config.stages.face.backend)  # the code; the weights are checked next
+        except BackendUnavailable as exc:
+            if config.stages.face.backend != "fan":
+                raise RunError(f"{exc}; or run without the face stage: --skip face") from None
+        needed.append((config.stages.face.backend, "face"))
+    if not config.skipped("sync"):
+        needed.append(("syncnet", "sync"))
+    paths = {}
+    for model, stage in needed:
+        try:
+            paths[model] = [str(p) for p in require(model, config.models)]
+            continue
+        except ModelError as exc:
+            problem = exc
+        if fetch and any(file.url for file in MODELS[model][1]):
+            try:
+                download_model(model, config.models, progress=lambda line: print(line, file=sys.stderr), timeout=20)
+                paths[model] = [str(p) for p in require(model, config.models)]
+                continue
+            except ModelError as exc:
+                print(f"curate: {exc}", file=sys.stderr)
+        raise RunError(f"{problem}; or run without the {stage} stage: --skip {stage}")
+    return paths
 
 
 def make_plan(options: RunOptions) -> Plan:
     config = options.config
     exclude = options.output_dir if _inside(options.output_dir, options.input_dir) else None
     scan = scan_inputs(options.input_dir, config.inputs, exclude=exclude)
-    previous = mio.Journal(options.output_dir).latest()
+    previous, stage_records = mio.Journal(options.output_dir).latest()
     fingerprints = config.stage_fingerprints()
     todo, reused, why = [], {}, {}
     for source in scan.sources:
@@ -147,7 +162,31 @@ def make_plan(options: RunOptions) -> Plan:
         ))
     # longest first: a big source started last would leave the other workers idle at the end
     todo.sort(key=lambda task: -task.size_bytes)
-    return Plan(scan, todo, reused, previous, why)
+    plan = Plan(scan, todo, reused, previous, why, stage_records)
+    if not config.skipped("sync"):
+        for record in reused.values():
+            plan.sync_todo += [work for work in clip_work(record, options.output_dir)
+                               if _stage_result(plan.stage_records, work, "sync", fingerprints["sync"]) is None]
+    return plan
+
+
+def clip_work(record: dict, output_dir: Path) -> list:
+    """What a clip stage gets for each clip the source pass kept."""
+    from curate.pools import ClipWork
+
+    root = output_dir.resolve()
+    return [ClipWork(record["source_id"], clip["clip_id"], record.get("generation", ""), str(root / clip["path"]),
+                     str(root / clip["landmarks_path"]))
+            for clip in record["clips"] if clip["status"] == "kept" and clip.get("landmarks_path")]
+
+
+def _stage_result(stage_records: dict, work, stage: str, fingerprint: str) -> dict | None:
+    """The recorded result of `stage` for this clip (a ClipWork), if it belongs to the clip's generation and
+    to these settings."""
+    record = stage_records.get((work.clip_id, stage))
+    if record is None or record["generation"] != work.generation or record["fingerprint"] != fingerprint:
+        return None
+    return record
 
 
 def _why(record: dict | None, unchanged: bool, source: ScannedSource, fingerprints: dict[str, str]) -> str:
@@ -167,25 +206,42 @@ def run(options: RunOptions) -> RunSummary:
     started_at = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     check_input(options.input_dir, options.output_dir)
-    check_models(options.config, fetch=not options.dry_run)
-    check_output(options.output_dir, create=not options.dry_run)
     if options.dry_run:
-        return _dry_summary(make_plan(options))
+        check_output(options.output_dir, create=False)
+        summary = _dry_summary(make_plan(options))
+        try:
+            check_models(options.config, fetch=False)
+        except RunError as exc:
+            summary.warnings.append(str(exc))
+        return summary
+    check_output(options.output_dir, create=False)
+    models = check_models(options.config)
+    check_output(options.output_dir)
     with OutputLock(options.output_dir):
         plan = make_plan(options)
-        records, processed, cluster_cpus = _execute(options, plan)
-        summary = _finish(options, plan, records, processed, started_at, time.perf_counter() - t0, cluster_cpus)
+        state = _execute(options, plan, models)
+        summary = _finish(options, plan, state, started_at, time.perf_counter() - t0)
     return summary
 
 
 # -- execution ------------------------------------------------------------------------------------
 
-def _execute(options: RunOptions, plan: Plan) -> tuple[dict[str, dict], set[str], float | None]:
-    """Run the planned sources on Ray; returns every source's current record, the ids processed now and the
-    cluster's CPU count."""
-    records = dict(plan.reused)
-    if not plan.todo:
-        return records, set(), None
+@dataclass
+class _State:
+    """What a run has found so far: the current source records and clip-stage records, what ran now."""
+
+    records: dict                      # source_id -> source record
+    stage_records: dict                # (clip_id, stage) -> clip-stage record
+    processed: set = field(default_factory=set)       # sources whose pass ran in this run
+    staged: Counter = field(default_factory=Counter)  # stage -> clips it ran for in this run
+    cluster_cpus: float | None = None
+
+
+def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
+    """Run the planned sources on Ray, and the clip stages on what they (and earlier runs) kept."""
+    state = _State(records=dict(plan.reused), stage_records=dict(plan.stage_records))
+    if not plan.todo and not plan.sync_todo:
+        return state
     import ray
 
     config = options.config
@@ -193,6 +249,7 @@ def _execute(options: RunOptions, plan: Plan) -> tuple[dict[str, dict], set[str]
     journal = mio.Journal(options.output_dir)
     progress = Progress(total=len(plan.scan.sources), enabled=options.progress)
     progress.reused(len(plan.reused))
+    pool = None
     try:
         resources = config.resources.source_pass
         remote = _remote_source_pass().options(
@@ -200,51 +257,89 @@ def _execute(options: RunOptions, plan: Plan) -> tuple[dict[str, dict], set[str]
             memory=resources.memory_mb * 1024 * 1024, max_retries=config.run.max_retries,
             retry_exceptions=[TransientSourceError],
         )
-        cluster_cpus = ray.cluster_resources().get("CPU", 1)
-        limit = config.run.max_in_flight or max(2, int(2 * cluster_cpus / resources.num_cpus))
+        state.cluster_cpus = ray.cluster_resources().get("CPU", 1)
+        limit = config.run.max_in_flight or max(2, int(2 * state.cluster_cpus / resources.num_cpus))
+        if not config.skipped("sync"):
+            from curate.pools import ClipStagePool
+
+            pool = ClipStagePool("sync", config, models["syncnet"][0])
+            pool.add(plan.sync_todo)
         pending = list(reversed(plan.todo))
         running: dict = {}                 # generator -> _InFlight
-        processed: set[str] = set()
-        while pending or running:
+        while pending or running or (pool is not None and pool.busy):
             while pending and len(running) < limit:
                 task = pending.pop()
                 running[remote.remote(task, config)] = _InFlight(task)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            for generator in ready:
-                flight = running[generator]
-                try:
-                    event = ray.get(next(generator))
-                except StopIteration:
-                    del running[generator]
-                    if not flight.done:
-                        flight.fail("worker_error", "the source task ended without a result")
-                        _complete(flight, plan, records, journal, progress)
-                        processed.add(flight.task.source_id)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - every failure becomes the source's reject row
-                    cause = getattr(exc, "cause", None) or exc
-                    if isinstance(cause, OutputError):
-                        for other in running:
-                            ray.cancel(other, force=True)
-                        raise RunError(f"{cause}; stopping. Free space or fix permissions, then rerun to continue.") from None
-                    del running[generator]
-                    flight.fail(*_describe_failure(exc))
-                    _complete(flight, plan, records, journal, progress)
-                    processed.add(flight.task.source_id)
-                    continue
-                flight.take(event, progress)
-                if flight.done:
-                    _complete(flight, plan, records, journal, progress)
-                    processed.add(flight.task.source_id)
-        return records, processed, cluster_cpus
+            if pool is not None:
+                pool.dispatch(sources_running=bool(pending or running))
+            waiting = list(running) + (pool.refs() if pool is not None else [])
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+            for ref in ready:
+                if ref in running:
+                    _source_event(ref, running, plan, state, journal, progress, pool, options.output_dir)
+                else:
+                    _stage_results(pool, ref, config, state, journal, progress)
+        return state
     except OSError as exc:
         raise RunError(f"cannot write to output folder {options.output_dir}: {exc.strerror or exc}; stopping. "
                        "Rerun to continue once it is writable.") from None
     finally:
         journal.close()
         progress.close()
+        if pool is not None:
+            pool.close()
         if started_ray:
             ray.shutdown()
+
+
+def _source_event(generator, running: dict, plan: Plan, state: _State, journal: mio.Journal,
+                  progress: Progress, pool, output_dir: Path) -> None:
+    """Take the next event of a source task; when it is the last, settle the source."""
+    import ray
+
+    flight = running[generator]
+    try:
+        event = ray.get(next(generator))
+    except StopIteration:
+        del running[generator]
+        if not flight.done:
+            flight.fail("worker_error", "the source task ended without a result")
+            _complete(flight, plan, state, journal, progress, pool, output_dir)
+        return
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the source's reject row
+        cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, OutputError):
+            for other in running:
+                ray.cancel(other, force=True)
+            raise RunError(f"{cause}; stopping. Free space or fix permissions, then rerun to continue.") from None
+        del running[generator]
+        flight.fail(*_describe_failure(exc))
+        _complete(flight, plan, state, journal, progress, pool, output_dir)
+        return
+    flight.take(event, progress)
+    if flight.done:
+        _complete(flight, plan, state, journal, progress, pool, output_dir)
+
+
+def _stage_results(pool, ref, config: Config, state: _State, journal: mio.Journal, progress: Progress) -> None:
+    """File what a clip stage found for a batch of clips."""
+    batch, rows = pool.collect(ref)
+    if isinstance(rows, Exception):
+        cause = getattr(rows, "cause", None) or rows
+        if isinstance(cause, OutputError):
+            raise RunError(f"{cause}; stopping. Free space or fix permissions, then rerun to continue.") from None
+        text = (str(cause).strip().splitlines() or [type(cause).__name__])[-1][:500]
+        rows = [{"clip_id": work.clip_id, "sync_status": "rejected", "status": "rejected", "reject_stage": pool.stage,
+                 "reject_reason": "sync_error", "reject_detail": f"the {pool.stage} worker failed: {text}"}
+                for work in batch]
+    fingerprint = config.stage_fingerprints()[pool.stage]
+    for work, row in zip(batch, rows):
+        record = {"kind": "stage", "stage": pool.stage, "source_id": work.source_id, "clip_id": work.clip_id,
+                  "generation": work.generation, "fingerprint": fingerprint, "row": row}
+        journal.append(record)
+        state.stage_records[(work.clip_id, pool.stage)] = record
+        state.staged[pool.stage] += 1
+        progress.staged(pool.stage, row)
 
 
 class TransientSourceError(RuntimeError):
@@ -336,10 +431,11 @@ def _describe_failure(exc: Exception) -> tuple[str, str]:
     return "worker_error", (text[-1] if text else type(cause).__name__)[:500]
 
 
-def _complete(flight: _InFlight, plan: Plan, records: dict, journal: mio.Journal, progress: Progress) -> None:
-    """A source is finished: settle its clips, remove outputs it no longer has, record it in the journal."""
+def _complete(flight: _InFlight, plan: Plan, state: _State, journal: mio.Journal, progress: Progress,
+              pool, output_dir: Path) -> None:
+    """A source is finished: settle its clips, remove outputs it no longer has, record it in the journal, and
+    send its kept clips on to the clip stages."""
     task, source = flight.task, dict(flight.source)
-    output_dir = Path(task.output_dir)
     clips = flight.clips
     if source["status"] == "rejected":
         # a source rejected partway (decode error, truncation, crash): none of its clips are kept, and
@@ -350,23 +446,26 @@ def _complete(flight: _InFlight, plan: Plan, records: dict, journal: mio.Journal
                 clip.update(status="rejected", reject_stage=source["reject_stage"],
                             reject_reason=source["reject_reason"],
                             reject_detail=f"source rejected: {source['reject_detail']}",
-                            path=None, bytes=None, width=None, height=None, write_status=None)
+                            path=None, bytes=None, width=None, height=None, write_status=None, landmarks_path=None)
     source["n_clips"] = len(clips)
-    source["n_clips_kept"] = sum(1 for clip in clips if clip["status"] == "kept")
     previous = plan.previous.get(task.source_id)
     if previous is not None:
-        current = {clip["path"] for clip in clips if clip.get("path")}
+        current = {p for clip in clips for p in (clip.get("path"), clip.get("landmarks_path")) if p}
         for old in previous.get("clips", []):
-            if old.get("path") and old["path"] not in current:
-                _remove_output(output_dir, old["path"])
+            for path in (old.get("path"), old.get("landmarks_path")):
+                if path and path not in current:
+                    _remove_output(output_dir, path)
     record = {
         "source_id": task.source_id, "size_bytes": task.size_bytes, "mtime_ns": task.mtime_ns,
         "sha256": source.get("sha256"), "fingerprint": task.fingerprints["write"],
-        "fingerprints": task.fingerprints, "source": source, "clips": clips,
+        "fingerprints": task.fingerprints, "generation": uuid.uuid4().hex, "source": source, "clips": clips,
     }
     journal.append(record)
-    records[task.source_id] = record
+    state.records[task.source_id] = record
+    state.processed.add(task.source_id)
     progress.done()
+    if pool is not None:
+        pool.add(clip_work(record, output_dir))
 
 
 def _remove_source_outputs(output_dir: Path, out_key: str) -> None:
@@ -389,34 +488,63 @@ def _remove_output(output_dir: Path, relative: str | None) -> None:
 
 # -- finishing ------------------------------------------------------------------------------------
 
-def _finish(options: RunOptions, plan: Plan, records: dict[str, dict], processed: set[str],
-            started_at: datetime, wall_s: float, cluster_cpus: float | None) -> RunSummary:
-    source_rows, clip_rows = [], []
+def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime, wall_s: float) -> RunSummary:
+    config = options.config
+    sync_fingerprint = config.stage_fingerprints()["sync"]
+    source_rows, clip_rows, kept_records = [], [], []
     for scanned in plan.scan.sources:
-        record = records.get(scanned.source_id)
+        record = state.records.get(scanned.source_id)
         if record is None:
             continue
-        source_rows.append(record["source"])
-        clip_rows.extend(record["clips"])
+        kept_records.append(record)
+        work = {w.clip_id: w for w in clip_work(record, options.output_dir)}
+        rows = [_with_stages(clip, work.get(clip["clip_id"]), state, config, sync_fingerprint) for clip in record["clips"]]
+        source = dict(record["source"])
+        source["n_clips_kept"] = sum(1 for row in rows if row["status"] == "kept")
+        source_rows.append(source)
+        clip_rows.extend(rows)
     source_rows.sort(key=lambda row: row["source_id"])
     clip_rows.sort(key=lambda row: (row["source_id"], row["start_frame"]))
 
-    summary = _summarise(plan, source_rows, clip_rows, records, processed)
-    summary.wall_s, summary.cluster_cpus = wall_s, cluster_cpus
+    summary = _summarise(plan, source_rows, clip_rows, state.processed)
+    summary.wall_s, summary.cluster_cpus = wall_s, state.cluster_cpus
+    summary.clips_staged = dict(state.staged)
     out = options.output_dir
     try:
-        if processed or not mio.manifest_path(out, "sources").exists():
+        if state.processed or state.staged or not mio.manifest_path(out, "sources").exists():
             mio.write_table(mio.manifest_path(out, "sources"), mio.source_rows_for_parquet(source_rows), schema.SOURCES)
             mio.write_table(mio.manifest_path(out, "clips"), clip_rows, schema.CLIPS)
-            mio.Journal(out).rewrite(records[s.source_id] for s in plan.scan.sources if s.source_id in records)
-        _append_run(options, plan, summary, records, processed, started_at)
+            current = []
+            for record in kept_records:
+                current.append(record)
+                for work in clip_work(record, out):
+                    result = _stage_result(state.stage_records, work, "sync", sync_fingerprint)
+                    if result is not None:
+                        current.append(result)
+            mio.Journal(out).rewrite(current)
+        _append_run(options, plan, summary, state.records, state.processed, started_at)
     except OSError as exc:
         raise RunError(f"cannot write manifests in {out}: {exc.strerror or exc}. Rerun to retry; "
                        "finished sources are kept in the journal.") from None
     return summary
 
 
-def _summarise(plan: Plan, source_rows: list[dict], clip_rows: list[dict], records: dict, processed: set[str]) -> RunSummary:
+def _with_stages(clip: dict, work, state: _State, config: Config, sync_fingerprint: str) -> dict:
+    """A clip's row: what the source pass found, and what the clip stages found since (`work` is the clip's
+    ClipWork when the source pass kept it)."""
+    row = dict(clip)
+    if clip["status"] != "kept":
+        return row
+    if config.skipped("sync"):
+        row["sync_status"] = "skipped"
+        return row
+    result = _stage_result(state.stage_records, work, "sync", sync_fingerprint) if work is not None else None
+    if result is not None:
+        row.update(result["row"])
+    return row
+
+
+def _summarise(plan: Plan, source_rows: list[dict], clip_rows: list[dict], processed: set[str]) -> RunSummary:
     summary = RunSummary(sources_found=len(plan.scan.sources), sources_processed=len(processed),
                          sources_reused=len(plan.reused), skipped_paths=list(plan.scan.skipped))
     for row in source_rows:
@@ -458,7 +586,7 @@ def _append_run(options: RunOptions, plan: Plan, summary: RunSummary, records: d
         "sources_reused": summary.sources_reused, "sources_rejected": summary.sources_rejected,
         "clips_kept": summary.clips_kept, "clips_rejected": summary.clips_rejected,
         "hours_in": summary.seconds_in / 3600, "hours_out": summary.seconds_out / 3600,
-        "stage_timings": timings,
+        "stage_timings": timings, "clips_synced": summary.clips_staged.get("sync", 0),
     }
     path = mio.manifest_path(options.output_dir, "runs")
     mio.write_table(path, mio.read_rows(path) + [row], schema.RUNS)

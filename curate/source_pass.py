@@ -34,6 +34,7 @@ from stages.face import FaceStage
 from stages.face_landmarks import get_backend
 from stages.resample import AudioTrack, FrameRateConverter, samples_per_frame, timeline_seconds
 from stages.shots import KnownShots, ShotDetector
+from stages.sync import CONTEXT_FRAMES
 from stages.write import ClipWriter, scaled_size, write_arrays
 
 CLIPS_DIR = "clips"
@@ -316,7 +317,7 @@ class _Pass:
             self.frames.popleft()
             self.base += 1
         if self.audio is not None and keep_from > self._released:
-            self.audio.release(keep_from * self.spf)
+            self.audio.release((keep_from - CONTEXT_FRAMES) * self.spf)  # the next clip's audio context
             self._released = keep_from
             if self.faces is not None:
                 self.faces.release(keep_from)
@@ -368,11 +369,19 @@ class _Pass:
             written = self.writer.write(Path(self.task.output_dir) / relative, pictures, audio)
             if faces is not None:
                 landmarks = relative.with_suffix(".npz")
-                write_arrays(Path(self.task.output_dir) / landmarks, faces.arrays)
+                write_arrays(Path(self.task.output_dir) / landmarks, {**faces.arrays, **self._audio_context(span)})
                 row["landmarks_path"] = landmarks.as_posix()
         return {**row, "status": "kept", "reject_stage": None, "reject_reason": None, "reject_detail": None,
                 "write_status": "done", "path": relative.as_posix(), "width": written["width"],
                 "height": written["height"], "bytes": written["bytes"], "audio_samples": int(audio.size)}
+
+    def _audio_context(self, span: Span) -> dict:
+        """The clip's audio with CONTEXT_FRAMES more on each side (zeros past the stream), kept beside the clip
+        so the sync stage can shift it without inventing silence."""
+        margin = CONTEXT_FRAMES * self.spf
+        self._need_audio(span.end * self.spf + margin)
+        context = self.audio.take_padded(span.start * self.spf - margin, span.end * self.spf + margin)
+        return {"audio_context": context, "audio_margin": np.int64(margin), "sample_rate": np.int64(self.sample_rate)}
 
     def _drain_ready(self) -> Iterator[dict]:
         ready, self.ready = self.ready, []

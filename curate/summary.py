@@ -37,6 +37,8 @@ def format_summary(summary: RunSummary, output_dir: Path) -> str:
             f"throughput: {_hours(summary.seconds_processed)} of video in {summary.wall_s:.1f} s "
             f"({rate:.1f}x real time), {per:.2f} CPU-s per source-second in the source pass"
         )
+    for stage, count in sorted(summary.clips_staged.items()):
+        lines.append(f"{stage}:       {count} clips scored in this run")
     lines.append(f"manifests:  {output_dir / 'manifests'} (sources, clips, runs .parquet)")
     return "\n".join(lines)
 
@@ -54,4 +56,6 @@ def format_dry_run(summary: RunSummary) -> str:
         lines.append(f"  ... and {len(summary.planned) - 20} more")
     for path, why in summary.skipped_paths[:10]:
         lines.append(f"not looked at: {path}: {why}")
+    for warning in summary.warnings:
+        lines.append(f"a run would stop: {warning}")
     return "\n".join(lines)

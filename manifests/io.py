@@ -77,12 +77,20 @@ class Journal:
                 except ValueError:
                     continue
 
-    def latest(self) -> dict[str, dict]:
-        """The newest record per source_id."""
-        latest: dict[str, dict] = {}
+    def latest(self) -> tuple[dict[str, dict], dict[tuple[str, str], dict]]:
+        """The newest source record per source_id, and the newest clip-stage record per (clip_id, stage).
+
+        A source record holds what the source pass made (its row and its clips' rows); a clip-stage record
+        ("kind": "stage") holds what a later stage (sync) found for one clip of one generation of a source.
+        """
+        sources: dict[str, dict] = {}
+        stages: dict[tuple[str, str], dict] = {}
         for record in self.records():
-            latest[record["source_id"]] = record
-        return latest
+            if record.get("kind") == "stage":
+                stages[(record["clip_id"], record["stage"])] = record
+            else:
+                sources[record["source_id"]] = record
+        return sources, stages
 
     def append(self, record: dict) -> None:
         if self._handle is None:

@@ -89,6 +89,7 @@ CLIPS = pa.schema([
     _field("clips_status", pa.string(), "clips stage: 'done' or 'rejected'"),
     _field("face_status", pa.string(), "face stage: 'done', 'rejected', 'skipped', or null when not reached"),
     _field("write_status", pa.string(), "write stage: 'done', or null when not reached"),
+    _field("sync_status", pa.string(), "sync stage: 'done', 'rejected', 'skipped', or null when not reached"),
     _field("face_backend", pa.string(), "landmark backend that aligned the clip: dlib or fan"),
     _field("face_detection_rate", pa.float64(), "share of the clip's frames where the face was found"),
     _field("face_size_px", pa.float64(), "median face width in source pixels (extent of the 68 landmarks)"),
@@ -96,6 +97,10 @@ CLIPS = pa.schema([
     _field("face_max_faces", pa.int32(), "most prominent faces one detection pass found in the clip"),
     _field("aligned_size", pa.int32(), "side of the aligned square picture"),
     _field("landmarks_path", pa.string(), "per-frame landmarks (source and aligned) and affine matrices (.npz)"),
+    _field("sync_offset", pa.int32(), "SyncNet audio-video offset in frames (> 0: sound before lips); the clip's "
+                                      "audio has been delayed by it"),
+    _field("sync_min_dist", pa.float64(), "SyncNet minimum mean distance over shifts (LSE-D)"),
+    _field("sync_conf", pa.float64(), "SyncNet confidence: median minus minimum distance (LSE-C)"),
 ])
 
 STAGE_TIMING = pa.struct([
@@ -127,6 +132,7 @@ RUNS = pa.schema([
     _field("hours_in", pa.float64(), "hours of source video found"),
     _field("hours_out", pa.float64(), "hours of kept clips"),
     _field("stage_timings", pa.list_(STAGE_TIMING), "CPU seconds per stage over the sources processed in this run"),
+    _field("clips_synced", pa.int64(), "clips the sync stage scored in this run"),
 ])
 
 

@@ -116,6 +116,14 @@ class AudioTrack:
             raise ValueError(f"audio samples [{start}, {stop}) are not held ([{self._base}, {self._end}))")
         return held[lo:hi]
 
+    def take_padded(self, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) with zeros where the timeline has none (before 0, past the stream's end)."""
+        out = np.zeros(stop - start, np.int16)
+        lo, hi = max(start, self._base), min(stop, self._end)
+        if lo < hi:
+            out[lo - start:hi - start] = self.take(lo, hi)
+        return out
+
     def release(self, before: int) -> None:
         """Forget samples before `before`: no clip will ask for them again."""
         if before <= self._base or not self._chunks:

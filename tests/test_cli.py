@@ -41,6 +41,20 @@ def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys, talking_hea
     assert not out.exists()
 
 
+def test_missing_syncnet_weights_stop_the_run_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CURATE_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "raw").mkdir()
+    out = tmp_path / "out"
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"syncnet_v2.model is missing in {tmp_path / 'models'}" in err
+    assert "curate models download syncnet" in err and "--skip sync" in err
+    assert not out.exists()
+    # a dry run says so too, and still lists the work
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out), "--dry-run"]) == 0
+    assert "a run would stop: syncnet_v2.model is missing" in capsys.readouterr().out
+
+
 def test_second_run_on_the_same_output_is_refused(tmp_path, capsys):
     from curate.lock import OutputLock
 
@@ -48,7 +62,7 @@ def test_second_run_on_the_same_output_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     with OutputLock(out):
-        assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out)]) == 2
+        assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out), "--skip", "sync"]) == 2
     assert "another curate run (pid" in capsys.readouterr().err
     with OutputLock(out):  # released on exit, so the next run may take it
         pass
@@ -62,6 +76,7 @@ def test_console_script_help_runs_without_ray():
 
 def test_empty_input_folder_is_a_clean_run(tmp_path, capsys, ray_cluster):
     (tmp_path / "raw").mkdir()
-    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--no-progress",
+                 "--skip", "sync"]) == 0
     assert "sources in: 0" in capsys.readouterr().out
     assert (tmp_path / "out" / "manifests" / "sources.parquet").exists()

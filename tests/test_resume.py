@@ -128,10 +128,11 @@ def test_changing_the_face_stage_keeps_the_shots_and_recomputes_face_and_write(t
     raw = tmp_path / "raw"
     downscaled(raw / "kitchen.mp4", KITCHEN, size="540x960", seconds=8)
     out = tmp_path / "out"
-    curate(raw, out)
+    no_sync = {"run": {"skip": ["sync"]}}
+    curate(raw, out, config_from_dict(no_sync))
     first = pd.read_parquet(out / "manifests/clips.parquet")
     assert list(first.face_status) == ["done"] and first.face_jitter_px.iloc[0] > 0
-    curate(raw, out, config_from_dict({"stages": {"face": {"smooth_sigma_frames": 0}}}))
+    curate(raw, out, config_from_dict({**no_sync, "stages": {"face": {"smooth_sigma_frames": 0}}}))
     second = pd.read_parquet(out / "manifests/clips.parquet")
     sources = pd.read_parquet(out / "manifests/sources.parquet")
     assert sources.shots_reused.all()
@@ -139,5 +140,5 @@ def test_changing_the_face_stage_keeps_the_shots_and_recomputes_face_and_write(t
     # skipping the face stage writes the clip unaligned; bringing it back aligns it again
     curate(raw, out, chain())
     assert pd.read_parquet(out / "manifests/clips.parquet").face_status.tolist() == ["skipped"]
-    curate(raw, out)
+    curate(raw, out, config_from_dict(no_sync))
     assert pd.read_parquet(out / "manifests/clips.parquet").face_jitter_px.iloc[0] == first.face_jitter_px.iloc[0]

@@ -1,0 +1,110 @@
+"""Actor pools for the stages that work on written clips (sync): weights loaded once per actor, clips
+handed over in small batches, results streamed back to the driver as they come.
+
+A source's clips join the queue once its source pass has finished, so a source rejected partway (a decode
+error late in the file) never has its clips scored or their audio rewritten, and a source task that Ray
+retries cannot rewrite a clip another stage has already finished. There is no barrier between sources.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from curate.config import Config
+
+
+@dataclass(frozen=True)
+class ClipWork:
+    """One clip waiting for a clip stage, and what its result must be filed under."""
+
+    source_id: str
+    clip_id: str
+    generation: str      # the source record the clip belongs to; a result for another one is stale
+    video: str           # absolute paths
+    landmarks: str
+
+
+class SyncWorker:
+    """The body of one Ray actor of the sync pool."""
+
+    def __init__(self, config: Config, weights: str, threads: int):
+        import torch
+
+        from stages.sync import SyncStage
+        from syncnet.model import load_syncnet
+        from syncnet.score import SyncScorer
+
+        torch.set_num_threads(max(1, threads))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        batch = config.resources.sync.batch_windows
+        self.device = device
+        self.stage = SyncStage(config.stages.sync, SyncScorer(load_syncnet(weights, device), device, batch))
+
+    def process(self, work: list[ClipWork]) -> list[dict]:
+        from stages.sync import SyncJob
+
+        jobs = [SyncJob(w.clip_id, w.video, w.landmarks) for w in work]
+        return self.stage.process(jobs)
+
+
+WORKERS = {"sync": SyncWorker}
+
+
+class ClipStagePool:
+    """A few actors of one clip stage and the queue that feeds them."""
+
+    def __init__(self, stage: str, config: Config, weights: str):
+        import ray
+
+        resources = getattr(config.resources, stage)
+        actor = ray.remote(WORKERS[stage]).options(
+            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+            memory=resources.memory_mb * 1024 * 1024, max_restarts=config.run.max_retries,
+            max_task_retries=config.run.max_retries,
+        )
+        threads = max(1, round(resources.num_cpus))
+        self.stage = stage
+        self.batch = resources.batch_clips
+        self.idle = [actor.remote(config, weights, threads) for _ in range(resources.workers)]
+        self.queue: list[ClipWork] = []
+        self.in_flight: dict = {}          # ObjectRef -> (actor, [ClipWork])
+        self._last_dispatch = time.monotonic()
+
+    def add(self, work: list[ClipWork]) -> None:
+        self.queue.extend(work)
+
+    def dispatch(self, sources_running: bool) -> None:
+        """Hand out full batches; partial ones too when the sources are done or the queue has waited."""
+        waited = time.monotonic() - self._last_dispatch > 2.0
+        while self.idle and self.queue and (len(self.queue) >= self.batch or not sources_running or waited):
+            batch, self.queue = self.queue[:self.batch], self.queue[self.batch:]
+            actor = self.idle.pop()
+            self.in_flight[actor.process.remote(batch)] = (actor, batch)
+            self._last_dispatch = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self.in_flight)
+
+    def refs(self) -> list:
+        return list(self.in_flight)
+
+    def collect(self, ref) -> tuple[list[ClipWork], list[dict] | Exception]:
+        """The batch behind `ref` and its rows, or the exception it ended with."""
+        import ray
+
+        actor, batch = self.in_flight.pop(ref)
+        self.idle.append(actor)
+        try:
+            return batch, ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - the caller decides what a failed batch means
+            return batch, exc
+
+    def close(self) -> None:
+        import ray
+
+        for ref in self.in_flight:
+            ray.cancel(ref, force=True)
+        for actor in self.idle:
+            ray.kill(actor)

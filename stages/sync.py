@@ -1,0 +1,133 @@
+"""Sync stage: SyncNet on each aligned clip; the audio is shifted by the measured offset, or the clip dropped.
+
+It works on clips the source pass wrote, in a Ray actor pool (SyncNet loaded once per actor, windows of
+several clips batched together, on a GPU when the pool is given one). The lip crops come from the face
+stage's landmarks stored beside the clip, so nothing is detected twice and no frame or sound goes through a
+lossy round trip: frames are decoded from the clip once, and the audio is the clip's lossless samples.
+
+Sign convention: offset k > 0 means the sound comes k frames (40 ms each at 25 fps) before the lips.
+The corrected clip plays sample j of its audio at the time the source played sample j - k * 640, i.e. the
+audio is delayed by k frames; k < 0 advances it. The samples come from the audio context the source pass
+stored around the clip, so the clip keeps its length and no silence is invented. The shift is always made
+from that stored original, never from the clip's current audio, so scoring a clip again (new settings, a
+rerun after a crash) cannot shift it twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from curate.config import SyncParams
+from stages.base import Rejected
+from stages.write import write_arrays, write_atomically
+from syncnet.crops import boxes_from_landmarks, crops
+from syncnet.score import SAMPLES_PER_FRAME, SyncResult, SyncScorer
+
+STAGE = "sync"
+CONTEXT_FRAMES = 15  # audio kept beyond each end of a clip: the largest offset SyncNet can report
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    clip_id: str
+    video: str          # absolute paths of the clip and its landmarks
+    landmarks: str
+
+
+def shifted_audio(context: np.ndarray, offset: int, samples: int, margin: int) -> np.ndarray:
+    """The clip's audio delayed by `offset` frames, from the stored context (margin samples each side)."""
+    start = margin - offset * SAMPLES_PER_FRAME
+    if not 0 <= start <= len(context) - samples:
+        raise ValueError(f"an offset of {offset} frames reaches beyond the stored audio context")
+    return context[start:start + samples]
+
+
+def rewrite_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Replace a clip's audio, keeping its video packets untouched (no re-encode), atomically."""
+
+    def remux(target: Path) -> None:
+        with av.open(str(path)) as source, \
+                av.open(str(target), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            video_in = source.streams.video[0]
+            codec = source.streams.audio[0].codec_context.name
+            video_out = out.add_stream_from_template(video_in)
+            sound = out.add_stream(codec, rate=sample_rate, layout="mono")
+            for packet in source.demux(video_in):
+                if packet.dts is None:
+                    continue
+                packet.stream = video_out
+                out.mux(packet)
+            chunk = sound.codec_context.frame_size or 4096
+            for start in range(0, len(audio), chunk):
+                piece = np.ascontiguousarray(audio[start:start + chunk], dtype=np.int16)[None, :]
+                frame = av.AudioFrame.from_ndarray(piece, format="s16", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
+                out.mux(sound.encode(frame))
+            out.mux(sound.encode(None))
+
+    write_atomically(path, remux)
+
+
+class SyncStage:
+    def __init__(self, params: SyncParams, scorer: SyncScorer):
+        self.params = params
+        self.scorer = scorer
+
+    def process(self, jobs: list[SyncJob]) -> list[dict]:
+        """Score `jobs` together; shift or reject each; returns one row of sync columns per job, in order."""
+        rows: dict[int, dict] = {}
+        inputs, stored, scored = [], [], []
+        for number, job in enumerate(jobs):
+            try:
+                arrays = dict(np.load(job.landmarks))
+                frames = _frames_bgr(job.video)
+                boxes = boxes_from_landmarks(arrays["landmarks_aligned"], arrays["present"])
+                margin = int(arrays["audio_margin"])
+                original = arrays["audio_context"][margin:margin + len(frames) * SAMPLES_PER_FRAME]
+                inputs.append((crops(frames, boxes, self.params.crop_scale), original))
+            except (OSError, KeyError, ValueError, av.error.FFmpegError) as exc:
+                rows[number] = _failed(job, f"cannot read the clip or its landmarks: {type(exc).__name__}: {exc}")
+                continue
+            stored.append(arrays)
+            scored.append(number)
+        results = self.scorer.score_many(inputs) if inputs else []
+        for number, arrays, result in zip(scored, stored, results):
+            rows[number] = self._settle(jobs[number], arrays, result)
+        return [rows[number] for number in range(len(jobs))]
+
+    def _settle(self, job: SyncJob, arrays: dict, result: SyncResult) -> dict:
+        params = self.params
+        row = {"clip_id": job.clip_id, "sync_offset": result.offset, "sync_min_dist": round(result.min_dist, 4),
+               "sync_conf": round(result.conf, 4), "sync_status": "done"}
+        rejected = None
+        if result.conf < params.min_confidence:
+            rejected = Rejected(STAGE, "low_sync_confidence",
+                                f"SyncNet confidence {result.conf:.2f} is below {params.min_confidence:g}")
+        elif abs(result.offset) > params.max_offset:
+            rejected = Rejected(STAGE, "large_av_offset",
+                                f"audio is {result.offset:+d} frames off the video, more than {params.max_offset}")
+        arrays["sync_frame_conf"] = result.frame_conf.astype(np.float32)
+        write_arrays(Path(job.landmarks), arrays)
+        if rejected is not None:
+            return {**row, "sync_status": "rejected", "status": "rejected", "reject_stage": rejected.stage,
+                    "reject_reason": rejected.reason, "reject_detail": rejected.detail}
+        margin = int(arrays["audio_margin"])
+        samples = len(arrays["present"]) * SAMPLES_PER_FRAME
+        audio = shifted_audio(arrays["audio_context"], result.offset, samples, margin)
+        rewrite_audio(Path(job.video), audio, int(arrays["sample_rate"]))
+        return row
+
+
+def _failed(job: SyncJob, detail: str) -> dict:
+    return {"clip_id": job.clip_id, "sync_status": "rejected", "status": "rejected", "reject_stage": STAGE,
+            "reject_reason": "sync_error", "reject_detail": detail[:500]}
+
+
+def _frames_bgr(path: str) -> np.ndarray:
+    with av.open(path) as container:
+        return np.stack([frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)])
