@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="attach to an existing Ray cluster (also RAY_ADDRESS); default: start an embedded one")
     run.add_argument("--num-cpus", type=int, metavar="N", help="CPUs for the embedded Ray (default: all)")
     run.add_argument("--skip", action="append", default=[], metavar="STAGE",
-                     help="leave a stage out (repeatable): shots (a source is one shot), face (clips unaligned)")
+                     help="leave stages out (repeatable, or comma-separated): shots (a source is one shot), face (clips unaligned, "
+                          "no sync), sync, quality")
     run.add_argument("--dry-run", action="store_true", help="show what would be done, do nothing")
     bars = run.add_mutually_exclusive_group()
     bars.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
@@ -64,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (models folder, face backend)")
     evaluate.set_defaults(handler=_eval_sync)
 
+    quality = commands.add_parser(
+        "eval-quality", help="HyperIQA visual-quality score of videos",
+        description="Score each VIDEO with HyperIQA (koniq_pretrained.pkl) as LatentSync's quality filter does: the "
+                    "first, middle and last frame, centre crop 224, mean of the three (0..100, higher is better; "
+                    "the pipeline keeps clips scoring at least stages.quality.min_score, 40 by default).",
+    )
+    quality.add_argument("videos", nargs="+", metavar="VIDEO")
+    quality.add_argument("--weights", type=Path, metavar="FILE", help="koniq_pretrained.pkl (default: the verified one "
+                         "in the models folder)")
+    quality.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    quality.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (models folder)")
+    quality.set_defaults(handler=_eval_quality)
+
     models = commands.add_parser("models", help="model weights: list what is here, download what is not")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser("list", help="every model file, where it belongs, and whether it is there "
@@ -72,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_models_list)
     fetch = model_commands.add_parser("download", help="fetch model files from their public locations and verify them")
     fetch.add_argument("names", nargs="*", metavar="NAME",
-                       help="syncnet, fan (default: every model the default pipeline needs)")
+                       help="syncnet, hyperiqa, fan (default: every model the default pipeline needs)")
     fetch.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (for models.dir and models.sha256)")
     fetch.set_defaults(handler=_models_download)
     return parser
@@ -85,8 +99,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.num_cpus is not None and args.num_cpus < 1:
         raise RunError("--num-cpus must be at least 1")
     config = load_config(args.config)
-    if args.skip:
-        config = with_skipped(config, args.skip)
+    skip = [stage.strip() for arg in args.skip for stage in arg.split(",") if stage.strip()]
+    if skip:
+        config = with_skipped(config, skip)
     options = RunOptions(
         input_dir=args.input, output_dir=args.output, config=config,
         address=args.address, num_cpus=args.num_cpus, dry_run=args.dry_run, progress=args.progress,
@@ -140,6 +155,47 @@ def _eval_sync(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _eval_quality(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from curate.models import ModelError, require
+    from hyperiqa.model import load_hyperiqa
+    from hyperiqa.score import QualityScorer
+
+    config = load_config(args.config)
+    for video in args.videos:
+        if not Path(video).is_file():
+            raise RunError(f"{video} is not a file")
+    try:
+        weights = args.weights or require("hyperiqa", config.models)[0]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        scorer = QualityScorer(load_hyperiqa(weights, device), device)
+    except ModelError as exc:
+        raise RunError(str(exc)) from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise RunError(f"cannot load HyperIQA weights from {weights}: {exc}") from None
+    results, failed = [], []
+    for video in args.videos:
+        try:
+            result = scorer.score_video(video)
+        except (ValueError, av_errors()) as exc:
+            failed.append({"video": video, "error": str(exc)})
+            continue
+        results.append({"video": video, "score": round(result.score, 4),
+                        "frame_scores": [round(float(s), 4) for s in result.frame_scores]})
+    if args.json:
+        print(json.dumps(results + failed, indent=1))
+    else:
+        print(f"{'score':>8}  {'first':>7} {'middle':>7} {'last':>7}  video")
+        for r in results:
+            print(f"{r['score']:8.2f}  " + " ".join(f"{s:7.2f}" for s in r["frame_scores"]) + f"  {r['video']}")
+        for f in failed:
+            print(f"{'-':>8}  {'-':>7} {'-':>7} {'-':>7}  {f['video']}: {f['error']}")
+    return 1 if failed else 0
+
+
 def av_errors():
     import av
 
@@ -159,7 +215,7 @@ def _models_download(args: argparse.Namespace) -> int:
 
     settings = load_config(args.config).models
     try:
-        for name in args.names or ["syncnet"]:
+        for name in args.names or ["syncnet", "hyperiqa"]:
             download_model(name, settings)
     except ModelError as exc:
         raise RunError(str(exc)) from None

@@ -24,9 +24,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# stages a run may leave out (`--skip`); without `face` the clips are written unaligned (and `sync`, which
-# crops from the face stage's landmarks, is left out too)
-SKIPPABLE = ("shots", "face", "sync")
+# stages a run may leave out (`--skip`); without `face` the clips are written unaligned, and the clip stages
+# are left out too: `sync` crops from the face stage's landmarks, and `quality`'s threshold (LatentSync's 40)
+# is meant for the aligned face, not for the middle of a whole frame
+SKIPPABLE = ("shots", "face", "sync", "quality")
 
 
 class RunSettings(_Strict):
@@ -58,12 +59,16 @@ class Resources(_Strict):
 class PoolResources(Resources):
     workers: int = Field(1, ge=1)            # actors in the pool, each with the weights loaded once
     batch_clips: int = Field(4, ge=1)        # clips handed to an actor at once
+
+
+class SyncResources(PoolResources):
     batch_windows: int = Field(64, ge=1)     # network batch size
 
 
 class ResourceSettings(_Strict):
     source_pass: Resources = Resources()
-    sync: PoolResources = PoolResources(memory_mb=2048)
+    sync: SyncResources = SyncResources(memory_mb=2048)
+    quality: PoolResources = PoolResources(memory_mb=2048, batch_clips=8)
 
 
 class ModelSettings(_Strict):
@@ -135,6 +140,10 @@ class SyncParams(_Strict):
     crop_scale: float = Field(0.4, gt=0)
 
 
+class QualityParams(_Strict):
+    min_score: float = 40.0
+
+
 class WriteParams(_Strict):
     short_side: int = Field(256, ge=16)
     crf: int = Field(18, ge=0, le=51)
@@ -152,12 +161,14 @@ class StageSettings(_Strict):
     face: FaceParams = FaceParams()
     write: WriteParams = WriteParams()
     sync: SyncParams = SyncParams()
+    quality: QualityParams = QualityParams()
 
 
 # The order the stages run in; a stage's fingerprint covers its own parameters and every earlier stage's.
-# probe .. write run in one pass per source; sync works on the written clips.
-STAGE_ORDER = ("probe", "resample", "shots", "clips", "face", "write", "sync")
+# probe .. write run in one pass per source; the clip stages (sync, then quality) work on the written clips.
+STAGE_ORDER = ("probe", "resample", "shots", "clips", "face", "write", "sync", "quality")
 SOURCE_PASS = STAGE_ORDER[:STAGE_ORDER.index("write") + 1]
+CLIP_STAGES = STAGE_ORDER[len(SOURCE_PASS):]
 
 
 class Config(_Strict):
@@ -169,7 +180,11 @@ class Config(_Strict):
 
     def skipped(self, stage: str) -> bool:
         """Whether `stage` does not run: asked to be skipped, or it needs a stage that is."""
-        return stage in self.run.skip or (stage == "sync" and "face" in self.run.skip)
+        return stage in self.run.skip or (stage in CLIP_STAGES and "face" in self.run.skip)
+
+    def clip_stages(self) -> list[str]:
+        """The clip stages this run does, in order."""
+        return [stage for stage in CLIP_STAGES if not self.skipped(stage)]
 
     def stage_fingerprints(self) -> dict[str, str]:
         """Fingerprint of each stage: a hash of its parameters chained with the stage before it.

@@ -44,6 +44,12 @@ def _verify_syncnet(path: Path) -> None:
     load_syncnet(path)
 
 
+def _verify_hyperiqa(path: Path) -> None:
+    from hyperiqa.model import load_hyperiqa
+
+    load_hyperiqa(path)
+
+
 def _verify_fan(path: Path) -> None:
     import torch
     from face_alignment.detection.sfd.net_s3fd import s3fd
@@ -72,6 +78,9 @@ class ModelFile:
 
 _FAN_URL = "https://www.adrianbulat.com/downloads/python-fan/"
 SYNCNET_FILE = "syncnet_v2.model"
+HYPERIQA_FILE = "koniq_pretrained.pkl"
+# the HyperIQA authors share theirs on Google Drive (no direct link); LatentSync mirrors the same state_dict
+_HYPERIQA_URL = "https://huggingface.co/ByteDance/LatentSync-1.5/resolve/main/auxiliary/" + HYPERIQA_FILE
 
 MODELS: dict[str, tuple[str, list[ModelFile]]] = {
     "dlib": ("68-point landmarks for the face stage's dlib backend (in face_recognition_models)",
@@ -83,6 +92,8 @@ MODELS: dict[str, tuple[str, list[ModelFile]]] = {
     "syncnet": ("SyncNet of Chung & Zisserman, for the sync stage and `curate eval-sync`",
                 [ModelFile(SYNCNET_FILE, "http://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
                            models_dir, _verify_syncnet)]),
+    "hyperiqa": ("HyperIQA trained on KonIQ-10k, for the quality stage and `curate eval-quality`",
+                 [ModelFile(HYPERIQA_FILE, _HYPERIQA_URL, models_dir, _verify_hyperiqa)]),
 }
 
 

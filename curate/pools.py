@@ -1,5 +1,6 @@
-"""Actor pools for the stages that work on written clips (sync): weights loaded once per actor, clips
-handed over in small batches, results streamed back to the driver as they come.
+"""Actor pools for the stages that work on written clips (sync, quality): weights loaded once per actor, clips
+handed over in small batches, results streamed back to the driver as they come. A clip the sync stage keeps
+moves on to the quality pool at once.
 
 A source's clips join the queue once its source pass has finished, so a source rejected partway (a decode
 error late in the file) never has its clips scored or their audio rewritten, and a source task that Ray
@@ -22,7 +23,7 @@ class ClipWork:
     clip_id: str
     generation: str      # the source record the clip belongs to; a result for another one is stale
     video: str           # absolute paths
-    landmarks: str
+    landmarks: str | None  # None for a clip written without the face stage
 
 
 class SyncWorker:
@@ -48,7 +49,27 @@ class SyncWorker:
         return self.stage.process(jobs)
 
 
-WORKERS = {"sync": SyncWorker}
+class QualityWorker:
+    """The body of one Ray actor of the quality pool."""
+
+    def __init__(self, config: Config, weights: str, threads: int):
+        import torch
+
+        from hyperiqa.model import load_hyperiqa
+        from hyperiqa.score import QualityScorer
+        from stages.quality import QualityStage
+
+        torch.set_num_threads(max(1, threads))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        batch = 3 * config.resources.quality.batch_clips
+        self.stage = QualityStage(config.stages.quality, QualityScorer(load_hyperiqa(weights, device), device, batch))
+
+    def process(self, work: list[ClipWork]) -> list[dict]:
+        return self.stage.process([(w.clip_id, w.video) for w in work])
+
+
+WORKERS = {"sync": SyncWorker, "quality": QualityWorker}
 
 
 class ClipStagePool:
@@ -74,10 +95,10 @@ class ClipStagePool:
     def add(self, work: list[ClipWork]) -> None:
         self.queue.extend(work)
 
-    def dispatch(self, sources_running: bool) -> None:
-        """Hand out full batches; partial ones too when the sources are done or the queue has waited."""
+    def dispatch(self, upstream_running: bool) -> None:
+        """Hand out full batches; partial ones too when nothing more can arrive or the queue has waited."""
         waited = time.monotonic() - self._last_dispatch > 2.0
-        while self.idle and self.queue and (len(self.queue) >= self.batch or not sources_running or waited):
+        while self.idle and self.queue and (len(self.queue) >= self.batch or not upstream_running or waited):
             batch, self.queue = self.queue[:self.batch], self.queue[self.batch:]
             actor = self.idle.pop()
             self.in_flight[actor.process.remote(batch)] = (actor, batch)

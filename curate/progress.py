@@ -19,9 +19,10 @@ class Progress:
             "face": tqdm(desc="face   ", unit="clip", position=3, **common),
             "write": tqdm(desc="write  ", unit="clip", position=4, **common),
             "sync": tqdm(desc="sync   ", unit="clip", position=5, **common),
-            "done": tqdm(total=total, desc="sources", unit="src", position=6, **common),
+            "quality": tqdm(desc="quality", unit="clip", position=6, **common),
+            "done": tqdm(total=total, desc="sources", unit="src", position=7, **common),
         }
-        self._rejected = {"probe": 0, "clips": 0, "face": 0, "sync": 0, "done": 0}
+        self._rejected = {"probe": 0, "clips": 0, "face": 0, "sync": 0, "quality": 0, "done": 0}
 
     def reused(self, count: int) -> None:
         for name in ("probe", "done"):
@@ -45,7 +46,7 @@ class Progress:
             self._bars["write"].update(1)
 
     def staged(self, stage: str, row: dict) -> None:
-        """A clip stage (sync) finished a clip."""
+        """A clip stage (sync, quality) finished a clip."""
         self._bars[stage].update(1)
         if row.get("status") == "rejected":
             self._reject(stage)

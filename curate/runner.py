@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from curate.config import Config
+from curate.config import CLIP_STAGES, Config
 from curate.errors import RunError
 from curate.lock import OutputLock
 from curate.progress import Progress
@@ -50,7 +50,7 @@ class Plan:
     previous: dict[str, dict]         # source_id -> newest journal record, valid or not
     why: dict[str, str]               # source_id -> why it is (re)processed
     stage_records: dict = field(default_factory=dict)   # (clip_id, stage) -> newest clip-stage record
-    sync_todo: list = field(default_factory=list)       # ClipWork of reused sources that still need sync
+    clip_todo: dict = field(default_factory=dict)       # clip stage -> ClipWork of reused sources it still owes
 
 
 @dataclass
@@ -120,6 +120,8 @@ def check_models(config: Config, fetch: bool = True) -> dict[str, list[str]]:
         needed.append((config.stages.face.backend, "face"))
     if not config.skipped("sync"):
         needed.append(("syncnet", "sync"))
+    if not config.skipped("quality"):
+        needed.append(("hyperiqa", "quality"))
     paths = {}
     for model, stage in needed:
         try:
@@ -163,10 +165,11 @@ def make_plan(options: RunOptions) -> Plan:
     # longest first: a big source started last would leave the other workers idle at the end
     todo.sort(key=lambda task: -task.size_bytes)
     plan = Plan(scan, todo, reused, previous, why, stage_records)
-    if not config.skipped("sync"):
-        for record in reused.values():
-            plan.sync_todo += [work for work in clip_work(record, options.output_dir)
-                               if _stage_result(plan.stage_records, work, "sync", fingerprints["sync"]) is None]
+    for record in reused.values():
+        for work in clip_work(record, options.output_dir):
+            stage = next_clip_stage(plan.stage_records, work, config)
+            if stage is not None:
+                plan.clip_todo.setdefault(stage, []).append(work)
     return plan
 
 
@@ -176,8 +179,21 @@ def clip_work(record: dict, output_dir: Path) -> list:
 
     root = output_dir.resolve()
     return [ClipWork(record["source_id"], clip["clip_id"], record.get("generation", ""), str(root / clip["path"]),
-                     str(root / clip["landmarks_path"]))
-            for clip in record["clips"] if clip["status"] == "kept" and clip.get("landmarks_path")]
+                     str(root / clip["landmarks_path"]) if clip.get("landmarks_path") else None)
+            for clip in record["clips"] if clip["status"] == "kept" and clip.get("path")]
+
+
+def next_clip_stage(stage_records: dict, work, config: Config) -> str | None:
+    """The first clip stage this clip still needs; None when it is settled: every stage has a valid result,
+    or one of them rejected it."""
+    fingerprints = config.stage_fingerprints()
+    for stage in config.clip_stages():
+        result = _stage_result(stage_records, work, stage, fingerprints[stage])
+        if result is None:
+            return stage
+        if result["row"].get("status") == "rejected":
+            return None
+    return None
 
 
 def _stage_result(stage_records: dict, work, stage: str, fingerprint: str) -> dict | None:
@@ -240,7 +256,7 @@ class _State:
 def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
     """Run the planned sources on Ray, and the clip stages on what they (and earlier runs) kept."""
     state = _State(records=dict(plan.reused), stage_records=dict(plan.stage_records))
-    if not plan.todo and not plan.sync_todo:
+    if not plan.todo and not any(plan.clip_todo.values()):
         return state
     import ray
 
@@ -249,7 +265,7 @@ def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
     journal = mio.Journal(options.output_dir)
     progress = Progress(total=len(plan.scan.sources), enabled=options.progress)
     progress.reused(len(plan.reused))
-    pool = None
+    pools: dict = {}                       # clip stage -> ClipStagePool, in chain order
     try:
         resources = config.resources.source_pass
         remote = _remote_source_pass().options(
@@ -259,26 +275,30 @@ def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
         )
         state.cluster_cpus = ray.cluster_resources().get("CPU", 1)
         limit = config.run.max_in_flight or max(2, int(2 * state.cluster_cpus / resources.num_cpus))
-        if not config.skipped("sync"):
+        if config.clip_stages():
             from curate.pools import ClipStagePool
 
-            pool = ClipStagePool("sync", config, models["syncnet"][0])
-            pool.add(plan.sync_todo)
+            weights = {"sync": "syncnet", "quality": "hyperiqa"}
+            for stage in config.clip_stages():
+                pools[stage] = ClipStagePool(stage, config, models[weights[stage]][0])
+                pools[stage].add(plan.clip_todo.get(stage, []))
         pending = list(reversed(plan.todo))
         running: dict = {}                 # generator -> _InFlight
-        while pending or running or (pool is not None and pool.busy):
+        while pending or running or any(pool.busy for pool in pools.values()):
             while pending and len(running) < limit:
                 task = pending.pop()
                 running[remote.remote(task, config)] = _InFlight(task)
-            if pool is not None:
-                pool.dispatch(sources_running=bool(pending or running))
-            waiting = list(running) + (pool.refs() if pool is not None else [])
-            ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
+            upstream = bool(pending or running)
+            for pool in pools.values():    # in chain order: a pool waits while the ones before it still work
+                pool.dispatch(upstream_running=upstream)
+                upstream = upstream or pool.busy
+            owner = {ref: pool for pool in pools.values() for ref in pool.refs()}
+            ready, _ = ray.wait(list(running) + list(owner), num_returns=1, timeout=1.0)
             for ref in ready:
                 if ref in running:
-                    _source_event(ref, running, plan, state, journal, progress, pool, options.output_dir)
+                    _source_event(ref, running, plan, state, journal, progress, pools, options.output_dir)
                 else:
-                    _stage_results(pool, ref, config, state, journal, progress)
+                    _stage_results(owner[ref], ref, pools, config, state, journal, progress)
         return state
     except OSError as exc:
         raise RunError(f"cannot write to output folder {options.output_dir}: {exc.strerror or exc}; stopping. "
@@ -286,14 +306,14 @@ def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
     finally:
         journal.close()
         progress.close()
-        if pool is not None:
+        for pool in pools.values():
             pool.close()
         if started_ray:
             ray.shutdown()
 
 
 def _source_event(generator, running: dict, plan: Plan, state: _State, journal: mio.Journal,
-                  progress: Progress, pool, output_dir: Path) -> None:
+                  progress: Progress, pools: dict, output_dir: Path) -> None:
     """Take the next event of a source task; when it is the last, settle the source."""
     import ray
 
@@ -304,7 +324,7 @@ def _source_event(generator, running: dict, plan: Plan, state: _State, journal: 
         del running[generator]
         if not flight.done:
             flight.fail("worker_error", "the source task ended without a result")
-            _complete(flight, plan, state, journal, progress, pool, output_dir)
+            _complete(flight, plan, state, journal, progress, pools, output_dir)
         return
     except Exception as exc:  # noqa: BLE001 - every failure becomes the source's reject row
         cause = getattr(exc, "cause", None) or exc
@@ -314,23 +334,25 @@ def _source_event(generator, running: dict, plan: Plan, state: _State, journal: 
             raise RunError(f"{cause}; stopping. Free space or fix permissions, then rerun to continue.") from None
         del running[generator]
         flight.fail(*_describe_failure(exc))
-        _complete(flight, plan, state, journal, progress, pool, output_dir)
+        _complete(flight, plan, state, journal, progress, pools, output_dir)
         return
     flight.take(event, progress)
     if flight.done:
-        _complete(flight, plan, state, journal, progress, pool, output_dir)
+        _complete(flight, plan, state, journal, progress, pools, output_dir)
 
 
-def _stage_results(pool, ref, config: Config, state: _State, journal: mio.Journal, progress: Progress) -> None:
-    """File what a clip stage found for a batch of clips."""
+def _stage_results(pool, ref, pools: dict, config: Config, state: _State, journal: mio.Journal,
+                   progress: Progress) -> None:
+    """File what a clip stage found for a batch of clips; send the clips it kept on to the next stage."""
     batch, rows = pool.collect(ref)
     if isinstance(rows, Exception):
         cause = getattr(rows, "cause", None) or rows
         if isinstance(cause, OutputError):
             raise RunError(f"{cause}; stopping. Free space or fix permissions, then rerun to continue.") from None
         text = (str(cause).strip().splitlines() or [type(cause).__name__])[-1][:500]
-        rows = [{"clip_id": work.clip_id, "sync_status": "rejected", "status": "rejected", "reject_stage": pool.stage,
-                 "reject_reason": "sync_error", "reject_detail": f"the {pool.stage} worker failed: {text}"}
+        rows = [{"clip_id": work.clip_id, f"{pool.stage}_status": "rejected", "status": "rejected",
+                 "reject_stage": pool.stage, "reject_reason": f"{pool.stage}_error",
+                 "reject_detail": f"the {pool.stage} worker failed: {text}"}
                 for work in batch]
     fingerprint = config.stage_fingerprints()[pool.stage]
     for work, row in zip(batch, rows):
@@ -340,6 +362,9 @@ def _stage_results(pool, ref, config: Config, state: _State, journal: mio.Journa
         state.stage_records[(work.clip_id, pool.stage)] = record
         state.staged[pool.stage] += 1
         progress.staged(pool.stage, row)
+        following = next_clip_stage(state.stage_records, work, config)
+        if following is not None:
+            pools[following].add([work])
 
 
 class TransientSourceError(RuntimeError):
@@ -432,7 +457,7 @@ def _describe_failure(exc: Exception) -> tuple[str, str]:
 
 
 def _complete(flight: _InFlight, plan: Plan, state: _State, journal: mio.Journal, progress: Progress,
-              pool, output_dir: Path) -> None:
+              pools: dict, output_dir: Path) -> None:
     """A source is finished: settle its clips, remove outputs it no longer has, record it in the journal, and
     send its kept clips on to the clip stages."""
     task, source = flight.task, dict(flight.source)
@@ -464,8 +489,8 @@ def _complete(flight: _InFlight, plan: Plan, state: _State, journal: mio.Journal
     state.records[task.source_id] = record
     state.processed.add(task.source_id)
     progress.done()
-    if pool is not None:
-        pool.add(clip_work(record, output_dir))
+    if pools:  # a new generation has no clip-stage results yet: its clips start at the first clip stage
+        next(iter(pools.values())).add(clip_work(record, output_dir))
 
 
 def _remove_source_outputs(output_dir: Path, out_key: str) -> None:
@@ -490,7 +515,6 @@ def _remove_output(output_dir: Path, relative: str | None) -> None:
 
 def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime, wall_s: float) -> RunSummary:
     config = options.config
-    sync_fingerprint = config.stage_fingerprints()["sync"]
     source_rows, clip_rows, kept_records = [], [], []
     for scanned in plan.scan.sources:
         record = state.records.get(scanned.source_id)
@@ -498,7 +522,7 @@ def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime
             continue
         kept_records.append(record)
         work = {w.clip_id: w for w in clip_work(record, options.output_dir)}
-        rows = [_with_stages(clip, work.get(clip["clip_id"]), state, config, sync_fingerprint) for clip in record["clips"]]
+        rows = [_with_stages(clip, work.get(clip["clip_id"]), state, config) for clip in record["clips"]]
         source = dict(record["source"])
         source["n_clips_kept"] = sum(1 for row in rows if row["status"] == "kept")
         source_rows.append(source)
@@ -510,6 +534,7 @@ def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime
     summary.wall_s, summary.cluster_cpus = wall_s, state.cluster_cpus
     summary.clips_staged = dict(state.staged)
     out = options.output_dir
+    fingerprints = config.stage_fingerprints()
     try:
         if state.processed or state.staged or not mio.manifest_path(out, "sources").exists():
             mio.write_table(mio.manifest_path(out, "sources"), mio.source_rows_for_parquet(source_rows), schema.SOURCES)
@@ -518,9 +543,10 @@ def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime
             for record in kept_records:
                 current.append(record)
                 for work in clip_work(record, out):
-                    result = _stage_result(state.stage_records, work, "sync", sync_fingerprint)
-                    if result is not None:
-                        current.append(result)
+                    for stage in config.clip_stages():
+                        result = _stage_result(state.stage_records, work, stage, fingerprints[stage])
+                        if result is not None:
+                            current.append(result)
             mio.Journal(out).rewrite(current)
         _append_run(options, plan, summary, state.records, state.processed, started_at)
     except OSError as exc:
@@ -529,18 +555,24 @@ def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime
     return summary
 
 
-def _with_stages(clip: dict, work, state: _State, config: Config, sync_fingerprint: str) -> dict:
+def _with_stages(clip: dict, work, state: _State, config: Config) -> dict:
     """A clip's row: what the source pass found, and what the clip stages found since (`work` is the clip's
-    ClipWork when the source pass kept it)."""
+    ClipWork when the source pass kept it). A stage not reached (an earlier one rejected the clip, or the run
+    stopped first) leaves its columns null."""
     row = dict(clip)
     if clip["status"] != "kept":
         return row
-    if config.skipped("sync"):
-        row["sync_status"] = "skipped"
-        return row
-    result = _stage_result(state.stage_records, work, "sync", sync_fingerprint) if work is not None else None
-    if result is not None:
+    fingerprints = config.stage_fingerprints()
+    for stage in CLIP_STAGES:
+        if config.skipped(stage):
+            row[f"{stage}_status"] = "skipped"
+    for stage in config.clip_stages():
+        result = _stage_result(state.stage_records, work, stage, fingerprints[stage]) if work is not None else None
+        if result is None:
+            break
         row.update(result["row"])
+        if row["status"] == "rejected":
+            break
     return row
 
 
@@ -587,6 +619,7 @@ def _append_run(options: RunOptions, plan: Plan, summary: RunSummary, records: d
         "clips_kept": summary.clips_kept, "clips_rejected": summary.clips_rejected,
         "hours_in": summary.seconds_in / 3600, "hours_out": summary.seconds_out / 3600,
         "stage_timings": timings, "clips_synced": summary.clips_staged.get("sync", 0),
+        "clips_quality_scored": summary.clips_staged.get("quality", 0),
     }
     path = mio.manifest_path(options.output_dir, "runs")
     mio.write_table(path, mio.read_rows(path) + [row], schema.RUNS)

@@ -90,6 +90,7 @@ CLIPS = pa.schema([
     _field("face_status", pa.string(), "face stage: 'done', 'rejected', 'skipped', or null when not reached"),
     _field("write_status", pa.string(), "write stage: 'done', or null when not reached"),
     _field("sync_status", pa.string(), "sync stage: 'done', 'rejected', 'skipped', or null when not reached"),
+    _field("quality_status", pa.string(), "quality stage: 'done', 'rejected', 'skipped', or null when not reached"),
     _field("face_backend", pa.string(), "landmark backend that aligned the clip: dlib or fan"),
     _field("face_detection_rate", pa.float64(), "share of the clip's frames where the face was found"),
     _field("face_size_px", pa.float64(), "median face width in source pixels (extent of the 68 landmarks)"),
@@ -101,6 +102,9 @@ CLIPS = pa.schema([
                                       "audio has been delayed by it"),
     _field("sync_min_dist", pa.float64(), "SyncNet minimum mean distance over shifts (LSE-D)"),
     _field("sync_conf", pa.float64(), "SyncNet confidence: median minus minimum distance (LSE-C)"),
+    _field("quality_score", pa.float64(), "HyperIQA score (0..100 with koniq_pretrained.pkl): mean over the clip's "
+                                          "first, middle and last frame"),
+    _field("quality_frame_scores", pa.list_(pa.float64()), "HyperIQA score of the first, middle and last frame"),
 ])
 
 STAGE_TIMING = pa.struct([
@@ -133,6 +137,7 @@ RUNS = pa.schema([
     _field("hours_out", pa.float64(), "hours of kept clips"),
     _field("stage_timings", pa.list_(STAGE_TIMING), "CPU seconds per stage over the sources processed in this run"),
     _field("clips_synced", pa.int64(), "clips the sync stage scored in this run"),
+    _field("clips_quality_scored", pa.int64(), "clips the quality stage scored in this run"),
 ])
 
 

@@ -38,28 +38,32 @@ def curate(ray_cluster):
 
 
 @pytest.fixture(scope="session")
-def syncnet_weights(tmp_path_factory) -> Path:
-    """A models folder with a syncnet_v2.model of stand-in weights (the official file cannot be fetched here)."""
+def stand_in_models(tmp_path_factory) -> Path:
+    """A models folder with syncnet_v2.model and koniq_pretrained.pkl of stand-in weights (the official files
+    cannot be fetched here)."""
     import torch
 
     from golden import stand_in_state_dict
+    from hyperiqa.model import HyperIQA
     from syncnet.model import SyncNet
 
     folder = tmp_path_factory.mktemp("models")
     torch.save(stand_in_state_dict(SyncNet()), folder / "syncnet_v2.model")
+    torch.save(stand_in_state_dict(HyperIQA()), folder / "koniq_pretrained.pkl")
     return folder
 
 
 @pytest.fixture(scope="session")
 def readme_run(talking_heads, tmp_path_factory):
     """The README's main job, run once as a newcomer runs it: `curate run` on the shared videos, defaults but
-    for the sync stage, whose official weights cannot be fetched on this machine (it has tests of its own)."""
+    for the sync and quality stages, whose official weights cannot be fetched on this machine (they have tests
+    of their own)."""
     import subprocess
     import sys
 
     out = tmp_path_factory.mktemp("readme") / "out"
     command = [sys.executable, "-m", "curate.cli", "run", "--input", str(talking_heads), "--output", str(out),
-               "--skip", "sync"]
+               "--skip", "sync,quality"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr
     return {"out": out, "stdout": result.stdout, "command": command}

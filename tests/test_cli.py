@@ -62,7 +62,7 @@ def test_second_run_on_the_same_output_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     with OutputLock(out):
-        assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out), "--skip", "sync"]) == 2
+        assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out), "--skip", "sync,quality"]) == 2
     assert "another curate run (pid" in capsys.readouterr().err
     with OutputLock(out):  # released on exit, so the next run may take it
         pass
@@ -77,6 +77,6 @@ def test_console_script_help_runs_without_ray():
 def test_empty_input_folder_is_a_clean_run(tmp_path, capsys, ray_cluster):
     (tmp_path / "raw").mkdir()
     assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--no-progress",
-                 "--skip", "sync"]) == 0
+                 "--skip", "sync", "--skip", "quality"]) == 0
     assert "sources in: 0" in capsys.readouterr().out
     assert (tmp_path / "out" / "manifests" / "sources.parquet").exists()

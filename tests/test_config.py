@@ -63,13 +63,16 @@ def test_a_partial_file_keeps_the_other_defaults(tmp_path):
 def test_changing_a_stage_changes_its_fingerprint_and_later_ones_only():
     base = Config().stage_fingerprints()
     changed = config_from_dict({"stages": {"shots": {"adaptive_threshold": 3.0}}}).stage_fingerprints()
-    assert [stage for stage in STAGE_ORDER if base[stage] != changed[stage]] == ["shots", "clips", "face", "write", "sync"]
+    assert [stage for stage in STAGE_ORDER if base[stage] != changed[stage]] == list(STAGE_ORDER[2:])
     # resources and run settings do not change what is computed
     other = config_from_dict({"run": {"max_retries": 0}, "resources": {"source_pass": {"num_cpus": 2}}})
     assert other.stage_fingerprints() == base
     # a skipped stage has a fingerprint of its own, so turning it back on redoes it and what follows
     skipped = config_from_dict({"run": {"skip": ["face"]}}).stage_fingerprints()
-    assert [stage for stage in STAGE_ORDER if base[stage] != skipped[stage]] == ["face", "write", "sync"]
-    # a sync threshold is the sync stage's alone: the source pass keeps its fingerprint
+    assert [stage for stage in STAGE_ORDER if base[stage] != skipped[stage]] == ["face", "write", "sync", "quality"]
+    # a sync threshold changes the clip stages only: the source pass keeps its fingerprint
     stricter = config_from_dict({"stages": {"sync": {"min_confidence": 4}}}).stage_fingerprints()
-    assert [stage for stage in STAGE_ORDER if base[stage] != stricter[stage]] == ["sync"]
+    assert [stage for stage in STAGE_ORDER if base[stage] != stricter[stage]] == ["sync", "quality"]
+    # and a quality threshold the quality stage alone
+    stricter = config_from_dict({"stages": {"quality": {"min_score": 50}}}).stage_fingerprints()
+    assert [stage for stage in STAGE_ORDER if base[stage] != stricter[stage]] == ["quality"]

@@ -177,7 +177,7 @@ def test_run_fetches_missing_weights_on_first_use(server, tmp_path, monkeypatch,
     monkeypatch.setitem(models.MODELS, "fan", (models.MODELS["fan"][0], files))
     (tmp_path / "raw").mkdir()
     config = tmp_path / "fan.yaml"
-    config.write_text("run:\n  skip: [sync]\nmodels:\n  dir: " + str(tmp_path / "models") +
+    config.write_text("run:\n  skip: [sync, quality]\nmodels:\n  dir: " + str(tmp_path / "models") +
                       "\nstages:\n  face:\n    backend: fan\n")
     assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"),
                  "--config", str(config), "--no-progress"]) == 0

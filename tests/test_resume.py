@@ -128,7 +128,7 @@ def test_changing_the_face_stage_keeps_the_shots_and_recomputes_face_and_write(t
     raw = tmp_path / "raw"
     downscaled(raw / "kitchen.mp4", KITCHEN, size="540x960", seconds=8)
     out = tmp_path / "out"
-    no_sync = {"run": {"skip": ["sync"]}}
+    no_sync = {"run": {"skip": ["sync", "quality"]}}
     curate(raw, out, config_from_dict(no_sync))
     first = pd.read_parquet(out / "manifests/clips.parquet")
     assert list(first.face_status) == ["done"] and first.face_jitter_px.iloc[0] > 0

@@ -37,12 +37,14 @@ SHORT_CLIPS = {"clips": {"min_seconds": 2, "max_seconds": 4}}
 
 
 def settings(models, **sync):
-    return config_from_dict({"models": {"dir": str(models)}, "stages": {**SHORT_CLIPS, "sync": sync}})
+    """The sync stage alone (the quality stage after it has tests of its own)."""
+    return config_from_dict({"run": {"skip": ["quality"]}, "models": {"dir": str(models)},
+                             "stages": {**SHORT_CLIPS, "sync": sync}})
 
 
-def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw, tmp_path, curate, syncnet_weights):
+def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw, tmp_path, curate, stand_in_models):
     out = tmp_path / "out"
-    curate(raw, out, config_from_dict({"run": {"skip": ["sync"]}, "stages": SHORT_CLIPS}))
+    curate(raw, out, config_from_dict({"run": {"skip": ["sync", "quality"]}, "stages": SHORT_CLIPS}))
     [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
     assert (clip.status, clip.sync_status) == ("kept", "skipped")
     frames_before, audio_before, _ = read_clip(out / clip.path)
@@ -51,7 +53,7 @@ def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw
     assert np.array_equal(arrays["audio_context"][margin:margin + len(audio_before)], audio_before)
 
     # with the weights there, a rerun scores only what is missing: the source pass is not run again
-    keep_all = settings(syncnet_weights, min_confidence=0, max_offset=15)
+    keep_all = settings(stand_in_models, min_confidence=0, max_offset=15)
     summary = curate(raw, out, keep_all)
     assert (summary.sources_processed, summary.clips_staged) == (0, {"sync": 1})
     [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
@@ -68,7 +70,7 @@ def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw
     assert curate(raw, out, keep_all).clips_staged == {}
 
     # stricter settings: scored again, rejected with the reason; the source pass still not rerun
-    strict = settings(syncnet_weights, min_confidence=1000)
+    strict = settings(stand_in_models, min_confidence=1000)
     summary = curate(raw, out, strict)
     assert (summary.sources_processed, summary.clips_staged) == (0, {"sync": 1})
     [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
@@ -82,9 +84,9 @@ def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw
     assert np.array_equal(read_clip(out / clip.path)[1], expected)
 
 
-def test_offset_beyond_the_maximum_is_rejected(raw, tmp_path, curate, syncnet_weights):
+def test_offset_beyond_the_maximum_is_rejected(raw, tmp_path, curate, stand_in_models):
     out = tmp_path / "out"
-    curate(raw, out, settings(syncnet_weights, min_confidence=0, max_offset=0))
+    curate(raw, out, settings(stand_in_models, min_confidence=0, max_offset=0))
     [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
     if clip.sync_offset == 0:
         pytest.skip("the stand-in weights happen to give offset 0 here")

@@ -1,0 +1,85 @@
+"""The quality stage: HyperIQA on each aligned clip in an actor pool, after the sync stage; the score in the
+manifest, clips under the threshold dropped, only what changed computed again."""
+
+import pandas as pd
+import pytest
+
+from curate.cli import main
+from curate.config import config_from_dict
+from hyperiqa.model import load_hyperiqa
+from hyperiqa.score import QualityScorer
+from media import KITCHEN, downscaled
+
+SHORT_CLIPS = {"clips": {"min_seconds": 2, "max_seconds": 4}}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory, talking_heads):
+    raw = tmp_path_factory.mktemp("quality_raw")
+    downscaled(raw / "kitchen.mp4", KITCHEN, size="540x960", seconds=3)
+    return raw
+
+
+def settings(models, skip=("sync",), min_score=-1000.0, **sync):
+    # the stand-in weights score about -1.7, so a threshold of -1000 keeps the clip and the default 40 drops it
+    return config_from_dict({"run": {"skip": list(skip)}, "models": {"dir": str(models)},
+                             "stages": {**SHORT_CLIPS, "quality": {"min_score": min_score}, "sync": sync}})
+
+
+def only_clip(out):
+    [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
+    return clip
+
+
+def test_scores_thresholds_and_recomputes_only_what_changed(raw, tmp_path, curate, stand_in_models):
+    out = tmp_path / "out"
+    summary = curate(raw, out, settings(stand_in_models))
+    assert summary.clips_staged == {"quality": 1}
+    clip = only_clip(out)
+    assert (clip.status, clip.sync_status, clip.quality_status) == ("kept", "skipped", "done")
+    # the manifest's score is HyperIQA's on the written clip's first, middle and last frame
+    direct = QualityScorer(load_hyperiqa(stand_in_models / "koniq_pretrained.pkl")).score_video(str(out / clip.path))
+    assert clip.quality_score == pytest.approx(direct.score, abs=1e-4)
+    assert list(clip.quality_frame_scores) == pytest.approx(list(direct.frame_scores), abs=1e-4)
+    assert curate(raw, out, settings(stand_in_models)).clips_staged == {}   # nothing left to do
+
+    # LatentSync's threshold: scored again (the source pass is not), dropped with the reason
+    summary = curate(raw, out, settings(stand_in_models, min_score=40))
+    assert (summary.sources_processed, summary.clips_staged) == (0, {"quality": 1})
+    assert summary.rejects == {("clip", "quality", "low_visual_quality"): 1}
+    clip = only_clip(out)
+    assert (clip.status, clip.reject_stage, clip.reject_reason, clip.quality_status) == \
+        ("rejected", "quality", "low_visual_quality", "rejected")
+    assert "below 40" in clip.reject_detail
+    assert (out / clip.path).exists(), "a rejected clip stays on disk for the report to show"
+    runs = pd.read_parquet(out / "manifests/runs.parquet")
+    assert list(runs.clips_quality_scored) == [1, 0, 1]
+
+
+def test_quality_follows_the_sync_stage(raw, tmp_path, curate, stand_in_models):
+    out = tmp_path / "out"
+    # a clip the sync stage drops is not scored for quality
+    summary = curate(raw, out, settings(stand_in_models, skip=(), min_confidence=1000))
+    assert summary.clips_staged == {"sync": 1}
+    clip = only_clip(out)
+    assert clip.reject_stage == "sync" and pd.isna(clip.quality_status) and pd.isna(clip.quality_score)
+    # one it keeps goes on to the quality stage in the same run
+    summary = curate(raw, out, settings(stand_in_models, skip=(), min_confidence=0, max_offset=15))
+    assert summary.clips_staged == {"sync": 1, "quality": 1}
+    clip = only_clip(out)
+    assert (clip.status, clip.sync_status, clip.quality_status) == ("kept", "done", "done")
+    # a new quality threshold leaves the sync result alone
+    summary = curate(raw, out, settings(stand_in_models, skip=(), min_score=40, min_confidence=0, max_offset=15))
+    assert summary.clips_staged == {"quality": 1}
+    assert only_clip(out).reject_reason == "low_visual_quality"
+
+
+def test_missing_hyperiqa_weights_stop_the_run_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CURATE_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "raw").mkdir()
+    out = tmp_path / "out"
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out), "--skip", "sync"]) == 2
+    err = capsys.readouterr().err
+    assert f"koniq_pretrained.pkl is missing in {tmp_path / 'models'}" in err
+    assert "curate models download hyperiqa" in err and "--skip quality" in err
+    assert not out.exists()
