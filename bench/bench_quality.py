@@ -1,8 +1,8 @@
 """HyperIQA scoring throughput on the CPU: clips per second, one clip at a time (LatentSync's filter: the three
 key frames of one clip per forward pass) against the key frames of several clips in one batch (the quality
-stage's way).
+stage's way, `resources.quality.batch_frames`).
 
-    python bench/bench_quality.py [--clips 8] [--threads 1] [--device cuda]
+    python bench/bench_quality.py [--clips 8] [--threads 1] [--device cuda] [--batches 6 24]
 
 Input: a 10 s 256 x 256 H.264 clip cut from a shared talking-head video (an aligned clip's size and length),
 used as `--clips` clips. The network has its default initial weights: the speed does not depend on their
@@ -47,34 +47,37 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=[6, 24],
+                        help="network batch sizes (frames) to compare with one clip at a time (3)")
     parser.add_argument("--source", type=Path, default=SOURCE)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = HyperIQA().eval()
-    single = QualityScorer(model, args.device, batch_size=3)
-    batched = QualityScorer(model, args.device, batch_size=3 * args.clips)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    n = args.clips
     with tempfile.TemporaryDirectory() as work:
         clip = str(Path(work) / "clip.mp4")
         make_clip(args.source, Path(clip))
-        paths = [clip] * args.clips
-        single.score_many([key_frames(clip)])   # warm up
-        batched.score_many([key_frames(clip)] * 2)
-        frames, decode_cpu, decode_wall = timed(lambda: [key_frames(p) for p in paths])
-        _, one_cpu, one_wall = timed(lambda: ([single.score_many([f]) for f in frames], sync()))
-        _, many_cpu, many_wall = timed(lambda: (batched.score_many(frames), sync()))
+        frames, decode_cpu, decode_wall = timed(lambda: [key_frames(clip) for _ in range(n)])
+    rows = []
+    for batch in [3, *args.batches]:
+        scorer = QualityScorer(model, args.device, batch_size=batch)
+        scorer.score_many(frames[:2])  # warm up
+        if batch == 3:  # LatentSync's filter: one forward pass per clip
+            _, cpu, wall = timed(lambda: ([scorer.score_many([f]) for f in frames], sync()))
+            label = "network, one clip at a time, batch 3 (LatentSync's filter)"
+        else:
+            _, cpu, wall = timed(lambda: (scorer.score_many(frames), sync()))
+            label = f"network, {n} clips in batches of {batch} frames"
+        rows.append((label, wall, cpu))
 
-    n = args.clips
     where = f"{args.threads} CPU thread(s)" if args.device == "cpu" else torch.cuda.get_device_name(0)
     print(f"{n} clips of 10 s at 256x256, 3 key frames each, {where}\n")
     print("| | clips per second | CPU-s per clip |")
     print("|---|---:|---:|")
     print(f"| decoding the key frames | {n / decode_wall:.1f} | {decode_cpu / n:.3f} |")
-    print(f"| network, one clip at a time (LatentSync's filter) | {n / one_wall:.2f} | {one_cpu / n:.3f} |")
-    print(f"| network, {n} clips batched (the quality stage) | {n / many_wall:.2f} | {many_cpu / n:.3f} |")
-    total = decode_wall + many_wall
-    print(f"| the quality stage, decoding included | {n / total:.2f} | {(decode_cpu + many_cpu) / n:.3f} |")
-    print(f"| batched / one at a time (network) | {one_wall / many_wall:.2f}x | |")
+    for label, wall, cpu in rows:
+        print(f"| {label} | {n / wall:.2f} | {cpu / n:.3f} |")
     return 0
 
 

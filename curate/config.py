@@ -65,10 +65,14 @@ class SyncResources(PoolResources):
     batch_windows: int = Field(64, ge=1)     # network batch size
 
 
+class QualityResources(PoolResources):
+    batch_frames: int = Field(6, ge=1)       # network batch size (3 key frames per clip)
+
+
 class ResourceSettings(_Strict):
     source_pass: Resources = Resources()
     sync: SyncResources = SyncResources(memory_mb=2048)
-    quality: PoolResources = PoolResources(memory_mb=2048, batch_clips=8)
+    quality: QualityResources = QualityResources(memory_mb=2048, batch_clips=8)
 
 
 class ModelSettings(_Strict):

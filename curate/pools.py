@@ -62,7 +62,7 @@ class QualityWorker:
         torch.set_num_threads(max(1, threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
-        batch = 3 * config.resources.quality.batch_clips
+        batch = config.resources.quality.batch_frames
         self.stage = QualityStage(config.stages.quality, QualityScorer(load_hyperiqa(weights, device), device, batch))
 
     def process(self, work: list[ClipWork]) -> list[dict]:

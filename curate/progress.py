@@ -8,21 +8,17 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total: int, enabled: bool | None = None):
+    def __init__(self, total: int, enabled: bool | None = None, clip_stages: list[str] = ()):
+        """`clip_stages`: the clip stages this run does (sync, quality), each with a bar of its own."""
         if enabled is None:
             enabled = sys.stderr.isatty()
         common = dict(disable=not enabled, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
-        self._bars = {
-            "probe": tqdm(total=total, desc="probe  ", unit="src", position=0, **common),
-            "shots": tqdm(desc="shots  ", unit="shot", position=1, **common),
-            "clips": tqdm(desc="clips  ", unit="clip", position=2, **common),
-            "face": tqdm(desc="face   ", unit="clip", position=3, **common),
-            "write": tqdm(desc="write  ", unit="clip", position=4, **common),
-            "sync": tqdm(desc="sync   ", unit="clip", position=5, **common),
-            "quality": tqdm(desc="quality", unit="clip", position=6, **common),
-            "done": tqdm(total=total, desc="sources", unit="src", position=7, **common),
-        }
-        self._rejected = {"probe": 0, "clips": 0, "face": 0, "sync": 0, "quality": 0, "done": 0}
+        bars = [("probe", "src", total), ("shots", "shot", None), ("clips", "clip", None), ("face", "clip", None),
+                ("write", "clip", None), *[(stage, "clip", None) for stage in clip_stages]]
+        self._bars = {name: tqdm(total=count, desc=f"{name:<7}", unit=unit, position=position, **common)
+                      for position, (name, unit, count) in enumerate(bars)}
+        self._bars["done"] = tqdm(total=total, desc="sources", unit="src", position=len(bars), **common)
+        self._rejected = dict.fromkeys(self._bars, 0)
 
     def reused(self, count: int) -> None:
         for name in ("probe", "done"):

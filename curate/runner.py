@@ -263,7 +263,7 @@ def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
     config = options.config
     started_ray = _connect_ray(options)
     journal = mio.Journal(options.output_dir)
-    progress = Progress(total=len(plan.scan.sources), enabled=options.progress)
+    progress = Progress(total=len(plan.scan.sources), enabled=options.progress, clip_stages=config.clip_stages())
     progress.reused(len(plan.reused))
     pools: dict = {}                       # clip stage -> ClipStagePool, in chain order
     try:
