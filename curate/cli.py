@@ -78,6 +78,41 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (models folder)")
     quality.set_defaults(handler=_eval_quality)
 
+    report = commands.add_parser(
+        "report", help="one self-contained HTML page about a run: funnel, rejects, distributions, samples",
+        description="Write an HTML report of OUT_DIR's run (images embedded, opens in any browser without a "
+                    "server): the funnel, rejects by stage and reason, score distributions with the thresholds, "
+                    "sample frames of clips per reject reason and of kept clips, the config and versions.")
+    report.add_argument("output", type=Path, metavar="OUT_DIR")
+    report.add_argument("-o", "--out", type=Path, metavar="HTML", help="where to write it (default: OUT_DIR/report.html)")
+    report.add_argument("--samples", type=int, default=6, metavar="N", help="sample clips per reject reason (default 6)")
+    report.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    report.set_defaults(handler=_report)
+
+    rejected = commands.add_parser(
+        "rejects", help="the rejected sources and clips as a table (or CSV / JSON)",
+        description="List what OUT_DIR's run rejected: sources (kind 'source') and clip spans (kind 'clip'), with "
+                    "stage, reason, detail and scores.")
+    rejected.add_argument("output", type=Path, metavar="OUT_DIR")
+    rejected.add_argument("--stage", help="only this stage's rejects (probe, face, sync, quality, ...)")
+    rejected.add_argument("--reason", help="only this reason (e.g. no_face)")
+    rejected.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rejected.set_defaults(handler=_rejects)
+
+    lists = commands.add_parser(
+        "filelist", help="train / validation file lists of the kept clips, split by speaker",
+        description="Write DIR/train.txt and DIR/val.txt (one absolute clip path a line, as LatentSync's trainers "
+                    "read them) and DIR/split.parquet (the clips' manifest columns with speaker and split). The "
+                    "split is by speaker (VoxCeleb2's idNNNNN folder, otherwise the source file), so no speaker is "
+                    "on both sides; the same seed gives the same split.")
+    lists.add_argument("output", type=Path, metavar="OUT_DIR")
+    lists.add_argument("--out", type=Path, required=True, metavar="DIR")
+    lists.add_argument("--val-fraction", type=float, default=0.05, metavar="F", help="share of speakers for validation")
+    lists.add_argument("--seed", type=int, default=0)
+    lists.add_argument("--min-confidence", type=float, metavar="X", help="keep only clips with SyncNet confidence >= X")
+    lists.add_argument("--min-quality", type=float, metavar="Y", help="keep only clips with HyperIQA score >= Y")
+    lists.set_defaults(handler=_filelist)
+
     models = commands.add_parser("models", help="model weights: list what is here, download what is not")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser("list", help="every model file, where it belongs, and whether it is there "
@@ -194,6 +229,47 @@ def _eval_quality(args: argparse.Namespace) -> int:
         for f in failed:
             print(f"{'-':>8}  {'-':>7} {'-':>7} {'-':>7}  {f['video']}: {f['error']}")
     return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from curate.report import build_report
+
+    target = args.out or args.output / "report.html"
+    print(build_report(args.output, target, samples=args.samples, seed=args.seed))
+    return 0
+
+
+def _rejects(args: argparse.Namespace) -> int:
+    from curate.results import load_results, rejects
+
+    table = rejects(load_results(args.output), args.stage, args.reason)
+    if args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=1))
+    elif table.empty:
+        print("no rejects" + (" matching" if args.stage or args.reason else ""))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", None, "display.max_colwidth", 60, "display.width", 200):
+            print(table.drop(columns=["path"]).to_string(index=False))
+    return 0
+
+
+def _filelist(args: argparse.Namespace) -> int:
+    from curate.results import file_lists, load_results, write_file_lists
+
+    if not 0 <= args.val_fraction < 1:
+        raise RunError("--val-fraction must be at least 0 and below 1")
+    table = file_lists(load_results(args.output), args.val_fraction, args.seed, args.min_confidence, args.min_quality)
+    written = write_file_lists(table, args.out)
+    for split in ("train", "val"):
+        mine = table[table.split == split]
+        print(f"{split}: {len(mine)} clips, {mine.speaker.nunique()} speakers, "
+              f"{mine.duration_s.sum() / 3600:.3f} h -> {written[split]}")
+    print(f"split:  {written['split']}")
+    return 0
 
 
 def av_errors():

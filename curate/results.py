@@ -1,0 +1,126 @@
+"""Reading a finished output folder: its manifests, the thresholds it ran with, the rejects table and the
+training file lists (`curate rejects`, `curate filelist`; the HTML report is in curate.report)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from curate.config import Config
+from curate.errors import RunError
+from manifests import io as mio
+
+
+@dataclass
+class Results:
+    output_dir: Path
+    sources: pd.DataFrame
+    clips: pd.DataFrame
+    runs: pd.DataFrame
+
+    @cached_property
+    def source_paths(self) -> dict[str, str]:
+        """source_id -> the input file's absolute path."""
+        return dict(zip(self.sources.source_id, self.sources.path))
+
+    @cached_property
+    def config(self) -> Config:
+        """The config of the newest run (its thresholds decided what is kept)."""
+        if self.runs.empty:
+            return Config()
+        return Config.model_validate(json.loads(self.runs.iloc[-1]["config_json"]))
+
+
+def load_results(output_dir: Path) -> Results:
+    manifests = {name: mio.manifest_path(output_dir, name) for name in ("sources", "clips", "runs")}
+    missing = [str(path) for path in manifests.values() if not path.is_file()]
+    if missing:
+        raise RunError(f"{output_dir} has no finished run to read ({', '.join(missing)} missing); "
+                       "run `curate run --output` on it first")
+    return Results(output_dir, *(pd.read_parquet(path) for path in manifests.values()))
+
+
+# -- rejects --------------------------------------------------------------------------------------
+
+REJECT_COLUMNS = ["kind", "source_id", "clip_id", "start_s", "end_s", "reject_stage", "reject_reason",
+                  "reject_detail", "face_size_px", "face_detection_rate", "sync_offset", "sync_conf",
+                  "quality_score", "path"]
+
+
+def rejects(results: Results, stage: str | None = None, reason: str | None = None) -> pd.DataFrame:
+    """Every rejected source (kind 'source') and clip span (kind 'clip'), optionally of one stage or reason."""
+    sources = results.sources[results.sources.status == "rejected"].assign(kind="source", clip_id=None)
+    sources = sources.rename(columns={"path": "source_path"})
+    clips = results.clips[results.clips.status == "rejected"].assign(kind="clip")
+    table = pd.concat([sources.reindex(columns=REJECT_COLUMNS), clips.reindex(columns=REJECT_COLUMNS)],
+                      ignore_index=True)
+    if stage is not None:
+        table = table[table.reject_stage == stage]
+    if reason is not None:
+        table = table[table.reject_reason == reason]
+    return table.reset_index(drop=True)
+
+
+# -- file lists -----------------------------------------------------------------------------------
+
+_VOXCELEB_ID = re.compile(r"id\d+")
+
+
+def speaker_of(source_id: str) -> str:
+    """VoxCeleb2's speaker folder (`id00012/<video>/00001.mp4`, at any depth); otherwise the source file."""
+    for part in PurePosixPath(source_id).parts[:-1]:
+        if _VOXCELEB_ID.fullmatch(part):
+            return part
+    return source_id
+
+
+def split_speakers(speakers: list[str], val_fraction: float, seed: int) -> set[str]:
+    """The validation speakers: a seeded shuffle of the sorted speakers, the first ceil(fraction * n) of them
+    (at least one, and never all, when there are two or more)."""
+    unique = sorted(set(speakers))
+    if val_fraction <= 0 or len(unique) < 2:
+        return set()
+    count = min(len(unique) - 1, max(1, math.ceil(val_fraction * len(unique))))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return {unique[i] for i in order[:count]}
+
+
+def file_lists(results: Results, val_fraction: float = 0.05, seed: int = 0, min_confidence: float | None = None,
+               min_quality: float | None = None) -> pd.DataFrame:
+    """The kept clips that pass the optional stricter filters, with `speaker`, `split` and `abs_path`."""
+    kept = results.clips[results.clips.status == "kept"].copy()
+    if min_confidence is not None:
+        kept = kept[kept.sync_conf.notna() & (kept.sync_conf >= min_confidence)]
+    if min_quality is not None:
+        kept = kept[kept.quality_score.notna() & (kept.quality_score >= min_quality)]
+    kept["speaker"] = [speaker_of(source_id) for source_id in kept.source_id]
+    val = split_speakers(list(kept.speaker), val_fraction, seed)
+    kept["split"] = np.where(kept.speaker.isin(val), "val", "train")
+    root = results.output_dir.resolve()
+    kept["abs_path"] = [str(root / path) for path in kept.path]
+    return kept.sort_values("clip_id").reset_index(drop=True)
+
+
+def write_file_lists(table: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    """train.txt and val.txt (one absolute path a line, as LatentSync's trainers read them) and split.parquet."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split in ("train", "val"):
+        path = out_dir / f"{split}.txt"
+        lines = table.abs_path[table.split == split]
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        partial.replace(path)
+        written[split] = path
+    written["split"] = out_dir / "split.parquet"
+    partial = written["split"].with_name("split.parquet.partial")
+    table.to_parquet(partial, index=False)
+    partial.replace(written["split"])
+    return written

@@ -1,0 +1,182 @@
+"""The rejected-clip report, `curate rejects` and `curate filelist`, on a run over real talking heads in
+VoxCeleb2's layout plus broken and faceless files; the report is opened in headless Chromium."""
+
+import base64
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from curate.cli import main
+from curate.config import config_from_dict
+from media import KITCHEN, TALKING_HEADS, downscaled, ffmpeg, synthetic
+
+SOFA = TALKING_HEADS / "man_sofa_1080x1920_30fps.mp4"
+GARDEN = TALKING_HEADS / "woman_garden_1080x1920_25fps.mp4"
+
+
+def settings(models, min_score):
+    return config_from_dict({"run": {"skip": ["sync"]}, "models": {"dir": str(models)},
+                             "stages": {"clips": {"min_seconds": 2, "max_seconds": 4}, "face": {"min_face_px": 64},
+                                        "quality": {"min_score": min_score}}})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, talking_heads, stand_in_models, curate):
+    """Three speakers in VoxCeleb2's id/video/clip layout (one with two videos), a test pattern (no face), a
+    video without audio, a 1 s file and a text file named .mp4; the quality threshold set between the stand-in
+    weights' scores so that some clips are dropped for quality, with their files on disk."""
+    raw = tmp_path_factory.mktemp("report_raw")
+    downscaled(raw / "id00001/aaa/00001.mp4", KITCHEN, size="540x960", seconds=3)
+    downscaled(raw / "id00001/bbb/00001.mp4", KITCHEN, size="540x960", seconds=3, extra=["-ss", "8"])
+    downscaled(raw / "id00002/ccc/00001.mp4", SOFA, size="540x960", seconds=3)
+    downscaled(raw / "id00003/ddd/00001.mp4", GARDEN, size="540x960", seconds=3)
+    synthetic(raw / "other/pattern.mp4", 3)
+    synthetic(raw / "other/silent.mp4", 3, audio=False)
+    synthetic(raw / "other/tiny.mp4", 1)
+    (raw / "other/notes.mp4").write_text("not a video")
+    out = tmp_path_factory.mktemp("report") / "out"
+    curate(raw, out, settings(stand_in_models, -1000))
+    scored = pd.read_parquet(out / "manifests/clips.parquet").dropna(subset=["quality_score"])
+    assert len(scored) == 4
+    # the threshold: just under the best clips that cover two speakers, so both file lists get one
+    scored = scored.sort_values("quality_score", ascending=False).reset_index(drop=True)
+    speakers = scored.source_id.str.split("/").str[0]
+    enough = next(k for k in range(1, 5) if speakers[:k].nunique() == 2)
+    threshold = (scored.quality_score[enough - 1] + scored.quality_score[enough]) / 2
+    summary = curate(raw, out, settings(stand_in_models, threshold))
+    assert (summary.sources_processed, summary.clips_staged) == (0, {"quality": 4})  # only quality ran again
+    return out
+
+
+def manifests(out):
+    return pd.read_parquet(out / "manifests/sources.parquet"), pd.read_parquet(out / "manifests/clips.parquet")
+
+
+def test_the_run_has_what_the_report_must_show(run):
+    sources, clips = manifests(run)
+    reasons = set(zip(clips.reject_stage, clips.reject_reason)) | set(zip(sources.reject_stage, sources.reject_reason))
+    assert {("quality", "low_visual_quality"), ("face", "no_face"), ("probe", "no_audio_stream"),
+            ("probe", "too_short")} <= reasons
+    assert (clips.status == "kept").sum() >= 2 and (clips.reject_stage == "quality").sum() >= 1
+
+
+class Page(HTMLParser):
+    """What the test reads back from the DOM Chromium produced."""
+
+    def __init__(self):
+        super().__init__()
+        self.funnel, self.sections, self.images, self.reject_counts = {}, set(), [], []
+        self._step = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr" and "data-step" in attrs:
+            self._step = attrs["data-step"]
+        if tag == "td" and "data-count" in attrs and self._step:
+            self.funnel[self._step] = int(attrs["data-count"])
+            self._step = None
+        if tag == "section":
+            self.sections.add(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs["src"])
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no Chromium here: .ci/run installs Debian's chromium package for this test")
+
+
+def test_report_loads_in_chromium_with_the_manifest_numbers(run, tmp_path):
+    target = tmp_path / "report.html"
+    assert main(["report", str(run), "-o", str(target)]) == 0
+    assert target.stat().st_size < 5_000_000
+    browser = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+         "--user-data-dir=" + str(tmp_path / "profile"), "--dump-dom", target.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert browser.returncode == 0, browser.stderr[-2000:]
+    console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == [], console
+    page = Page()
+    page.feed(browser.stdout)
+
+    sources, clips = manifests(run)
+    assert page.funnel["sources found"] == len(sources)
+    assert page.funnel["sources readable"] == (sources.status == "ok").sum()
+    assert page.funnel["clip spans cut"] == len(clips)
+    assert page.funnel["left after face"] == len(clips) - (clips.reject_stage == "face").sum()
+    assert page.funnel["left after quality"] == (clips.status == "kept").sum()
+    for kind, table in (("source", sources), ("clip", clips)):
+        for stage, reason in set(zip(table.reject_stage.dropna(), table.reject_reason.dropna())):
+            assert f"reject-{kind}-{stage}-{reason}" in page.sections
+    assert "kept-sample" in page.sections
+    # every embedded picture decodes; thumbnails of clips and sources, and the six plots' PNGs
+    assert len(page.images) >= 10
+    for uri in page.images:
+        header, data = uri.split(",", 1)
+        assert header in ("data:image/jpeg;base64", "data:image/png;base64")
+        picture = cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
+        assert picture is not None and picture.size > 0
+
+
+def test_rejects_lists_each_rejected_source_and_clip(run, capsys):
+    sources, clips = manifests(run)
+    assert main(["rejects", str(run), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == (sources.status == "rejected").sum() + (clips.status == "rejected").sum()
+    assert main(["rejects", str(run), "--stage", "quality", "--format", "csv"]) == 0
+    table = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    expected = clips[clips.reject_stage == "quality"]
+    assert sorted(table.clip_id) == sorted(expected.clip_id)
+    assert (table.reject_reason == "low_visual_quality").all() and table.quality_score.notna().all()
+    assert main(["rejects", str(run), "--reason", "no_face"]) == 0
+    printed = capsys.readouterr().out
+    assert "other/pattern.mp4" in printed and "low_visual_quality" not in printed
+
+
+def test_filelist_splits_kept_clips_by_speaker_deterministically(run, tmp_path, capsys):
+    _, clips = manifests(run)
+    kept = {str((run / path).resolve()) for path in clips.path[clips.status == "kept"]}
+    args = ["filelist", str(run), "--val-fraction", "0.5", "--seed", "3"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    train = (tmp_path / "a/train.txt").read_text().splitlines()
+    val = (tmp_path / "a/val.txt").read_text().splitlines()
+    assert set(train) | set(val) == kept and not set(train) & set(val)
+    assert train and val
+    for name in ("train.txt", "val.txt"):  # the same seed, the same lists
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    split = pd.read_parquet(tmp_path / "a/split.parquet")
+    assert set(split.abs_path) == kept and {"sync_conf", "quality_score", "speaker", "split"} <= set(split.columns)
+    assert split.speaker.str.fullmatch(r"id\d+").all()
+    assert not set(split.speaker[split.split == "train"]) & set(split.speaker[split.split == "val"])
+    # a stricter filter than the run's keeps fewer
+    best = split.quality_score.max()
+    assert main(["filelist", str(run), "--out", str(tmp_path / "c"), "--min-quality", str(best)]) == 0
+    listed = (tmp_path / "c/train.txt").read_text().splitlines() + (tmp_path / "c/val.txt").read_text().splitlines()
+    assert listed == [split.abs_path[split.quality_score == best].iloc[0]]
+
+
+def test_speakers_from_voxceleb_folders_or_the_source_file():
+    from curate.results import speaker_of, split_speakers
+
+    assert speaker_of("dev/mp4/id00012/21Uxsk56VDQ/00001.mp4") == "id00012"
+    assert speaker_of("WDA_BarackObama_000.mp4") == "WDA_BarackObama_000.mp4"
+    speakers = [f"s{i}" for i in range(40)]
+    val = split_speakers(speakers, 0.1, seed=0)
+    assert len(val) == 4 and val == split_speakers(list(reversed(speakers)), 0.1, seed=0)
+    assert val != split_speakers(speakers, 0.1, seed=1)
+    assert split_speakers(["only"], 0.5, 0) == set()
+
+
+def test_report_of_a_folder_without_a_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no finished run" in capsys.readouterr().err
