@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     lists.add_argument("--seed", type=int, default=0)
     lists.add_argument("--min-confidence", type=float, metavar="X", help="keep only clips with SyncNet confidence >= X")
     lists.add_argument("--min-quality", type=float, metavar="Y", help="keep only clips with HyperIQA score >= Y")
+    lists.add_argument("--speaker-pattern", metavar="REGEX",
+                       help="the speaker is this regex's first group, searched in the source path relative to the "
+                            "input (HDTF: '([^/]+)_[0-9]+[.][^.]+$' groups WDA_BarackObama_000 and _001)")
     lists.set_defaults(handler=_filelist)
 
     models = commands.add_parser("models", help="model weights: list what is here, download what is not")
@@ -262,7 +265,15 @@ def _filelist(args: argparse.Namespace) -> int:
 
     if not 0 <= args.val_fraction < 1:
         raise RunError("--val-fraction must be at least 0 and below 1")
-    table = file_lists(load_results(args.output), args.val_fraction, args.seed, args.min_confidence, args.min_quality)
+    if args.speaker_pattern:
+        import re
+
+        try:
+            re.compile(args.speaker_pattern)
+        except re.error as exc:
+            raise RunError(f"--speaker-pattern is not a valid regular expression: {exc}") from None
+    table = file_lists(load_results(args.output), args.val_fraction, args.seed, args.min_confidence,
+                       args.min_quality, args.speaker_pattern)
     written = write_file_lists(table, args.out)
     for split in ("train", "val"):
         mine = table[table.split == split]

@@ -73,8 +73,14 @@ def rejects(results: Results, stage: str | None = None, reason: str | None = Non
 _VOXCELEB_ID = re.compile(r"id\d+")
 
 
-def speaker_of(source_id: str) -> str:
-    """VoxCeleb2's speaker folder (`id00012/<video>/00001.mp4`, at any depth); otherwise the source file."""
+def speaker_of(source_id: str, pattern: re.Pattern | None = None) -> str:
+    """The speaker of a source: the first group of `pattern` where it matches the source id (for layouts such
+    as HDTF's `WDA_BarackObama_000.mp4`); else VoxCeleb2's speaker folder (`id00012/<video>/00001.mp4`, at any
+    depth); else the source file itself."""
+    if pattern is not None:
+        match = pattern.search(source_id)
+        if match:
+            return match.group(1) if pattern.groups else match.group(0)
     for part in PurePosixPath(source_id).parts[:-1]:
         if _VOXCELEB_ID.fullmatch(part):
             return part
@@ -93,14 +99,15 @@ def split_speakers(speakers: list[str], val_fraction: float, seed: int) -> set[s
 
 
 def file_lists(results: Results, val_fraction: float = 0.05, seed: int = 0, min_confidence: float | None = None,
-               min_quality: float | None = None) -> pd.DataFrame:
+               min_quality: float | None = None, speaker_pattern: str | None = None) -> pd.DataFrame:
     """The kept clips that pass the optional stricter filters, with `speaker`, `split` and `abs_path`."""
     kept = results.clips[results.clips.status == "kept"].copy()
     if min_confidence is not None:
         kept = kept[kept.sync_conf.notna() & (kept.sync_conf >= min_confidence)]
     if min_quality is not None:
         kept = kept[kept.quality_score.notna() & (kept.quality_score >= min_quality)]
-    kept["speaker"] = [speaker_of(source_id) for source_id in kept.source_id]
+    pattern = re.compile(speaker_pattern) if speaker_pattern else None
+    kept["speaker"] = [speaker_of(source_id, pattern) for source_id in kept.source_id]
     val = split_speakers(list(kept.speaker), val_fraction, seed)
     kept["split"] = np.where(kept.speaker.isin(val), "val", "train")
     root = results.output_dir.resolve()

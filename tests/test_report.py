@@ -3,6 +3,7 @@ VoxCeleb2's layout plus broken and faceless files; the report is opened in headl
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -170,6 +171,9 @@ def test_speakers_from_voxceleb_folders_or_the_source_file():
 
     assert speaker_of("dev/mp4/id00012/21Uxsk56VDQ/00001.mp4") == "id00012"
     assert speaker_of("WDA_BarackObama_000.mp4") == "WDA_BarackObama_000.mp4"
+    hdtf = re.compile(r"([^/]+)_[0-9]+[.][^.]+$")
+    assert speaker_of("WDA_BarackObama_001.mp4", hdtf) == speaker_of("WDA_BarackObama_000.mp4", hdtf) == "WDA_BarackObama"
+    assert speaker_of("id00012/abc/00001.mp4", hdtf) == "id00012"  # no match: the usual rules
     speakers = [f"s{i}" for i in range(40)]
     val = split_speakers(speakers, 0.1, seed=0)
     assert len(val) == 4 and val == split_speakers(list(reversed(speakers)), 0.1, seed=0)
