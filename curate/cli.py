@@ -150,30 +150,38 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_sync(args: argparse.Namespace) -> int:
-    import json
-
+def _scorer(args: argparse.Namespace, config, model: str, label: str, build):
+    """An eval command's scorer: every VIDEO must be a file, and the weights (--weights, else the verified file
+    of `model`) must load; otherwise a one-line error before any work."""
     import torch
 
     from curate.models import ModelError, require
-    from stages import probe as probe_stage
+
+    for video in args.videos:
+        if not Path(video).is_file():
+            raise RunError(f"{video} is not a file")
+    weights = args.weights
+    try:
+        weights = weights or require(model, config.models)[0]
+        return build(weights, "cuda" if torch.cuda.is_available() else "cpu")
+    except ModelError as exc:
+        raise RunError(str(exc)) from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise RunError(f"cannot load {label} weights from {weights}: {exc}") from None
+
+
+def _eval_sync(args: argparse.Namespace) -> int:
+    import json
+
     from stages.base import Rejected
     from syncnet.evaluate import evaluate
     from syncnet.model import load_syncnet
     from syncnet.score import SyncScorer
 
     config = load_config(args.config)
-    for video in args.videos:
-        if not Path(video).is_file():
-            raise RunError(f"{video} is not a file")
-    try:
-        weights = args.weights or require("syncnet", config.models)[0]
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        scorer = SyncScorer(load_syncnet(weights, device), device, config.resources.sync.batch_windows)
-    except ModelError as exc:
-        raise RunError(str(exc)) from None
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise RunError(f"cannot load SyncNet weights from {weights}: {exc}") from None
+    scorer = _scorer(args, config, "syncnet", "SyncNet",
+                     lambda weights, device: SyncScorer(load_syncnet(weights, device), device,
+                                                        config.resources.sync.batch_windows))
     face = config.stages.face.model_copy(update={"min_face_px": 40})  # samples often have small faces
     results, failed = [], []
     for video in args.videos:
@@ -196,24 +204,11 @@ def _eval_sync(args: argparse.Namespace) -> int:
 def _eval_quality(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
-    from curate.models import ModelError, require
     from hyperiqa.model import load_hyperiqa
     from hyperiqa.score import QualityScorer
 
-    config = load_config(args.config)
-    for video in args.videos:
-        if not Path(video).is_file():
-            raise RunError(f"{video} is not a file")
-    try:
-        weights = args.weights or require("hyperiqa", config.models)[0]
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        scorer = QualityScorer(load_hyperiqa(weights, device), device)
-    except ModelError as exc:
-        raise RunError(str(exc)) from None
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise RunError(f"cannot load HyperIQA weights from {weights}: {exc}") from None
+    scorer = _scorer(args, load_config(args.config), "hyperiqa", "HyperIQA",
+                     lambda weights, device: QualityScorer(load_hyperiqa(weights, device), device))
     results, failed = [], []
     for video in args.videos:
         try:
@@ -237,6 +232,8 @@ def _eval_quality(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from curate.report import build_report
 
+    if args.samples < 0:
+        raise RunError("--samples must be 0 or more")
     target = args.out or args.output / "report.html"
     print(build_report(args.output, target, samples=args.samples, seed=args.seed))
     return 0

@@ -10,7 +10,6 @@ locations, resuming a download that was cut off, and puts a file in place only o
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate.config import ModelSettings
+from curate.source_pass import file_sha256 as sha256_of
 from stages import face_landmarks
 
 
@@ -120,14 +120,6 @@ def _remember(settings: ModelSettings, path: Path, sha256: str) -> None:
     os.replace(partial, target)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check(file: ModelFile, path: Path, settings: ModelSettings, sha256: str) -> None:
     """Raise unless `path` loads into our network strictly and matches a pinned hash."""
     pinned = settings.sha256.get(file.name)
@@ -197,15 +189,17 @@ def download_model(name: str, settings: ModelSettings, progress: Callable[[str],
                 raise ModelError(f"{name}: {target} is missing; it comes with a Python package (reinstall it)")
             progress(f"{name}: fetching {file.url}")
             partial = download(file.url, target, timeout=timeout, keep_partial=True)
+            sha256 = sha256_of(partial)
             try:
-                _check(file, partial, settings, sha256_of(partial))
+                _check(file, partial, settings, sha256)
             except ModelError:
                 partial.unlink(missing_ok=True)  # a wrong file is not kept, not even to resume
                 raise
             os.replace(partial, target)
         else:
-            _check(file, target, settings, sha256_of(target))
-        _remember(settings, target, sha256_of(target))
+            sha256 = sha256_of(target)
+            _check(file, target, settings, sha256)
+        _remember(settings, target, sha256)
         progress(f"{name}: {target} ok")
         paths.append(target)
     return paths

@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from curate.config import STAGE_ORDER, SKIPPABLE
 from curate.results import Results, load_results
 
-CLIP_STAGES_IN_ORDER = ["clips", "face", "write", "sync", "quality"]
-SOURCE_STAGES = {"probe", "worker"}
+SOURCE_STAGES = {"probe", "worker"}   # a clip span rejected here went with its whole source
 THUMB_HEIGHT = 112
 
 
@@ -40,20 +40,23 @@ def build_report(output_dir: Path, target: Path, samples: int = 6, seed: int = 0
 # -- numbers --------------------------------------------------------------------------------------
 
 def funnel(results: Results) -> list[tuple[str, int, float]]:
-    """(step, count, hours): sources found and readable, then the clip spans left after each stage."""
+    """(step, count, hours): sources found and readable, the clip spans, those left after each stage that drops
+    clips (in run order), and the kept clips."""
     sources, clips = results.sources, results.clips
+    ok = sources.status == "ok"
     rows = [("sources found", len(sources), _hours(sources.duration_s)),
-            ("sources readable", int((sources.status == "ok").sum()), _hours(sources.duration_s[sources.status == "ok"]))]
+            ("sources readable", int(ok.sum()), _hours(sources.duration_s[ok])),
+            ("clip spans cut", len(clips), _hours(clips.duration_s))]
     gone = set(SOURCE_STAGES)
-    rows.append(("clip spans cut", len(clips), _hours(clips.duration_s)))
-    config = results.config
-    for stage in CLIP_STAGES_IN_ORDER:
+    for stage in STAGE_ORDER[STAGE_ORDER.index("resample"):]:
         gone.add(stage)
+        if stage == "shots":
+            continue  # it cuts, never drops
         left = clips[~clips.reject_stage.isin(gone)]
-        skipped = " (skipped)" if stage in ("face", "sync", "quality") and config.skipped(stage) else ""
+        skipped = " (skipped)" if stage in SKIPPABLE and results.config.skipped(stage) else ""
         rows.append((f"left after {stage}{skipped}", len(left), _hours(left.duration_s)))
     kept = clips[clips.status == "kept"]
-    assert rows[-1][1] == len(kept), "every rejected clip has a known stage"
+    rows.append(("kept", len(kept), _hours(kept.duration_s)))
     return rows
 
 

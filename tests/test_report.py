@@ -114,7 +114,7 @@ def test_report_loads_in_chromium_with_the_manifest_numbers(run, tmp_path):
     assert page.funnel["sources readable"] == (sources.status == "ok").sum()
     assert page.funnel["clip spans cut"] == len(clips)
     assert page.funnel["left after face"] == len(clips) - (clips.reject_stage == "face").sum()
-    assert page.funnel["left after quality"] == (clips.status == "kept").sum()
+    assert page.funnel["left after quality"] == page.funnel["kept"] == (clips.status == "kept").sum()
     for kind, table in (("source", sources), ("clip", clips)):
         for stage, reason in set(zip(table.reject_stage.dropna(), table.reject_reason.dropna())):
             assert f"reject-{kind}-{stage}-{reason}" in page.sections
@@ -126,6 +126,23 @@ def test_report_loads_in_chromium_with_the_manifest_numbers(run, tmp_path):
         assert header in ("data:image/jpeg;base64", "data:image/png;base64")
         picture = cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
         assert picture is not None and picture.size > 0
+
+
+def test_funnel_counts_every_stage_that_drops_clips(run):
+    """A span the resample stage drops (audio_missing) or a source rejected partway counts where it happened."""
+    from curate.report import funnel
+    from curate.results import load_results
+
+    results = load_results(run)
+    clips = results.clips.copy()
+    kept = clips.index[clips.status == "kept"]
+    clips.loc[kept[0], ["status", "reject_stage", "reject_reason"]] = ["rejected", "resample", "audio_missing"]
+    clips.loc[kept[1], ["status", "reject_stage", "reject_reason"]] = ["rejected", "worker", "worker_crashed"]
+    results.clips = clips
+    steps = dict((step, count) for step, count, _ in funnel(results))
+    assert steps["left after resample"] == len(clips) - 2 - (clips.reject_stage == "probe").sum()
+    assert steps["left after write"] == steps["left after face"]
+    assert steps["kept"] == (clips.status == "kept").sum() == steps["left after quality"]
 
 
 def test_rejects_lists_each_rejected_source_and_clip(run, capsys):
