@@ -67,3 +67,12 @@ def readme_run(talking_heads, tmp_path_factory):
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr
     return {"out": out, "stdout": result.stdout, "command": command}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Free disk where the tests write: a full disk fails tests far from its cause."""
+    import shutil
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    terminalreporter.write_line(f"free disk in {tempfile.gettempdir()} at the end: {free:.1f} GiB")
