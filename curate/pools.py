@@ -75,19 +75,21 @@ WORKERS = {"sync": SyncWorker, "quality": QualityWorker}
 class ClipStagePool:
     """A few actors of one clip stage and the queue that feeds them."""
 
-    def __init__(self, stage: str, config: Config, weights: str):
+    def __init__(self, stage: str, config: Config, weights: str, reserve_cpus: bool = True):
+        """`reserve_cpus` off: the actors hold no CPU in Ray's books (see runner.pools_fit)."""
         import ray
 
         resources = getattr(config.resources, stage)
         actor = ray.remote(WORKERS[stage]).options(
-            num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
+            num_cpus=resources.num_cpus if reserve_cpus else 0, num_gpus=resources.num_gpus,
             memory=resources.memory_mb * 1024 * 1024, max_restarts=config.run.max_retries,
             max_task_retries=config.run.max_retries,
         )
         threads = max(1, round(resources.num_cpus))
         self.stage = stage
         self.batch = resources.batch_clips
-        self.idle = [actor.remote(config, weights, threads) for _ in range(resources.workers)]
+        self._new_actor = lambda: actor.remote(config, weights, threads)
+        self.idle = [self._new_actor() for _ in range(resources.workers)]
         self.queue: list[ClipWork] = []
         self.in_flight: dict = {}          # ObjectRef -> (actor, [ClipWork])
         self._last_dispatch = time.monotonic()
@@ -116,16 +118,26 @@ class ClipStagePool:
         import ray
 
         actor, batch = self.in_flight.pop(ref)
-        self.idle.append(actor)
         try:
-            return batch, ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - the caller decides what a failed batch means
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            # Ray restarted the actor and retried the batch as often as allowed, and it died every time: the
+            # batch fails, and a fresh actor takes its place so that the clips after it are not lost too
+            self.idle.append(self._new_actor())
             return batch, exc
+        except Exception as exc:  # noqa: BLE001 - the caller decides what a failed batch means
+            self.idle.append(actor)
+            return batch, exc
+        self.idle.append(actor)
+        return batch, result
 
     def close(self) -> None:
         import ray
 
-        for ref in self.in_flight:
-            ray.cancel(ref, force=True)
+        # killed, busy or not: an actor left alive would keep its CPUs and GPU in a cluster that outlives the run
+        for actor, _ in self.in_flight.values():
+            ray.kill(actor)
         for actor in self.idle:
             ray.kill(actor)
+        self.in_flight.clear()
+        self.idle.clear()

@@ -234,6 +234,7 @@ def run(options: RunOptions) -> RunSummary:
     models = check_models(options.config)
     check_output(options.output_dir)
     with OutputLock(options.output_dir):
+        remove_debris(options.output_dir)
         plan = make_plan(options)
         state = _execute(options, plan, models)
         summary = _finish(options, plan, state, started_at, time.perf_counter() - t0)
@@ -279,8 +280,9 @@ def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
             from curate.pools import ClipStagePool
 
             weights = {"sync": "syncnet", "quality": "hyperiqa"}
+            reserve = pools_fit(config, state.cluster_cpus)
             for stage in config.clip_stages():
-                pools[stage] = ClipStagePool(stage, config, models[weights[stage]][0])
+                pools[stage] = ClipStagePool(stage, config, models[weights[stage]][0], reserve_cpus=reserve)
                 pools[stage].add(plan.clip_todo.get(stage, []))
         pending = list(reversed(plan.todo))
         running: dict = {}                 # generator -> _InFlight
@@ -310,6 +312,15 @@ def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
             pool.close()
         if started_ray:
             ray.shutdown()
+
+
+def pools_fit(config: Config, cluster_cpus: float) -> bool:
+    """Whether the clip-stage actors can hold their CPUs and leave room for a source task. They live for the
+    whole run, so on a small machine (2 cores: sync 1 + quality 1) they would hold every CPU while they wait
+    for clips that no source task can run to make: a deadlock. Then they hold none and share the cores."""
+    wanted = sum(getattr(config.resources, stage).num_cpus * getattr(config.resources, stage).workers
+                 for stage in config.clip_stages())
+    return wanted + config.resources.source_pass.num_cpus <= cluster_cpus
 
 
 def _source_event(generator, running: dict, plan: Plan, state: _State, journal: mio.Journal,
@@ -493,6 +504,16 @@ def _complete(flight: _InFlight, plan: Plan, state: _State, journal: mio.Journal
         next(iter(pools.values())).add(clip_work(record, output_dir))
 
 
+def remove_debris(output_dir: Path) -> None:
+    """Delete the half-written files (`*.partial`) of a run that died: we hold the lock, so none is being
+    written now. Every file the project writes goes through such a name before it is renamed into place."""
+    for folder in (output_dir / "clips", output_dir / mio.MANIFESTS_DIR, output_dir / mio.STATE_DIR):
+        if folder.is_dir():
+            for path in folder.rglob("*.partial"):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
+
+
 def _remove_source_outputs(output_dir: Path, out_key: str) -> None:
     folder = output_dir / "clips" / out_key
     if folder.is_dir():
@@ -536,9 +557,13 @@ def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime
     out = options.output_dir
     fingerprints = config.stage_fingerprints()
     try:
-        if state.processed or state.staged or not mio.manifest_path(out, "sources").exists():
-            mio.write_table(mio.manifest_path(out, "sources"), mio.source_rows_for_parquet(source_rows), schema.SOURCES)
-            mio.write_table(mio.manifest_path(out, "clips"), clip_rows, schema.CLIPS)
+        # a run that changes nothing (a rerun after a complete one) leaves every file as it was, runs included
+        changed = mio.write_table(mio.manifest_path(out, "sources"), mio.source_rows_for_parquet(source_rows),
+                                  schema.SOURCES)
+        changed = mio.write_table(mio.manifest_path(out, "clips"), clip_rows, schema.CLIPS) or changed
+        if not (changed or state.processed or state.staged):
+            return summary
+        if state.processed or state.staged:
             current = []
             for record in kept_records:
                 current.append(record)

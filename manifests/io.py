@@ -26,16 +26,20 @@ def manifest_path(output_dir: Path, name: str) -> Path:
     return output_dir / MANIFESTS_DIR / f"{name}.parquet"
 
 
-def write_table(path: Path, rows: list[dict], table_schema: pa.Schema) -> None:
-    """Write `rows` as a Parquet file with exactly `table_schema`'s columns, atomically."""
+def write_table(path: Path, rows: list[dict], table_schema: pa.Schema) -> bool:
+    """Write `rows` as a Parquet file with exactly `table_schema`'s columns, atomically. A file that already
+    holds exactly these bytes is left alone (a rerun that changes nothing changes no file). True if written."""
     columns = {f.name: [row.get(f.name) for row in rows] for f in table_schema}
     table = pa.table(columns, schema=table_schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     try:
         pq.write_table(table, partial, compression="zstd")
+        if path.exists() and _same_bytes(partial, path):
+            return False
         _fsync(partial)
         os.replace(partial, path)
+        return True
     finally:
         partial.unlink(missing_ok=True)
 
@@ -126,6 +130,18 @@ class Journal:
             data = handle.read()
             if data and not data.endswith(b"\n"):
                 handle.truncate(data.rfind(b"\n") + 1)
+
+
+def _same_bytes(a: Path, b: Path, chunk: int = 1 << 20) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as one, open(b, "rb") as other:
+        while True:
+            block = one.read(chunk)
+            if block != other.read(chunk):
+                return False
+            if not block:
+                return True
 
 
 def _fsync(path: Path) -> None:

@@ -34,19 +34,27 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Let `write` fill a temporary file beside `path`, then fsync it and rename it into place, so the file
     appears under its name only when complete. A failure to write is an OutputError: the run must stop."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
         with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, path)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        _discard(partial)
         raise OutputError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _discard(partial)
         raise
+
+
+def _discard(partial: Path) -> None:
+    """Remove a half-written file if the disk lets us; if not (read-only now), the next run's sweep does."""
+    try:
+        partial.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def write_arrays(path: Path, arrays: dict) -> None:

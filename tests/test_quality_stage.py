@@ -53,7 +53,7 @@ def test_scores_thresholds_and_recomputes_only_what_changed(raw, tmp_path, curat
     assert "below 40" in clip.reject_detail
     assert (out / clip.path).exists(), "a rejected clip stays on disk for the report to show"
     runs = pd.read_parquet(out / "manifests/runs.parquet")
-    assert list(runs.clips_quality_scored) == [1, 0, 1]
+    assert list(runs.clips_quality_scored) == [1, 1]  # the run with nothing to do left no row
 
 
 def test_quality_follows_the_sync_stage(raw, tmp_path, curate, stand_in_models):

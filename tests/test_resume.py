@@ -45,7 +45,7 @@ def test_rerun_does_nothing_and_rewrites_nothing(raw, tmp_path, curate):
     first = curate(raw, out, chain())
     assert first.sources_processed == 3
     files = clip_files(out)
-    manifests = {name: (out / "manifests" / f"{name}.parquet").read_bytes() for name in ("sources", "clips")}
+    manifests = {name: (out / "manifests" / f"{name}.parquet").read_bytes() for name in ("sources", "clips", "runs")}
 
     second = curate(raw, out, chain())
     assert (second.sources_processed, second.sources_reused) == (0, 3)
@@ -53,7 +53,17 @@ def test_rerun_does_nothing_and_rewrites_nothing(raw, tmp_path, curate):
     for name, data in manifests.items():
         assert (out / "manifests" / f"{name}.parquet").read_bytes() == data
     runs = pd.read_parquet(out / "manifests/runs.parquet")
-    assert list(runs.sources_processed) == [3, 0]
+    assert list(runs.sources_processed) == [3]  # a run that did nothing is not recorded either
+
+    # an input file taken away: its rows go, and that run is recorded
+    os.rename(raw / "b" / "pattern.mp4", raw / "b" / "pattern.mp4.away")
+    try:
+        third = curate(raw, out, chain())
+    finally:
+        os.rename(raw / "b" / "pattern.mp4.away", raw / "b" / "pattern.mp4")
+    assert (third.sources_found, third.sources_processed) == (2, 0)
+    assert "b/pattern.mp4" not in set(pd.read_parquet(out / "manifests/sources.parquet").source_id)
+    assert list(pd.read_parquet(out / "manifests/runs.parquet").sources_processed) == [3, 0]
 
 
 def test_changing_a_stage_recomputes_it_and_later_stages_only(raw, tmp_path, curate):
