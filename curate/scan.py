@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from curate.config import InputSettings
 
@@ -22,63 +25,106 @@ class ScannedSource:
 class ScanResult:
     sources: list[ScannedSource]
     skipped: list[tuple[str, str]]   # (relative path, why) for folders and files that could not be looked at
+    # relative path -> a short snake_case code for the same, to group by (symlink_loop, linked_twice,
+    # broken_symlink, not_a_file, unreadable_folder, unreadable)
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 def scan_inputs(input_dir: Path, settings: InputSettings, exclude: Path | None = None) -> ScanResult:
     """Walk `input_dir` recursively, in a stable order, for files with the configured extensions.
 
     `exclude` (the output folder, when it lies inside the input) is never entered. Symlinked folders are
-    followed when configured; a folder reached twice (a symlink loop) is skipped and reported.
+    followed when configured; a folder reached again through a link (a symlink loop, or a second link to a
+    folder already scanned) is skipped and reported, and so is anything named like a video that is not a file
+    to read (a link that leads nowhere, a named pipe, a device). Nothing is opened here.
     """
     input_dir = input_dir.resolve()
     extensions = {ext.lower() for ext in settings.extensions}
     excluded = exclude.resolve() if exclude is not None else None
     found: list[tuple[str, str, int, int]] = []
-    skipped: list[tuple[str, str]] = []
-    seen_dirs: set[tuple[int, int]] = set()
+    skipped: list[tuple[str, str, str]] = []      # (relative path, code, why)
+    seen_dirs: dict[tuple[int, int], str] = {}    # folder -> where it was first scanned
+    on_path: set[tuple[int, int]] = set()         # the folders being walked, root to current
 
-    def walk(folder: Path, relative: PurePosixPath) -> None:
+    def enter(folder: Path, relative: PurePosixPath) -> tuple[tuple[int, int], Iterator[os.DirEntry]] | None:
         try:
             info = folder.stat()
         except OSError as exc:
-            skipped.append((relative.as_posix(), f"cannot read folder: {exc.strerror}"))
-            return
+            skipped.append((relative.as_posix(), *_why(exc, "unreadable_folder", "cannot read folder")))
+            return None
         key = (info.st_dev, info.st_ino)
+        if key in on_path:
+            skipped.append((relative.as_posix(), "symlink_loop", "folder already visited (symlink loop)"))
+            return None
         if key in seen_dirs:
-            skipped.append((relative.as_posix(), "folder already visited (symlink loop)"))
-            return
-        seen_dirs.add(key)
+            skipped.append((relative.as_posix(), "linked_twice",
+                            f"folder already scanned as '{_clean(seen_dirs[key])}' (linked twice)"))
+            return None
+        seen_dirs[key] = relative.as_posix()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            skipped.append((relative.as_posix(), f"cannot list folder: {exc.strerror}"))
-            return
-        for entry in entries:
-            child = relative / entry.name
-            try:
-                is_dir = entry.is_dir(follow_symlinks=settings.follow_symlinks)
-                if is_dir:
-                    if excluded is not None and Path(entry.path).resolve() == excluded:
-                        continue
-                    walk(Path(entry.path), child)
-                    continue
-                if not entry.is_file(follow_symlinks=True):
-                    continue
-                if Path(entry.name).suffix.lower() not in extensions:
-                    continue
-                stat = entry.stat(follow_symlinks=True)
-            except OSError as exc:
-                skipped.append((child.as_posix(), f"cannot stat: {exc.strerror}"))
-                continue
-            found.append((child.as_posix(), os.path.abspath(entry.path), stat.st_size, stat.st_mtime_ns))
+            skipped.append((relative.as_posix(), *_why(exc, "unreadable_folder", "cannot list folder")))
+            return None
+        on_path.add(key)
+        return key, iter(entries)
 
-    walk(input_dir, PurePosixPath("."))
+    # depth first with an explicit stack, not recursion: a tree thousands of folders deep must not crash
+    stack: list[tuple[PurePosixPath, tuple[int, int], Iterator[os.DirEntry]]] = []
+    opened = enter(input_dir, PurePosixPath("."))
+    if opened is not None:
+        stack.append((PurePosixPath("."), *opened))
+    while stack:
+        relative, key, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            on_path.discard(key)
+            continue
+        child = relative / entry.name
+        try:
+            if entry.is_dir(follow_symlinks=settings.follow_symlinks):
+                if excluded is not None and Path(entry.path).resolve() == excluded:
+                    continue
+                opened = enter(Path(entry.path), child)
+                if opened is not None:
+                    stack.append((child, *opened))
+                continue
+            wanted = Path(entry.name).suffix.lower() in extensions
+            if not entry.is_file(follow_symlinks=True):
+                if wanted:  # named like a video but nothing to read: say why it is left out (never open it)
+                    skipped.append((child.as_posix(), *_not_a_file(entry)))
+                continue
+            if not wanted:
+                continue
+            info = entry.stat(follow_symlinks=True)
+        except OSError as exc:
+            skipped.append((child.as_posix(), *_why(exc, "unreadable", "cannot stat")))
+            continue
+        found.append((child.as_posix(), os.path.abspath(entry.path), info.st_size, info.st_mtime_ns))
+
     keys = _output_keys([source_id for source_id, *_ in found])
     sources = [
         ScannedSource(_clean(source_id), path, keys[source_id], size, mtime)
         for source_id, path, size, mtime in found
     ]
-    return ScanResult(sources, [(_clean(path), why) for path, why in skipped])
+    return ScanResult(sources, [(_clean(path), why) for path, _, why in skipped],
+                      {_clean(path): code for path, code, _ in skipped})
+
+
+def _not_a_file(entry: os.DirEntry) -> tuple[str, str]:
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        return "broken_symlink", f"broken symlink: {os.readlink(entry.path)} does not exist"
+    mode = os.stat(entry.path).st_mode
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    return "not_a_file", "not a regular file" + next((f": {name}" for test, name in kinds if test(mode)), "")
+
+
+def _why(exc: OSError, code: str, doing: str) -> tuple[str, str]:
+    if exc.errno == errno.ELOOP:  # links that lead to each other, never to a file or folder
+        return "symlink_loop", "symlink loop: too many levels of symbolic links"
+    return code, f"{doing}: {exc.strerror or exc}"
 
 
 def _clean(relative: str) -> str:

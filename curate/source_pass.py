@@ -35,7 +35,7 @@ from stages.face_landmarks import get_backend
 from stages.resample import AudioTrack, FrameRateConverter, samples_per_frame, timeline_seconds
 from stages.shots import KnownShots, ShotDetector
 from stages.sync import CONTEXT_FRAMES
-from stages.write import ClipWriter, scaled_size, write_arrays
+from stages.write import ClipWriter, OutputError, scaled_size, write_arrays
 
 CLIPS_DIR = "clips"
 
@@ -104,7 +104,7 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
             row["sha256"] = task.sha256 or file_sha256(task.path)
             facts = probe_stage.probe(task.path, min_duration_s=config.stages.clips.min_seconds)
     except OSError as exc:  # vanished or unreadable between the scan and now
-        yield _source_event(row, clock, started, Rejected("probe", "unreadable", f"cannot read the file: {exc.strerror or exc}"))
+        yield _source_event(row, clock, started, probe_stage.unreadable(task.path, exc))
         return
     except Rejected as rejected:
         yield _source_event(row, clock, started, rejected)
@@ -132,9 +132,12 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
 
 def _remove_partials(folder: Path) -> None:
     """Clip files an interrupted attempt left half-written (they never got their final name)."""
-    if folder.is_dir():
-        for partial in folder.glob("*.partial"):
-            partial.unlink(missing_ok=True)
+    try:
+        if folder.is_dir():
+            for partial in folder.glob("*.partial"):
+                partial.unlink(missing_ok=True)
+    except OSError as exc:  # the output side failing is not this source's fault: the run must stop
+        raise OutputError(exc.errno, f"cannot clean {folder}: {exc.strerror or exc}") from exc
 
 
 def _source_event(row: dict, clock: StageClock, started: float, rejected: Rejected | None) -> dict:
@@ -196,6 +199,7 @@ class _Pass:
         decoded = self._container.decode(stream)
         t0: float | None = None
         last_t, last_duration = 0.0, 1.0 / self.fps
+        latest_t = 0.0                    # the furthest the timeline has got
         fallback_rate = self.facts.fps or self.fps
         while True:
             with self.clock("decode"):
@@ -213,6 +217,12 @@ class _Pass:
                 t0 = t
                 self._start(frame, t0)
             last_t = t - t0
+            # before the frame is spread over output frames: timestamps that a hostile or broken file
+            # invents must not turn into hours of repeated pictures, nor a flood of tiny frames into hours
+            # of decoding
+            probe_stage.check_timeline(last_t, latest_t, self.facts)
+            latest_t = max(latest_t, last_t)
+            probe_stage.check_packet_rate("video", self.source_frames, latest_t)
             if frame.duration and frame.time_base:
                 last_duration = float(frame.duration * frame.time_base)
             self.decoded_s = last_t + last_duration
@@ -222,6 +232,7 @@ class _Pass:
             yield from self._drain_ready()
         if t0 is None:
             raise Rejected(probe_stage.STAGE, "no_frames", "the video stream decodes to no frames")
+        probe_stage.check_timeline(self.decoded_s, last_t, self.facts)  # the last frame's own duration
         probe_stage.check_truncation(self.decoded_s, self.facts, self.config.stages.probe.truncation_tolerance_s)
         with self.clock("resample"):
             slots = self.frc.flush(self.decoded_s)

@@ -13,6 +13,8 @@ from typing import Any, Iterator
 import av
 import numpy as np
 
+from stages import probe as probe_stage
+
 STAGE = "resample"
 
 
@@ -89,14 +91,24 @@ class AudioTrack:
         self.gaps_filled = 0      # samples of silence inserted where the stream had holes
         self._skip = 0            # samples still to drop because the audio starts before the video
         self._gap_tolerance = sample_rate // 25
+        # silence still owed before the samples decoded after a hole: (samples, counted as a gap, what follows).
+        # It is laid down only as far as a caller asks, so a timestamp that jumps hours ahead costs nothing
+        # until (unless) the video gets there.
+        self._owed: tuple[int, bool, list[av.AudioFrame]] | None = None
+        self._packets = 0         # frames decoded, and the seconds of sound in them: a flood of tiny packets
+        self._sound_s = 0.0       # is rejected rather than decoded for minutes
 
     @property
     def available(self) -> int:
         return self._end
 
     def ensure(self, upto: int) -> None:
-        """Decode until samples [.., upto) are held or the stream ends. Raises the decoder's errors."""
+        """Decode until samples [.., upto) are held or the stream ends. Raises the decoder's errors, and
+        Rejected for a stream of tiny packets."""
         while self._end < upto and not self.eof:
+            if self._owed is not None:
+                self._pay_silence(upto)
+                continue
             try:
                 frame = next(self._frames)
             except StopIteration:
@@ -104,8 +116,16 @@ class AudioTrack:
                 self.eof = True
                 self._container.close()
                 return
-            self._place(frame)
-            self._append_all(self._resampler.resample(frame))
+            self._packets += 1
+            if frame.sample_rate:
+                self._sound_s += frame.samples / frame.sample_rate
+            probe_stage.check_packet_rate("audio", self._packets, self._sound_s)
+            silence, is_gap = self._place(frame)
+            resampled = self._resampler.resample(frame)
+            if silence:
+                self._owed = (silence, is_gap, resampled)
+            else:
+                self._append_all(resampled)
 
     def take(self, start: int, stop: int) -> np.ndarray:
         """Samples [start, stop) of the timeline; the caller checks `available` first."""
@@ -137,22 +157,35 @@ class AudioTrack:
         if not self.eof:
             self._container.close()
 
-    def _place(self, frame: av.AudioFrame) -> None:
-        """Line the next decoded frame up with its timestamp: pad silence before it, or trim what precedes t0."""
+    def _place(self, frame: av.AudioFrame) -> tuple[int, bool]:
+        """Line the next decoded frame up with its timestamp: the silence to lay down before it (and whether
+        that is a hole rather than a late start), or trim what precedes t0."""
         if frame.pts is None or frame.time_base is None:
-            return
+            return 0, False
         # samples still inside the resampler are not yet counted in _end; its delay is small and constant,
         # so only differences beyond a frame's worth are treated as real gaps or overlaps
         expected = round((float(frame.pts * frame.time_base) - self._t0) * self.sample_rate)
         behind = expected - self._end
         if self._end == 0 and not self._chunks and expected != 0:
             if expected > 0:
-                self._append(np.zeros(expected, np.int16))
-            else:
-                self._skip = -expected
+                return expected, False
+            self._skip = -expected
         elif behind > self._gap_tolerance:
-            self._append(np.zeros(behind, np.int16))
-            self.gaps_filled += behind
+            return behind, True
+        return 0, False
+
+    def _pay_silence(self, upto: int) -> None:
+        """Lay down owed silence as far as `upto`; once all of it is down, the samples that follow it."""
+        silence, is_gap, following = self._owed
+        now = min(silence, max(upto - self._end, 1))
+        self._append(np.zeros(now, np.int16))
+        if is_gap:
+            self.gaps_filled += now
+        if now < silence:
+            self._owed = (silence - now, is_gap, following)
+        else:
+            self._owed = None
+            self._append_all(following)
 
     def _append_all(self, frames: list[av.AudioFrame]) -> None:
         for out in frames:

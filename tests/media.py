@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -137,3 +139,173 @@ def read_clip(path: Path) -> tuple[list[np.ndarray], np.ndarray, dict]:
     with av.open(str(path)) as container:
         samples = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)])
     return frames, samples, facts
+
+
+# -- hostile files: real media with lying headers, made by patching bytes or muxing packets by hand ----------
+
+_MP4_PARENTS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
+
+
+def mp4_boxes(data: bytes, start: int = 0, end: int | None = None, path: tuple = ()):
+    """(path of box types, offset, header size, size) of every box in an MP4, depth first; the sample
+    entries inside stsd (avc1, mp4a) are listed too."""
+    end = len(data) if end is None else end
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
+        elif size == 0:
+            size = end - pos
+        yield path + (kind,), pos, header, size
+        if kind in _MP4_PARENTS:
+            yield from mp4_boxes(data, pos + header, pos + size, path + (kind,))
+        elif kind == b"stsd":
+            yield from mp4_boxes(data, pos + header + 8, pos + size, path + (kind,))
+        pos += size
+
+
+def _track_boxes(data: bytes):
+    """The boxes of each track, with the track's handler ('vide', 'soun') and media timescale."""
+    tracks = []
+    for path, pos, header, size in mp4_boxes(data):
+        if path[-1] == b"trak":
+            tracks.append({"boxes": {}})
+        elif tracks and len(path) > 2 and path[1] == b"trak":
+            tracks[-1]["boxes"][path[-1]] = (pos + header, size - header)
+    for track in tracks:
+        body, _ = track["boxes"][b"hdlr"]
+        track["handler"] = data[body + 8:body + 12].decode()
+        body, _ = track["boxes"][b"mdhd"]
+        track["timescale"] = struct.unpack(">I", data[body + (20 if data[body] == 1 else 12):][:4])[0]
+    return tracks
+
+
+def _set_duration(data: bytearray, body: int, seconds: float, timescale: int, v1_at: int, v0_at: int) -> None:
+    if data[body] == 1:
+        struct.pack_into(">Q", data, body + v1_at, round(seconds * timescale))
+    else:
+        struct.pack_into(">I", data, body + v0_at, round(seconds * timescale))
+
+
+def mp4_claim_duration(data: bytes, seconds: float, video_media_s: float | None = None) -> bytes:
+    """Every duration an MP4's header states (mvhd, tkhd, mdhd, the edit lists) set to `seconds`; with
+    `video_media_s`, the video track's own mdhd says that instead. The samples are left as they are."""
+    data = bytearray(data)
+    movie_scale = None
+    for path, pos, header, size in mp4_boxes(bytes(data)):
+        if path[-1] == b"mvhd":
+            body = pos + header
+            movie_scale = struct.unpack(">I", data[body + (20 if data[body] == 1 else 12):][:4])[0]
+            _set_duration(data, body, seconds, movie_scale, 24, 16)
+    for track in _track_boxes(bytes(data)):
+        boxes = track["boxes"]
+        _set_duration(data, boxes[b"tkhd"][0], seconds, movie_scale, 28, 20)
+        media_s = video_media_s if video_media_s is not None and track["handler"] == "vide" else seconds
+        _set_duration(data, boxes[b"mdhd"][0], media_s, track["timescale"], 24, 16)
+        if b"elst" in boxes:
+            body = boxes[b"elst"][0]
+            version, count = data[body], struct.unpack(">I", data[body + 4:body + 8])[0]
+            for i in range(count):
+                entry = body + 8 + i * (20 if version == 1 else 12)
+                struct.pack_into(">Q" if version == 1 else ">I", data, entry, round(seconds * movie_scale))
+    return bytes(data)
+
+
+def mp4_stretch_video(data: bytes, seconds: float) -> bytes:
+    """The video track's sample table (stts) rewritten so that its frames span `seconds`: each frame lasts
+    seconds / frames. Header durations are not touched."""
+    data = bytearray(data)
+    for track in _track_boxes(bytes(data)):
+        if track["handler"] != "vide":
+            continue
+        body, _ = track["boxes"][b"stts"]
+        count = struct.unpack(">I", data[body + 4:body + 8])[0]
+        entries = [struct.unpack(">II", data[body + 8 + 8 * i:body + 16 + 8 * i]) for i in range(count)]
+        delta = round(seconds * track["timescale"] / sum(n for n, _ in entries))
+        for i in range(count):
+            struct.pack_into(">I", data, body + 12 + 8 * i, delta)
+    return bytes(data)
+
+
+def mp4_picture_size(data: bytes, width: int, height: int, keep_parameter_sets: bool = True) -> bytes:
+    """The video track's header (tkhd) and sample entry (avc1) made to state `width` x `height`; unless
+    `keep_parameter_sets`, the SPS in avcC is zeroed too, so the stream itself cannot tell its size either."""
+    data = bytearray(data)
+    for track in _track_boxes(bytes(data)):
+        if track["handler"] != "vide":
+            continue
+        body, size = track["boxes"][b"tkhd"]
+        struct.pack_into(">II", data, body + size - 8, width << 16, height << 16)
+        body, _ = track["boxes"][b"avc1"]
+        struct.pack_into(">HH", data, body + 24, width, height)
+        if not keep_parameter_sets:
+            at = data.index(b"avcC", body)
+            sps_length = struct.unpack(">H", data[at + 10:at + 12])[0]
+            data[at + 12:at + 12 + sps_length] = bytes(sps_length)
+    return bytes(data)
+
+
+def mkv_claim_duration(data: bytes, seconds: float) -> bytes:
+    """A Matroska file's Segment Info Duration (an 8-byte float in TimestampScale units, ms) set to `seconds`."""
+    data = bytearray(data)
+    info = data.index(b"\x15\x49\xa9\x66")          # Info
+    at = data.index(b"\x44\x89\x88", info)          # Duration, 8 bytes
+    struct.pack_into(">d", data, at + 3, seconds * 1000.0)
+    return bytes(data)
+
+
+def tiny_packets(path: Path, packets: int, flood: str, work: Path) -> Path:
+    """Matroska with `packets` tiny packets, muxed by hand: flood='video' gives 2x2 grey raw frames at
+    25,000 fps beside a normal AAC track; flood='audio' gives one-sample PCM packets at 16 kHz beside normal
+    64x64 H.264."""
+    if flood == "video":
+        rate, payload = 25_000, bytes([128] * 4)
+        seconds = packets / rate
+        ffmpeg("-f", "lavfi", "-i", f"sine=duration={seconds}:sample_rate=16000", "-c:a", "aac", work / "tiny_packets_other.mkv")
+    else:
+        rate, payload = 16_000, b"\x00\x10"
+        seconds = packets / rate
+        ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=64x64:rate=25:duration={seconds}", *x264(), work / "tiny_packets_other.mkv")
+    with av.open(str(work / "tiny_packets_other.mkv")) as source, av.open(str(path), "w", format="matroska") as out:
+        other = source.streams[0]
+        other_out = out.add_stream_from_template(other)
+        if flood == "video":
+            tiny = out.add_stream("rawvideo", rate=rate)
+            tiny.width, tiny.height, tiny.pix_fmt = 2, 2, "gray"
+        else:
+            tiny = out.add_stream("pcm_s16le", rate=rate, layout="mono")
+        time_base = Fraction(1, rate)
+        # the other stream's packets, with their times in ticks of the tiny stream, to interleave by time
+        others = [(int(p.pts * other.time_base * rate), p) for p in source.demux(other) if p.size]
+        next_other = 0
+        for i in range(packets):
+            while next_other < len(others) and others[next_other][0] <= i:
+                packet = others[next_other][1]
+                packet.stream = other_out
+                out.mux(packet)
+                next_other += 1
+            packet = av.Packet(payload)
+            packet.stream, packet.pts, packet.dts, packet.time_base = tiny, i, i, time_base
+            out.mux(packet)
+        for _, packet in others[next_other:]:
+            packet.stream = other_out
+            out.mux(packet)
+    return path
+
+
+def audio_jump(path: Path, source: Path, at_s: float, jump_s: float) -> Path:
+    """`source` remuxed (MP4) with every audio packet from `at_s` on moved `jump_s` seconds later: a hole in
+    the audio that its timestamps claim, as a broken recorder or a hostile file writes it."""
+    with av.open(str(source)) as src, av.open(str(path), "w", format="mp4") as out:
+        outputs = {s.index: out.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")}
+        for packet in src.demux():
+            if packet.dts is None or packet.stream.index not in outputs:
+                continue
+            if packet.stream.type == "audio" and packet.pts * packet.time_base >= at_s:
+                shift = int(jump_s / packet.time_base)
+                packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            packet.stream = outputs[packet.stream.index]
+            out.mux(packet)
+    return path

@@ -41,6 +41,45 @@ def test_symlink_loop_is_skipped_with_a_reason(tmp_path):
     result = scan_inputs(raw, InputSettings())
     assert [s.source_id for s in result.sources] == ["a/one.mp4"]
     assert result.skipped == [("a/loop", "folder already visited (symlink loop)")]
+    assert result.reasons == {"a/loop": "symlink_loop"}
+
+
+def test_links_to_nothing_or_to_each_other_are_skipped_with_a_reason(tmp_path):
+    raw = tmp_path / "raw"
+    touch(raw / "a" / "one.mp4")
+    os.symlink("self.mp4", raw / "self.mp4")               # a link to itself
+    os.symlink("pong.mkv", raw / "ping.mkv")               # two links to each other
+    os.symlink("ping.mkv", raw / "pong.mkv")
+    os.symlink("deleted.mp4", raw / "gone.mp4")            # a link whose file was deleted
+    os.symlink("deleted", raw / "notes")                   # not a video's name: not ours to report
+    os.mkdir(raw / "b")
+    os.symlink("../a", raw / "b" / "again")                # a second way to a folder, not a loop
+    os.mkfifo(raw / "fifo.mp4")                            # opening it would wait for a writer forever
+    result = scan_inputs(raw, InputSettings())
+    assert [s.source_id for s in result.sources] == ["a/one.mp4"]
+    loop = "symlink loop: too many levels of symbolic links"
+    assert result.skipped == [("b/again", "folder already scanned as 'a' (linked twice)"),
+                              ("fifo.mp4", "not a regular file: a named pipe"),
+                              ("gone.mp4", "broken symlink: deleted.mp4 does not exist"),
+                              ("ping.mkv", loop), ("pong.mkv", loop), ("self.mp4", loop)]
+    assert result.reasons == {"b/again": "linked_twice", "fifo.mp4": "not_a_file", "gone.mp4": "broken_symlink",
+                              "ping.mkv": "symlink_loop", "pong.mkv": "symlink_loop", "self.mp4": "symlink_loop"}
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path):
+    folders = [tmp_path / "raw"]
+    for _ in range(1500):  # a path of about 3 kB, inside PATH_MAX; a recursive walk died at ~1000 levels
+        folders.append(folders[-1] / "d")
+    for folder in folders:
+        folder.mkdir()
+    try:
+        touch(folders[-1] / "deep.mp4")
+        result = scan_inputs(folders[0], InputSettings())
+        assert [s.source_id for s in result.sources] == ["d/" * 1500 + "deep.mp4"] and result.skipped == []
+    finally:  # bottom up: shutil.rmtree, which pytest cleans up with, is recursive too
+        (folders[-1] / "deep.mp4").unlink(missing_ok=True)
+        for folder in reversed(folders):
+            folder.rmdir()
 
 
 def test_output_inside_input_is_not_scanned(tmp_path):
