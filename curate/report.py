@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import os
 from pathlib import Path
 
 import av
@@ -159,6 +160,8 @@ def source_frames(path: str, times: list[float]) -> list[np.ndarray]:
 def _pictures(results: Results, row: pd.Series, kind: str) -> tuple[list[str], str]:
     """Thumbnails for a sample row and what they show; never raises (a broken source has none)."""
     try:
+        if kind == "source" and not os.path.isfile(results.source_paths[row["source_id"]]):
+            return [], "not a regular file"  # a pipe would block whoever opens it; a link loop has no frames
         if kind == "clip" and isinstance(row.get("path"), str) and (results.output_dir / row["path"]).is_file():
             frames, what = clip_frames(results.output_dir / row["path"]), "clip as written"
         else:

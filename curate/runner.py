@@ -548,6 +548,7 @@ def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime
         source["n_clips_kept"] = sum(1 for row in rows if row["status"] == "kept")
         source_rows.append(source)
         clip_rows.extend(rows)
+    source_rows.extend(_scan_rows(options.input_dir, plan.scan))
     source_rows.sort(key=lambda row: row["source_id"])
     clip_rows.sort(key=lambda row: (row["source_id"], row["start_frame"]))
 
@@ -578,6 +579,14 @@ def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime
         raise RunError(f"cannot write manifests in {out}: {exc.strerror or exc}. Rerun to retry; "
                        "finished sources are kept in the journal.") from None
     return summary
+
+
+def _scan_rows(input_dir: Path, scan: ScanResult) -> list[dict]:
+    """A row for each path the scan could not look at (a symlink loop, a pipe named .mp4, a folder it may not
+    list), so that it is in the manifest with its reason like every other input dropped."""
+    return [{"source_id": relative, "path": str(input_dir.resolve() / relative), "status": "rejected",
+             "reject_stage": "scan", "reject_reason": scan.reasons.get(relative, "not_looked_at"),
+             "reject_detail": why} for relative, why in scan.skipped]
 
 
 def _with_stages(clip: dict, work, state: _State, config: Config) -> dict:

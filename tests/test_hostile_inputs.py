@@ -95,6 +95,7 @@ def result(hostile, tmp_path_factory, curate):
 
 def test_every_hostile_input_has_a_row_with_its_reason(result):
     sources = result["sources"]
+    sources = sources[sources.reject_stage != "scan"]  # the paths never opened: see the links test
     assert sorted(sources.index) == sorted(EXPECTED)
     for name, verdict in EXPECTED.items():
         row = sources.loc[name]
@@ -162,6 +163,12 @@ def test_links_that_lead_nowhere_or_back_are_skipped_with_a_reason(result):
         "zeros.mp4": "not a regular file: a character device",
     }
     assert result["summary"].sources_found == len(EXPECTED)
+    # and each is in the manifest, with a code to group by
+    scanned = result["sources"][result["sources"].reject_stage == "scan"]
+    assert dict(zip(scanned.index, scanned.reject_reason)) == {
+        "links/back": "symlink_loop", "self.mp4": "symlink_loop", "gone.mp4": "broken_symlink",
+        "pipe.mp4": "not_a_file", "zeros.mp4": "not_a_file"}
+    assert (scanned.status == "rejected").all() and dict(zip(scanned.index, scanned.reject_detail)) == skipped
 
 
 def test_an_audio_hole_is_silence_laid_down_only_as_far_as_asked(hostile):
@@ -282,3 +289,16 @@ def test_unreadable_file_and_folder_are_rejected_with_the_reason(hostile, tmp_pa
     status, stage, reason, detail = found["row"]
     assert (status, stage, reason) == ("rejected", "probe", "unreadable")
     assert detail.startswith("cannot read the file: Permission denied (mode ----------, owner uid ")
+
+
+def test_the_report_of_hostile_inputs_opens_no_pipe_and_lists_every_reason(result):
+    from curate.cli import main
+
+    assert main(["report", str(result["out"]), "--samples", "2"]) == 0
+    page = (result["out"] / "report.html").read_text()
+    from curate.report import section_id
+
+    for stage, reason in (("scan", "symlink_loop"), ("scan", "not_a_file"), ("probe", "packet_flood"),
+                          ("probe", "implausible_duration"), ("probe", "unreadable_container")):
+        assert f"id='{section_id('source', stage, reason)}'" in page, reason
+    assert "not a regular file" in page
