@@ -35,6 +35,7 @@ class RunSettings(_Strict):
     address: str | None = None
     max_in_flight: int | None = Field(None, ge=1)
     max_retries: int = Field(3, ge=0)
+    stall_timeout_s: float = Field(600, ge=1)   # a source task silent this long is hung: killed, source rejected
     skip: tuple[Literal[SKIPPABLE], ...] = ()
 
 

@@ -301,6 +301,12 @@ def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
                     _source_event(ref, running, plan, state, journal, progress, pools, options.output_dir)
                 else:
                     _stage_results(owner[ref], ref, pools, config, state, journal, progress)
+            for generator in _stalled(running, config.run.stall_timeout_s):
+                ray.cancel(generator, force=True)  # kills the worker: a hung decoder does not come back
+                flight = running.pop(generator)
+                flight.fail("stalled", f"the source task showed no sign of life for {config.run.stall_timeout_s:g} s "
+                                       "and was killed (run.stall_timeout_s)")
+                _complete(flight, plan, state, journal, progress, pools, options.output_dir)
         return state
     except OSError as exc:
         raise RunError(f"cannot write to output folder {options.output_dir}: {exc.strerror or exc}; stopping. "
@@ -321,6 +327,13 @@ def pools_fit(config: Config, cluster_cpus: float) -> bool:
     wanted = sum(getattr(config.resources, stage).num_cpus * getattr(config.resources, stage).workers
                  for stage in config.clip_stages())
     return wanted + config.resources.source_pass.num_cpus <= cluster_cpus
+
+
+def _stalled(running: dict, limit_s: float) -> list:
+    """The source tasks that started and then went silent for `limit_s` (a task still queued is not watched)."""
+    now = time.monotonic()
+    return [generator for generator, flight in running.items()
+            if flight.last_seen is not None and now - flight.last_seen > limit_s]
 
 
 def _source_event(generator, running: dict, plan: Plan, state: _State, journal: mio.Journal,
@@ -347,6 +360,7 @@ def _source_event(generator, running: dict, plan: Plan, state: _State, journal: 
         flight.fail(*_describe_failure(exc))
         _complete(flight, plan, state, journal, progress, pools, output_dir)
         return
+    flight.last_seen = time.monotonic()
     flight.take(event, progress)
     if flight.done:
         _complete(flight, plan, state, journal, progress, pools, output_dir)
@@ -426,6 +440,7 @@ class _InFlight:
     clips: list[dict] = field(default_factory=list)
     source: dict | None = None
     duration_s: float = 0.0
+    last_seen: float | None = None    # when its last event came (None: not started yet)
 
     @property
     def done(self) -> bool:

@@ -7,8 +7,9 @@ splitter holds at most one clip's lookahead of stored pictures, so memory does n
 length, and no full-resolution frame outlives the face stage's short window. Clips are written as soon as
 their span is settled and yielded one by one, so they can move on before the source is finished.
 
-Events yielded, in order: ``probed`` (unless the probe rejects), one ``clip`` per clip span (written or
-rejected), then ``source`` with the source's row. A source rejected after some clips were yielded (a decode
+Events yielded, in order: ``started``, ``probed`` (unless the probe rejects), one ``clip`` per clip span
+(written or rejected), then ``source`` with the source's row; ``alive`` now and then between them, so that
+the driver can tell a slow source from a hung one. A source rejected after some clips were yielded (a decode
 error partway, a truncated file) ends with a rejected ``source`` event; the runner then rejects its clips too.
 """
 
@@ -99,6 +100,7 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
         "source_id": task.source_id, "path": task.path, "size_bytes": task.size_bytes,
         "mtime_ns": task.mtime_ns, "fingerprint": task.fingerprints["write"],
     }
+    yield {"event": "started", "source_id": task.source_id}  # from here on the driver watches for stalls
     try:
         with clock("probe"):
             row["sha256"] = task.sha256 or file_sha256(task.path)
@@ -189,6 +191,8 @@ class _Pass:
         self._size: tuple[int, int] | None = None
         self._rotation = 0
         self._released = 0
+        self._signed = time.monotonic()
+        self._sign_every_s = config.run.stall_timeout_s / 4
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> Iterator[dict]:
@@ -230,6 +234,11 @@ class _Pass:
                 slots = self.frc.push(frame, last_t)
             self._take_slots(slots)
             yield from self._drain_ready()
+            if time.monotonic() - self._signed > self._sign_every_s:
+                # a sign of life through stretches without clips (rapid cuts, no faces): the driver takes a
+                # source silent for run.stall_timeout_s for a hung one
+                self._signed = time.monotonic()
+                yield {"event": "alive", "source_id": self.task.source_id, "decoded_s": self.decoded_s}
         if t0 is None:
             raise Rejected(probe_stage.STAGE, "no_frames", "the video stream decodes to no frames")
         probe_stage.check_timeline(self.decoded_s, last_t, self.facts)  # the last frame's own duration

@@ -39,16 +39,21 @@ def file_hashes(out: Path) -> dict[str, str]:
 
 
 def processes_named(prefix: bytes) -> list[int]:
-    """Processes whose command line starts with `prefix` (Ray titles a worker after the task or method it runs)."""
+    """Workers of this test session's Ray whose command line starts with `prefix` (Ray titles a worker after
+    the task or method it runs). Only ours: a worker's parent is the raylet, whose parent is this process."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().startswith(prefix):
+                if (entry / "cmdline").read_bytes().startswith(prefix) and parent(parent(int(entry.name))) == os.getpid():
                     pids.append(int(entry.name))
             except OSError:
                 continue
     return pids
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 # -- a clip-stage worker killed in the middle of a clip ---------------------------------------------------
@@ -93,6 +98,65 @@ def test_sync_worker_killed_mid_clip_is_restarted_and_the_clip_processed_once(on
     clips = pd.read_parquet(tmp_path / "out/manifests/clips.parquet")
     assert list(clips.status) == ["kept"] and list(clips.sync_status) == ["done"]
     same_manifests(tmp_path / "out", reference)  # shifted once, scored once: as if nothing happened
+
+
+# -- a worker that hangs ----------------------------------------------------------------------------------
+
+def test_a_hung_source_task_is_killed_and_its_source_rejected_and_the_run_ends(tmp_path, curate, talking_heads):
+    """A worker that stops making progress (here SIGSTOP, as a decoder stuck in a system call would look)
+    is killed after run.stall_timeout_s; the source gets a reject row and the run finishes."""
+    downscaled(tmp_path / "raw" / "kitchen.mp4", KITCHEN, size="540x960", seconds=20)
+    stopped, stop = [], threading.Event()
+
+    def stop_the_first_source_task():
+        while not stop.is_set() and not stopped:
+            for pid in processes_named(b"ray::source_pass"):
+                time.sleep(0.3)  # past its first event: the driver watches a task once it has started
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+                except ProcessLookupError:
+                    pass
+                break
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=stop_the_first_source_task, daemon=True)
+    watcher.start()
+    config = config_from_dict({"run": {"skip": ["face"], "stall_timeout_s": 3}, "stages": SHORT_CLIPS})
+    try:
+        summary = curate(tmp_path / "raw", tmp_path / "out", config)
+        gone = wait_until(lambda: all(not alive(pid) for pid in stopped), seconds=20)
+    finally:
+        stop.set()
+        watcher.join()
+        for pid in stopped:  # in case the run did not kill it
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert stopped, "no source task was seen at work"
+    [row] = pd.read_parquet(tmp_path / "out/manifests/sources.parquet").itertuples()
+    assert (row.status, row.reject_stage, row.reject_reason) == ("rejected", "worker", "stalled")
+    assert "no sign of life for 3 s" in row.reject_detail
+    assert summary.rejects == {("source", "worker", "stalled"): 1}
+    assert not [p for p in (tmp_path / "out/clips").rglob("*") if p.is_file()]
+    assert gone, "the hung worker was left behind"
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 # -- runs as a user starts them: separate processes, each with its embedded Ray ---------------------------

@@ -14,16 +14,10 @@ from media import KITCHEN, downscaled
 
 
 def source_pass_workers() -> list[int]:
-    """Worker processes busy with a source (Ray names the process after the task it runs)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::source_pass"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+    """Worker processes of this session's Ray busy with a source (Ray names the process after the task it runs)."""
+    from test_faults import processes_named
+
+    return processes_named(b"ray::source_pass")
 
 
 class Killer(threading.Thread):
