@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import sys
 import time
 import uuid
@@ -280,6 +281,7 @@ def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
             from curate.pools import ClipStagePool
 
             weights = {"sync": "syncnet", "quality": "hyperiqa"}
+            check_pools_placeable(config)
             reserve = pools_fit(config, state.cluster_cpus)
             for stage in config.clip_stages():
                 pools[stage] = ClipStagePool(stage, config, models[weights[stage]][0], reserve_cpus=reserve)
@@ -427,11 +429,48 @@ def _connect_ray(options: RunOptions) -> bool:
         return False
     address = options.address or os.environ.get("RAY_ADDRESS") or options.config.run.address
     if address:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as exc:
+            text = f"{exc} {exc.__cause__ or ''}"
+            hint = ("; it wants token authentication: set RAY_AUTH_MODE=token and the cluster's token "
+                    "(RAY_AUTH_TOKEN or ~/.ray/auth_token)" if "InvalidAuthToken" in text else "")
+            raise RunError(f"cannot attach to the Ray cluster at {address}: {str(exc).splitlines()[0]}{hint}") from None
         return False
     num_cpus = options.num_cpus or options.config.run.num_cpus or os.cpu_count()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    # address="local": a Ray of our own even where `ray start` left a cluster running on this machine (plain
+    # ray.init() would attach to that one, and then refuse num_cpus)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR,
+             log_to_driver=False)
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once where nothing answers (Ray itself retries for about 14 minutes)."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=10):
+            pass
+    except (OSError, ValueError) as exc:
+        raise RunError(f"cannot attach to the Ray cluster at {address}: {exc}") from None
+
+
+def check_pools_placeable(config: Config) -> None:
+    """An actor that asks for more CPUs or GPUs than any one node has would never start, and the run would wait
+    for it forever: say so instead."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    for stage in config.clip_stages():
+        wants = getattr(config.resources, stage)
+        for kind, amount in (("CPU", wants.num_cpus), ("GPU", wants.num_gpus)):
+            most = max((node.get(kind, 0) for node in nodes), default=0)
+            if amount > most:
+                raise RunError(f"resources.{stage}.num_{kind.lower()}s is {amount:g} but no node of the cluster has "
+                               f"more than {most:g} {kind}s: lower it, or add such a node")
 
 
 @dataclass

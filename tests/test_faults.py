@@ -301,3 +301,30 @@ def test_a_disk_full_or_read_only_partway_stops_cleanly_and_a_rerun_continues(ra
     assert second_rc == 0, (save / "second.err").read_text()
     assert f"{3 - done} processed now, {done} unchanged" in second_out
     same_manifests(save / "second", reference)
+
+
+# -- a cluster that cannot do the work ------------------------------------------------------------------------
+
+def test_an_actor_no_node_can_hold_is_a_clear_error_not_a_wait(one_clip, tmp_path, curate, stand_in_models):
+    from curate.errors import RunError
+
+    config = config_from_dict({"models": {"dir": str(stand_in_models)}, "run": {"skip": ["sync"]},
+                               "stages": SHORT_CLIPS, "resources": {"quality": {"num_gpus": 1}}})
+    with pytest.raises(RunError, match="resources.quality.num_gpus is 1 but no node of the cluster has more than 0 GPUs"):
+        curate(one_clip, tmp_path / "out", config)
+
+
+def test_an_address_where_nothing_answers_fails_at_once(tmp_path):
+    import socket
+
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    (tmp_path / "raw").mkdir()
+    synthetic(tmp_path / "raw" / "a.mp4", 6)
+    result = subprocess.run([sys.executable, "-m", "curate.cli", "run", "--input", str(tmp_path / "raw"),
+                             "--output", str(tmp_path / "out"), "--skip", "face,sync,quality",
+                             "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"cannot attach to the Ray cluster at 127.0.0.1:{port}: " in result.stderr
+    assert "Traceback" not in result.stderr
