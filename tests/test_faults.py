@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from curate.config import config_from_dict
 from media import GARDEN, KITCHEN, downscaled, hard_cut, sha256, synthetic
+from ray_workers import SignalWorkers, alive
 
 SHORT_CLIPS = {"clips": {"min_seconds": 2, "max_seconds": 4}}
 
@@ -38,24 +38,6 @@ def file_hashes(out: Path) -> dict[str, str]:
     return {p.relative_to(out).as_posix(): sha256(p) for p in sorted((out / "clips").rglob("*")) if p.is_file()}
 
 
-def processes_named(prefix: bytes) -> list[int]:
-    """Workers of this test session's Ray whose command line starts with `prefix` (Ray titles a worker after
-    the task or method it runs). Only ours: a worker's parent is the raylet, whose parent is this process."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(prefix) and parent(parent(int(entry.name))) == os.getpid():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 # -- a clip-stage worker killed in the middle of a clip ---------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -72,27 +54,10 @@ def test_sync_worker_killed_mid_clip_is_restarted_and_the_clip_processed_once(on
     reference = tmp_path / "reference"
     curate(one_clip, reference, config)
 
-    killed, stop = [], threading.Event()
-
-    def kill_the_first_sync_batch():
-        while not stop.is_set() and not killed:
-            for pid in processes_named(b"ray::SyncWorker.process"):
-                time.sleep(0.3)  # well into the batch: SyncNet is running on the clip
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                except ProcessLookupError:
-                    pass
-                break
-            time.sleep(0.01)
-
-    killer = threading.Thread(target=kill_the_first_sync_batch, daemon=True)
-    killer.start()
-    try:
+    # well into the batch: SyncNet is running on the clip
+    with SignalWorkers(b"ray::SyncWorker.process", signal.SIGKILL, after_s=0.3) as killer:
         summary = curate(one_clip, tmp_path / "out", config)
-    finally:
-        stop.set()
-        killer.join()
+    killed = killer.hit
     assert killed, "the sync worker was never seen at work"
     assert summary.clips_staged == {"sync": 1, "quality": 1}  # counted once: Ray retried it on a new actor
     clips = pd.read_parquet(tmp_path / "out/manifests/clips.parquet")
@@ -106,34 +71,19 @@ def test_a_hung_source_task_is_killed_and_its_source_rejected_and_the_run_ends(t
     """A worker that stops making progress (here SIGSTOP, as a decoder stuck in a system call would look)
     is killed after run.stall_timeout_s; the source gets a reject row and the run finishes."""
     downscaled(tmp_path / "raw" / "kitchen.mp4", KITCHEN, size="540x960", seconds=20)
-    stopped, stop = [], threading.Event()
-
-    def stop_the_first_source_task():
-        while not stop.is_set() and not stopped:
-            for pid in processes_named(b"ray::source_pass"):
-                time.sleep(0.3)  # past its first event: the driver watches a task once it has started
+    config = config_from_dict({"run": {"skip": ["face"], "stall_timeout_s": 3}, "stages": SHORT_CLIPS})
+    # past its first event: the driver watches a task once it has started
+    with SignalWorkers(b"ray::source_pass", signal.SIGSTOP, after_s=0.3) as stopper:
+        try:
+            summary = curate(tmp_path / "raw", tmp_path / "out", config)
+            gone = wait_until(lambda: all(not alive(pid) for pid in stopper.hit), seconds=20)
+        finally:
+            for pid in stopper.hit:  # in case the run did not kill it
                 try:
-                    os.kill(pid, signal.SIGSTOP)
-                    stopped.append(pid)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                break
-            time.sleep(0.01)
-
-    watcher = threading.Thread(target=stop_the_first_source_task, daemon=True)
-    watcher.start()
-    config = config_from_dict({"run": {"skip": ["face"], "stall_timeout_s": 3}, "stages": SHORT_CLIPS})
-    try:
-        summary = curate(tmp_path / "raw", tmp_path / "out", config)
-        gone = wait_until(lambda: all(not alive(pid) for pid in stopped), seconds=20)
-    finally:
-        stop.set()
-        watcher.join()
-        for pid in stopped:  # in case the run did not kill it
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    stopped = stopper.hit
     assert stopped, "no source task was seen at work"
     [row] = pd.read_parquet(tmp_path / "out/manifests/sources.parquet").itertuples()
     assert (row.status, row.reject_stage, row.reject_reason) == ("rejected", "worker", "stalled")
@@ -141,13 +91,6 @@ def test_a_hung_source_task_is_killed_and_its_source_rejected_and_the_run_ends(t
     assert summary.rejects == {("source", "worker", "stalled"): 1}
     assert not [p for p in (tmp_path / "out/clips").rglob("*") if p.is_file()]
     assert gone, "the hung worker was left behind"
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_until(condition, seconds: float) -> bool:
