@@ -36,16 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ray_nodes import LocalCluster  # noqa: E402
-
-DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "talking-heads"
-VIDEO_EXTENSIONS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".flv", ".m4v"}
-
-
-def machine_busy_s() -> float:
-    """CPU seconds this machine has been busy since boot, all processes (from /proc/stat)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+from run_bench import DEFAULT_INPUT, machine_busy_s, repeated_inputs  # noqa: E402
 
 
 def curate_run(inputs: Path, out: Path, env: dict, skip: str, *extra: str) -> dict:
@@ -81,21 +72,17 @@ def main() -> int:
     parser.add_argument("--skip", default="sync,quality", help="stages to leave out (default: sync,quality)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "scaling.json")
     args = parser.parse_args()
-    originals = sorted(p for p in args.input.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
-    if not originals:
-        print(f"no videos in {args.input}", file=sys.stderr)
-        return 2
-
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     rounds: dict[str, list[dict]] = {"1 worker": [], "2 workers": [], "2 nodes x 1 CPU": []}
     with tempfile.TemporaryDirectory(prefix="curate-scaling-") as tmp:
         work = Path(tmp)
         inputs = work / "inputs"
-        inputs.mkdir()
-        for copy in range(args.repeat):
-            for original in originals:
-                (inputs / f"{copy}_{original.name}").symlink_to(original.resolve())
-                original.read_bytes()  # into the page cache, so that the first run does not pay for the disk
+        originals = repeated_inputs(args.input, args.repeat, inputs)
+        if not originals:
+            print(f"no videos in {args.input}", file=sys.stderr)
+            return 2
+        for original in originals:
+            original.read_bytes()  # into the page cache, so that the first run does not pay for the disk
         for n in range(args.rounds):  # interleaved, so that a busy spell of the machine hits all three alike
             rounds["1 worker"].append(curate_run(inputs, work / f"one{n}", env, args.skip, "--num-cpus", "1"))
             rounds["2 workers"].append(curate_run(inputs, work / f"two{n}", env, args.skip, "--num-cpus", "2"))

@@ -57,6 +57,17 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
     return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "maxrss_mb": usage.ru_maxrss / 1024}
 
 
+def repeated_inputs(input_dir: Path, repeat: int, folder: Path) -> list[Path]:
+    """`folder` filled with `repeat` symlinked copies of each video in `input_dir` (prefixed 0_, 1_, ...); the
+    originals, or [] when there are none."""
+    originals = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+    folder.mkdir(parents=True, exist_ok=True)
+    for copy in range(repeat):
+        for original in originals:
+            (folder / f"{copy}_{original.name}").symlink_to(original.resolve())
+    return originals
+
+
 def machine_busy_s() -> float:
     """CPU seconds this machine has been busy since boot, all processes (from /proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
@@ -182,18 +193,13 @@ def main() -> int:
                         help="use each input this many times (symlinks), so fixed costs like starting Ray weigh less")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
-    originals = sorted(p for p in args.input.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
-    if not originals:
-        print(f"no videos in {args.input}", file=sys.stderr)
-        return 2
-
     with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp:
         work = Path(tmp)
         inputs = work / "inputs"
-        inputs.mkdir()
-        for copy in range(args.repeat):
-            for original in originals:
-                (inputs / f"{copy}_{original.name}").symlink_to(original.resolve())
+        originals = repeated_inputs(args.input, args.repeat, inputs)
+        if not originals:
+            print(f"no videos in {args.input}", file=sys.stderr)
+            return 2
         sources = sorted(inputs.iterdir())
         seconds = sum(duration_s(p) for p in sources)
         (work / "ref").mkdir()

@@ -235,7 +235,6 @@ def run(options: RunOptions) -> RunSummary:
     models = check_models(options.config)
     check_output(options.output_dir)
     with OutputLock(options.output_dir):
-        remove_debris(options.output_dir)
         plan = make_plan(options)
         state = _execute(options, plan, models)
         summary = _finish(options, plan, state, started_at, time.perf_counter() - t0)
@@ -556,16 +555,6 @@ def _complete(flight: _InFlight, plan: Plan, state: _State, journal: mio.Journal
     progress.done()
     if pools:  # a new generation has no clip-stage results yet: its clips start at the first clip stage
         next(iter(pools.values())).add(clip_work(record, output_dir))
-
-
-def remove_debris(output_dir: Path) -> None:
-    """Delete the half-written files (`*.partial`) of a run that died: we hold the lock, so none is being
-    written now. Every file the project writes goes through such a name before it is renamed into place."""
-    for folder in (output_dir / "clips", output_dir / mio.MANIFESTS_DIR, output_dir / mio.STATE_DIR):
-        if folder.is_dir():
-            for path in folder.rglob("*.partial"):
-                if path.is_file() and not path.is_symlink():
-                    path.unlink(missing_ok=True)
 
 
 def _remove_source_outputs(output_dir: Path, out_key: str) -> None:

@@ -124,6 +124,22 @@ def tree_hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
+def volatile(frame):
+    """A manifest without the columns that measure time: they differ between two honest runs."""
+    return frame.drop(columns=[c for c in frame.columns if c.startswith("cpu_") or c == "wall_s"])
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    """Two output folders hold the same result: sources and clips manifests (timings aside) and clip files."""
+    import pandas as pd
+
+    for name in ("sources", "clips"):
+        pd.testing.assert_frame_equal(volatile(pd.read_parquet(out / "manifests" / f"{name}.parquet")),
+                                      volatile(pd.read_parquet(reference / "manifests" / f"{name}.parquet")))
+    assert tree_hashes(out / "clips") == tree_hashes(reference / "clips")
+    assert not list(out.rglob("*.partial"))
+
+
 def read_clip(path: Path) -> tuple[list[np.ndarray], np.ndarray, dict]:
     """Frames (RGB), mono int16 audio and stream facts of a written clip."""
     with av.open(str(path)) as container:

@@ -14,28 +14,10 @@ import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from media import GARDEN, KITCHEN, downscaled, hard_cut, sha256, synthetic
+from media import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, synthetic
 from ray_workers import SignalWorkers, alive
 
 SHORT_CLIPS = {"clips": {"min_seconds": 2, "max_seconds": 4}}
-
-
-def volatile(frame: pd.DataFrame) -> pd.DataFrame:
-    """Drop the columns that measure time: they differ between two honest runs."""
-    return frame.drop(columns=[c for c in frame.columns if c.startswith("cpu_") or c == "wall_s"])
-
-
-def same_manifests(out: Path, reference: Path) -> None:
-    for name in ("sources", "clips"):
-        got = volatile(pd.read_parquet(out / "manifests" / f"{name}.parquet"))
-        want = volatile(pd.read_parquet(reference / "manifests" / f"{name}.parquet"))
-        pd.testing.assert_frame_equal(got, want)
-    assert file_hashes(out) == file_hashes(reference)
-    assert not list(out.rglob("*.partial"))
-
-
-def file_hashes(out: Path) -> dict[str, str]:
-    return {p.relative_to(out).as_posix(): sha256(p) for p in sorted((out / "clips").rglob("*")) if p.is_file()}
 
 
 # -- a clip-stage worker killed in the middle of a clip ---------------------------------------------------
@@ -62,7 +44,7 @@ def test_sync_worker_killed_mid_clip_is_restarted_and_the_clip_processed_once(on
     assert summary.clips_staged == {"sync": 1, "quality": 1}  # counted once: Ray retried it on a new actor
     clips = pd.read_parquet(tmp_path / "out/manifests/clips.parquet")
     assert list(clips.status) == ["kept"] and list(clips.sync_status) == ["done"]
-    same_manifests(tmp_path / "out", reference)  # shifted once, scored once: as if nothing happened
+    assert_same_run(tmp_path / "out", reference)  # shifted once, scored once: as if nothing happened
 
 
 # -- a worker that hangs ----------------------------------------------------------------------------------
@@ -164,7 +146,7 @@ def test_a_second_run_is_refused_and_a_killed_run_leaves_no_lock_behind(raw, ref
     again = subprocess.run(run_command(raw, out), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr  # the dead run's lock went with it
     assert f"{3 - done} processed now, {done} unchanged" in again.stdout
-    same_manifests(out, reference)
+    assert_same_run(out, reference)
 
 
 # -- a disk that fills up, or turns read-only, partway --------------------------------------------------
@@ -243,7 +225,7 @@ def test_a_disk_full_or_read_only_partway_stops_cleanly_and_a_rerun_continues(ra
     second_rc, second_out = int((save / "second.rc").read_text()), (save / "second.out").read_text()
     assert second_rc == 0, (save / "second.err").read_text()
     assert f"{3 - done} processed now, {done} unchanged" in second_out
-    same_manifests(save / "second", reference)
+    assert_same_run(save / "second", reference)
 
 
 # -- a cluster that cannot do the work ------------------------------------------------------------------------

@@ -9,15 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from media import GARDEN, KITCHEN, downscaled, tree_hashes
+from media import GARDEN, KITCHEN, assert_same_run, downscaled, tree_hashes
 from ray_nodes import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def volatile(frame: pd.DataFrame) -> pd.DataFrame:
-    """Drop the columns that measure time: they differ between two honest runs."""
-    return frame.drop(columns=[c for c in frame.columns if c.startswith("cpu_") or c == "wall_s"])
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +52,13 @@ def test_two_nodes_give_the_same_manifests_and_clips_as_the_embedded_ray(raw, tm
     curate_run(raw, tmp_path / "cluster", config, two_nodes.env(), "--address", two_nodes.address)
 
     single, cluster = tmp_path / "single", tmp_path / "cluster"
-    for name in ("sources", "clips"):
-        want = volatile(pd.read_parquet(single / "manifests" / f"{name}.parquet"))
-        got = volatile(pd.read_parquet(cluster / "manifests" / f"{name}.parquet"))
-        pd.testing.assert_frame_equal(got, want)
+    assert_same_run(cluster, single)
     clips = pd.read_parquet(cluster / "manifests" / "clips.parquet")
     # decisions both ways: the kitchen's clips kept (and scored by the quality actor), the garden's rejected
     kept, rejected = clips[clips.status == "kept"], clips[clips.status == "rejected"]
     assert set(kept.source_id) == {"kitchen.mp4"} and (kept.quality_status == "done").all()
     assert set(zip(rejected.source_id, rejected.reject_reason)) == {("garden.mp4", "face_too_small")}
-    hashes = tree_hashes(cluster / "clips")
-    assert hashes == tree_hashes(single / "clips") and len(hashes) == 2 * len(kept)  # each clip and its .npz
+    assert len(tree_hashes(cluster / "clips")) == 2 * len(kept)  # each clip and its .npz
 
     # the driver saw both nodes, and each node ran some of the work. Ray marks every task and actor a worker
     # process runs in that worker's log files, which are the node's own (its --temp-dir). The quality actor

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from media import GARDEN, KITCHEN, downscaled, hard_cut, sha256, synthetic
+from media import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, sha256, synthetic
 
 
 
@@ -19,11 +19,6 @@ def chain(stages: dict | None = None, skip=("face",)):
     """A config for these tests: the chain without the face stage (resume works the same with it; see the
     last test), with `stages` overriding defaults."""
     return config_from_dict({"run": {"skip": list(skip)}, "stages": stages or {}})
-
-
-def volatile(frame: pd.DataFrame) -> pd.DataFrame:
-    """Drop the columns that measure time: they differ between two honest runs."""
-    return frame.drop(columns=[c for c in frame.columns if c.startswith("cpu_") or c == "wall_s"])
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +121,7 @@ def test_a_killed_run_resumes_to_the_same_result(raw, tmp_path, curate):
     assert resumed.returncode == 0, resumed.stderr
     assert f"{3 - done} processed now, {done} unchanged" in resumed.stdout
 
-    for name in ("sources", "clips"):
-        got = volatile(pd.read_parquet(out / "manifests" / f"{name}.parquet"))
-        want = volatile(pd.read_parquet(reference / "manifests" / f"{name}.parquet"))
-        pd.testing.assert_frame_equal(got, want)
-    assert {p: h for p, (h, _) in clip_files(out).items()} == {p: h for p, (h, _) in clip_files(reference).items()}
-    assert not list(out.rglob("*.partial"))
+    assert_same_run(out, reference)
 
 
 def test_changing_the_face_stage_keeps_the_shots_and_recomputes_face_and_write(tmp_path, curate, talking_heads):
