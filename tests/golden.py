@@ -5,12 +5,23 @@ same tensors whatever its code looks like."""
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from pathlib import Path
 
+import pytest
 import torch
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+# another golden set of the same layout can be checked by the same tests: CURATE_GOLDEN_DIR=/path pytest -k golden
+GOLDEN = Path(os.environ.get("CURATE_GOLDEN_DIR") or Path(__file__).resolve().parents[2] / "shared" / "golden")
+
+
+def golden_dir(name: str) -> Path:
+    """GOLDEN/name, or a skip that says what is missing."""
+    folder = GOLDEN / name
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the golden tests need ../shared/golden (or CURATE_GOLDEN_DIR)")
+    return folder
 
 
 def stand_in(name: str, shape) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 
 from curate import models
 from curate.cli import main
-from golden import GOLDEN, stand_in_state_dict
+from golden import GOLDEN, golden_dir, stand_in_state_dict
 from hyperiqa.model import HyperIQA, load_hyperiqa
 from hyperiqa.score import QualityScorer, centre_crop, key_frames
 from syncnet.model import SyncNet
@@ -19,8 +19,7 @@ from syncnet.model import SyncNet
 
 @pytest.fixture(scope="module")
 def golden():
-    if not (GOLDEN / "hyperiqa").is_dir():
-        pytest.skip(f"{GOLDEN} is absent: the compatibility tests need ../shared/golden")
+    golden_dir("hyperiqa")
     return json.loads((GOLDEN / "hyperiqa/hyperiqa_expected.json").read_text())
 
 
@@ -31,9 +30,8 @@ def weights_file(tmp_path_factory):
     return path
 
 
-def test_official_keys_and_shapes_load_strictly(tmp_path):
-    if not (GOLDEN / "hyperiqa").is_dir():
-        pytest.skip("../shared/golden is absent")
+def test_golden_official_keys_and_shapes_load_strictly(tmp_path):
+    golden_dir("hyperiqa")
     shapes = json.loads((GOLDEN / "hyperiqa/koniq_pretrained_state_dict_shapes.json").read_text())
     assert {k: list(v.shape) for k, v in HyperIQA().state_dict().items()} == shapes
     state = {k: torch.zeros(v) if v else torch.tensor(0) for k, v in shapes.items()}
@@ -45,7 +43,7 @@ def test_official_keys_and_shapes_load_strictly(tmp_path):
         load_hyperiqa(tmp_path / "bad.pkl")
 
 
-def test_reproduces_the_reference_on_stand_in_weights(golden, weights_file):
+def test_golden_reproduces_the_reference_on_stand_in_weights(golden, weights_file):
     frames = key_frames(str(GOLDEN / "hyperiqa/frames_ffv1.mkv"))
     assert np.array_equal(frames, np.load(GOLDEN / "hyperiqa/hyperiqa_input.npz")["frames_rgb"])  # lossless
     for batch_size in (3, 1):  # one frame at a time gives the same numbers
@@ -99,7 +97,7 @@ def test_key_frames_are_the_first_middle_and_last(tmp_path, name, codec):
     assert np.allclose(frames.reshape(3, -1).mean(1), [levels[0], levels[12], levels[24]], atol=2)
 
 
-def test_eval_quality_prints_the_reference_score(golden, weights_file, tmp_path, capsys):
+def test_golden_eval_quality_prints_the_reference_score(golden, weights_file, tmp_path, capsys):
     junk = tmp_path / "junk.mp4"
     junk.write_text("not a video")
     video = str(GOLDEN / "hyperiqa/frames_ffv1.mkv")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.io import wavfile
 
-from golden import GOLDEN, stand_in_state_dict
+from golden import GOLDEN, golden_dir, stand_in_state_dict
 from syncnet.crops import boxes_from_landmarks, crops
 from syncnet.model import SyncNet, load_syncnet
 from syncnet.score import SyncScorer, mfcc, offsets
@@ -16,8 +16,7 @@ from syncnet.score import SyncScorer, mfcc, offsets
 
 @pytest.fixture(scope="module")
 def golden():
-    if not (GOLDEN / "syncnet").is_dir():
-        pytest.skip(f"{GOLDEN} is absent: the compatibility tests need ../shared/golden")
+    golden_dir("syncnet")
     expected = json.loads((GOLDEN / "syncnet/syncnet_expected.json").read_text())
     rate, audio = wavfile.read(GOLDEN / "syncnet/syncnet_audio.wav")
     assert rate == 16000
@@ -31,9 +30,8 @@ def scorer():
     return SyncScorer(model, batch_size=20)
 
 
-def test_official_keys_and_shapes_load_strictly(tmp_path):
-    if not (GOLDEN / "syncnet").is_dir():
-        pytest.skip("../shared/golden is absent")
+def test_golden_official_keys_and_shapes_load_strictly(tmp_path):
+    golden_dir("syncnet")
     shapes = json.loads((GOLDEN / "syncnet/syncnet_v2_state_dict_shapes.json").read_text())
     ours = SyncNet().state_dict()
     assert {k: list(v.shape) for k, v in ours.items()} == shapes
@@ -52,7 +50,7 @@ def decoded_crops() -> np.ndarray:
         return np.stack([frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)])
 
 
-def test_reproduces_the_reference_on_stand_in_weights(golden, scorer):
+def test_golden_reproduces_the_reference_on_stand_in_weights(golden, scorer):
     expected, audio = golden
     frames = decoded_crops()
     assert np.array_equal(frames, np.load(GOLDEN / "syncnet/syncnet_input.npz")["frames_bgr"])  # lossless
@@ -130,7 +128,7 @@ def weights_file(tmp_path_factory):
     return path
 
 
-def test_eval_sync_on_precropped_video_gives_the_reference_numbers(golden, weights_file, capsys):
+def test_golden_eval_sync_on_precropped_video_gives_the_reference_numbers(golden, weights_file, capsys):
     from curate.cli import main
 
     expected, _ = golden
