@@ -325,3 +325,52 @@ def audio_jump(path: Path, source: Path, at_s: float, jump_s: float) -> Path:
             packet.stream = outputs[packet.stream.index]
             out.mux(packet)
     return path
+
+
+# -- clips to train the lip-sync experts on --------------------------------------------------------------------
+
+def speech_envelope(frames: int, seed: int) -> np.ndarray:
+    """Per-frame loudness of syllable-like bursts (3-8 frames of sound, 2-7 of pause), 0..1."""
+    rng = np.random.default_rng(seed)
+    envelope = np.zeros(frames)
+    at = int(rng.integers(0, 4))
+    while at < frames:
+        length = int(rng.integers(3, 9))
+        burst = rng.uniform(0.4, 1.0) * np.sin(np.linspace(0, np.pi, length + 2)[1:-1])
+        envelope[at:at + length] = burst[:max(0, min(length, frames - at))]
+        at += length + int(rng.integers(2, 8))
+    return envelope
+
+
+def talking_clip(path: Path, seconds: float, seed: int, size: int = 128, audio_delay_frames: int = 0,
+                 audio_seconds: float | None = None) -> np.ndarray:
+    """An aligned-face clip as the curation writes it (H.264 + FLAC through the project's writer), whose mouth
+    opens with the loudness of its voice: a flat face, a dark ellipse at LatentSync's mouth height, a voiced
+    tone in syllables. The sound can be delayed by whole frames, or cut shorter. Returns the per-frame
+    loudness the mouth follows."""
+    from curate.config import WriteParams
+    from stages.write import ClipWriter
+
+    fps, rate = 25, 16000
+    frames = int(round(seconds * fps))
+    envelope = speech_envelope(frames, seed)
+    rng = np.random.default_rng(seed + 1000)
+    heard = np.concatenate([np.zeros(audio_delay_frames), envelope])[:frames]
+    t = np.arange(frames * rate // fps) / rate
+    pitch = 110 + 60 * rng.random()
+    voice = np.sin(2 * np.pi * pitch * t) + 0.6 * np.sin(2 * np.pi * 2.6 * pitch * t) + 0.3 * np.sin(2 * np.pi * 5.1 * pitch * t)
+    audio = np.repeat(heard, rate // fps) * voice * 9000 + rng.normal(0, 120, len(t))
+    if audio_seconds is not None:
+        audio = audio[:int(audio_seconds * rate)]
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    skin = np.array([205, 160, 138]) * rng.uniform(0.75, 1.1)
+    pictures = []
+    for k in range(frames):
+        picture = np.empty((size, size, 3), np.float32)
+        picture[:] = skin
+        mouth = ((xx - 0.5) / 0.17) ** 2 + ((yy - 0.72) / (0.015 + 0.09 * envelope[k])) ** 2 <= 1
+        picture[mouth] = (70, 25, 35)
+        picture += rng.normal(0, 3, picture.shape)
+        pictures.append(av.VideoFrame.from_ndarray(np.clip(picture, 0, 255).astype(np.uint8), format="rgb24"))
+    ClipWriter(WriteParams(), fps, rate).write(Path(path), pictures, np.clip(audio, -32768, 32767).astype(np.int16))
+    return envelope
