@@ -116,6 +116,53 @@ def _parser() -> argparse.ArgumentParser:
                             "input (HDTF: '([^/]+)_[0-9]+[.][^.]+$' groups WDA_BarackObama_000 and _001)")
     lists.set_defaults(handler=_filelist)
 
+    train = commands.add_parser("train", help="train a model on curated clips (the lip-sync experts)")
+    trainers = train.add_subparsers(dest="trainer", required=True, metavar="MODEL")
+    expert = trainers.add_parser(
+        "syncnet", help="a lip-sync expert: LatentSync's StableSyncNet or Wav2Lip's SyncNet",
+        description="Train a lip-sync expert on the clips LISTS names: a `curate filelist` folder (train.txt, "
+                    "val.txt, split.parquet) or a file of clip paths, one a line. Everything goes to RUN: "
+                    "checkpoints (the model in its official layout, and what a continued run needs), "
+                    "metrics.jsonl and metrics.png. Rerunning the same command continues from the last "
+                    "checkpoint. The clips' mel spectrograms are computed once and cached (data.cache_dir).")
+    expert.add_argument("lists", type=Path, metavar="LISTS", help="a `curate filelist` folder, or a list of clip paths")
+    expert.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
+    expert.add_argument("--arch", choices=["stable", "wav2lip"], default="stable",
+                        help="stable: StableSyncNet, 16 frames (LatentSync 1.5/1.6); wav2lip: Wav2Lip's 5-frame "
+                             "expert (default: stable)")
+    expert.add_argument("--config", type=Path, metavar="YAML",
+                        help="settings over the arch's defaults (configs/syncnet-ARCH.yaml documents them)")
+    expert.add_argument("--init", type=Path, metavar="CKPT",
+                        help="start from these weights (stable_syncnet.pt, lipsync_expert.pth, or one of ours)")
+    expert.add_argument("--max-steps", type=int, metavar="N", help="train until step N (train.max_steps)")
+    expert.add_argument("--workers", type=int, metavar="N", help="training workers, DDP ranks (default 1)")
+    expert.add_argument("--gpus-per-worker", type=float, metavar="G", help="GPUs per worker (default 0: the CPU)")
+    expert.add_argument("--address", metavar="RAY_ADDRESS",
+                        help="train on this Ray cluster (also RAY_ADDRESS); default: an embedded Ray")
+    expert.add_argument("--val-list", type=Path, metavar="FILE", help="validation clips, one path a line (instead "
+                        "of the val split of LISTS)")
+    expert.add_argument("--prepare", action="store_true", help="only compute and cache the clips' features")
+    expert.add_argument("--reconfigure", action="store_true",
+                        help="continue a run folder with settings other than the ones it was started with")
+    bars = expert.add_mutually_exclusive_group()
+    bars.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
+    bars.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+    expert.set_defaults(handler=_train_syncnet)
+
+    judge = commands.add_parser(
+        "eval-syncnet", help="loss, accuracy and offset accuracy of a lip-sync expert on curated clips",
+        description="Evaluate an expert (an official stable_syncnet.pt or lipsync_expert.pth, a checkpoint of "
+                    "ours, or a run folder: its best checkpoint) on fixed, seeded windows of LISTS's clips: BCE "
+                    "loss and accuracy over in-sync and shifted pairs, offset accuracy (the best of the shifts "
+                    "-15..+15 frames within one frame of 0) and the median best shift.")
+    judge.add_argument("checkpoint", type=Path, metavar="CKPT")
+    judge.add_argument("lists", type=Path, metavar="LISTS")
+    judge.add_argument("--split", choices=["val", "train", "all"], default="val", help="which clips (default val)")
+    judge.add_argument("--max-clips", type=int, metavar="N", help="at most N clips (default: data.val_clips, 256)")
+    judge.add_argument("--config", type=Path, metavar="YAML", help="a training config (its data: section)")
+    judge.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    judge.set_defaults(handler=_eval_syncnet)
+
     models = commands.add_parser("models", help="model weights: list what is here, download what is not")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser("list", help="every model file, where it belongs, and whether it is there "
@@ -124,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_models_list)
     fetch = model_commands.add_parser("download", help="fetch model files from their public locations and verify them")
     fetch.add_argument("names", nargs="*", metavar="NAME",
-                       help="syncnet, hyperiqa, fan (default: every model the default pipeline needs)")
+                       help="syncnet, hyperiqa, fan, stable-syncnet, wav2lip-expert (default: syncnet and hyperiqa, "
+                            "what the default pipeline needs)")
     fetch.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (for models.dir and models.sha256)")
     fetch.set_defaults(handler=_models_download)
     return parser
@@ -280,6 +328,25 @@ def _filelist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_syncnet(args: argparse.Namespace) -> int:
+    from curate.train import train_syncnet
+
+    for flag, value, least in (("--max-steps", args.max_steps, 1), ("--workers", args.workers, 1)):
+        if value is not None and value < least:
+            raise RunError(f"{flag} must be at least {least}")
+    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+        raise RunError("--gpus-per-worker cannot be negative")
+    return train_syncnet(args)
+
+
+def _eval_syncnet(args: argparse.Namespace) -> int:
+    from curate.train import eval_syncnet
+
+    if args.max_clips is not None and args.max_clips < 1:
+        raise RunError("--max-clips must be at least 1")
+    return eval_syncnet(args)
+
+
 def av_errors():
     import av
 
@@ -289,8 +356,10 @@ def av_errors():
 def _models_list(args: argparse.Namespace) -> int:
     from curate.models import describe
 
-    for model, name, path, status in describe(load_config(args.config).models):
-        print(f"{model:8} {status:10} {path if path is not None else name}")
+    rows = describe(load_config(args.config).models)
+    width = max(len(model) for model, *_ in rows)
+    for model, name, path, status in rows:
+        print(f"{model:{width}} {status:10} {path if path is not None else name}")
     return 0
 
 

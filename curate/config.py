@@ -6,9 +6,11 @@ the two equal). Every model forbids unknown keys, so a typo is an error that nam
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -245,31 +247,58 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def config_from_dict(data: Any, source: str = "config") -> Config:
+    return validate_config(Config, data, source)
+
+
+def validate_config(schema: type[BaseModel], data: Any, source: str = "config"):
+    """`data` validated against `schema`, or a ConfigError naming every bad key (with the nearest valid one)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, not {type(data).__name__}")
     try:
-        return Config.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: " + "; ".join(_describe(err) for err in exc.errors())) from None
+        raise ConfigError(f"{source}: " + "; ".join(_describe(err, schema) for err in exc.errors())) from None
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict, schema: type[BaseModel]) -> str:
     loc = [str(part) for part in err["loc"]]
     key = ".".join(loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        hint = _suggest(loc)
+    # pydantic's word for an unknown key: extra_forbidden in a model, unexpected_keyword_argument in a dataclass
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        hint = _suggest(loc, schema)
         return f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
     message = err["msg"].removeprefix("Value error, ")
     return f"'{key}': {message}"
 
 
-def _suggest(loc: list[str]) -> str | None:
+def _fields(kind) -> list[str] | None:
+    """The keys a section of type `kind` takes (a pydantic model or a dataclass), None if it is not a section."""
+    for candidate in (kind, *typing.get_args(kind)):   # Optional[Section] too
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return list(candidate.model_fields)
+        if dataclasses.is_dataclass(candidate):
+            return [f.name for f in dataclasses.fields(candidate)]
+    return None
+
+
+def _section_type(kind, name: str):
+    for candidate in (kind, *typing.get_args(kind)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel) and name in candidate.model_fields:
+            return candidate.model_fields[name].annotation
+        if dataclasses.is_dataclass(candidate):
+            found = {f.name: f.type for f in dataclasses.fields(candidate)}
+            if name in found:
+                return typing.get_type_hints(candidate).get(name)
+    return None
+
+
+def _suggest(loc: list[str], schema: type[BaseModel] = Config) -> str | None:
     """The nearest valid key for a misspelt one, e.g. stages.shots.treshold -> stages.shots.threshold."""
-    model: type[BaseModel] = Config
+    kind = schema
     for part in loc[:-1]:
-        field = model.model_fields.get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        kind = _section_type(kind, part)
+        if kind is None:
             return None
-        model = field.annotation
-    match = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    names = _fields(kind)
+    match = difflib.get_close_matches(loc[-1], names or [], n=1)
     return ".".join(loc[:-1] + match) if match else None

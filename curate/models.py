@@ -50,6 +50,14 @@ def _verify_hyperiqa(path: Path) -> None:
     load_hyperiqa(path)
 
 
+def _verify_expert(arch: str) -> Callable[[Path], None]:
+    def verify(path: Path) -> None:
+        from syncnet.experts import load_expert
+
+        load_expert(path, arch=arch)
+    return verify
+
+
 def _verify_fan(path: Path) -> None:
     import torch
     from face_alignment.detection.sfd.net_s3fd import s3fd
@@ -71,6 +79,7 @@ class ModelFile:
     url: str | None                                  # None: shipped inside a Python package
     folder: Callable[[ModelSettings], Path]
     verify: Callable[[Path], None]
+    mirrors: tuple[str, ...] = ()                    # tried in turn when `url` fails
 
     def path(self, settings: ModelSettings) -> Path:
         return self.folder(settings) / self.name
@@ -81,6 +90,13 @@ SYNCNET_FILE = "syncnet_v2.model"
 HYPERIQA_FILE = "koniq_pretrained.pkl"
 # the HyperIQA authors share theirs on Google Drive (no direct link); LatentSync mirrors the same state_dict
 _HYPERIQA_URL = "https://huggingface.co/ByteDance/LatentSync-1.5/resolve/main/auxiliary/" + HYPERIQA_FILE
+STABLE_SYNCNET_FILE = "stable_syncnet.pt"
+WAV2LIP_EXPERT_FILE = "lipsync_expert.pth"
+# the Wav2Lip authors' own share (SharePoint), and a copy on Hugging Face; the strict load tells a wrong file
+_WAV2LIP_EXPERT_URL = ("https://iiitaphyd-my.sharepoint.com/personal/radrabha_m_research_iiit_ac_in/_layouts/15/"
+                       "download.aspx?SourceUrl=%2Fpersonal%2Fradrabha%5Fm%5Fresearch%5Fiiit%5Fac%5Fin%2FDocuments"
+                       "%2FWav2Lip%5FModels%2Flipsync%5Fexpert%2Epth")
+_WAV2LIP_EXPERT_MIRROR = "https://huggingface.co/Nekochu/Wav2Lip/resolve/main/" + WAV2LIP_EXPERT_FILE
 
 MODELS: dict[str, tuple[str, list[ModelFile]]] = {
     "dlib": ("68-point landmarks for the face stage's dlib backend (in face_recognition_models)",
@@ -94,6 +110,15 @@ MODELS: dict[str, tuple[str, list[ModelFile]]] = {
                            models_dir, _verify_syncnet)]),
     "hyperiqa": ("HyperIQA trained on KonIQ-10k, for the quality stage and `curate eval-quality`",
                  [ModelFile(HYPERIQA_FILE, _HYPERIQA_URL, models_dir, _verify_hyperiqa)]),
+    "stable-syncnet": ("LatentSync's StableSyncNet expert (1.5 / 1.6), to fine-tune (`curate train syncnet --init`) "
+                       "or evaluate (`curate eval-syncnet`)",
+                       [ModelFile(STABLE_SYNCNET_FILE,
+                                  "https://huggingface.co/ByteDance/LatentSync-1.5/resolve/main/" + STABLE_SYNCNET_FILE,
+                                  models_dir, _verify_expert("stable"))]),
+    "wav2lip-expert": ("Wav2Lip's lip-sync expert, to fine-tune (`curate train syncnet --arch wav2lip --init`) or "
+                       "evaluate",
+                       [ModelFile(WAV2LIP_EXPERT_FILE, _WAV2LIP_EXPERT_URL, models_dir, _verify_expert("wav2lip"),
+                                  mirrors=(_WAV2LIP_EXPERT_MIRROR,))]),
 }
 
 
@@ -187,8 +212,7 @@ def download_model(name: str, settings: ModelSettings, progress: Callable[[str],
         if not target.is_file():
             if file.url is None:
                 raise ModelError(f"{name}: {target} is missing; it comes with a Python package (reinstall it)")
-            progress(f"{name}: fetching {file.url}")
-            partial = download(file.url, target, timeout=timeout, keep_partial=True)
+            partial = _fetch(file, target, timeout, progress, name)
             sha256 = sha256_of(partial)
             try:
                 _check(file, partial, settings, sha256)
@@ -203,6 +227,18 @@ def download_model(name: str, settings: ModelSettings, progress: Callable[[str],
         progress(f"{name}: {target} ok")
         paths.append(target)
     return paths
+
+
+def _fetch(file: ModelFile, target: Path, timeout: float, progress: Callable[[str], None], name: str) -> Path:
+    """Download from the file's location, then from each mirror in turn; the first complete one wins."""
+    failures = []
+    for url in (file.url, *file.mirrors):
+        progress(f"{name}: fetching {url}")
+        try:
+            return download(url, target, timeout=timeout, keep_partial=True)
+        except ModelError as exc:
+            failures.append(str(exc))
+    raise ModelError("; ".join(failures))
 
 
 def download(url: str, target: Path, chunk: int = 1 << 20, timeout: float = 60.0, keep_partial: bool = False) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import sys
 import time
 import uuid
@@ -20,6 +19,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from curate.cluster import connect_ray
 from curate.config import CLIP_STAGES, Config
 from curate.errors import RunError
 from curate.lock import OutputLock
@@ -420,41 +420,8 @@ def _remote_source_pass():
 
 def _connect_ray(options: RunOptions) -> bool:
     """Attach to a cluster when an address is given, else start an embedded one. True if we started it."""
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        return False
     address = options.address or os.environ.get("RAY_ADDRESS") or options.config.run.address
-    if address:
-        _check_reachable(address)
-        try:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as exc:
-            text = f"{exc} {exc.__cause__ or ''}"
-            hint = ("; it wants token authentication: set RAY_AUTH_MODE=token and the cluster's token "
-                    "(RAY_AUTH_TOKEN or ~/.ray/auth_token)" if "InvalidAuthToken" in text else "")
-            raise RunError(f"cannot attach to the Ray cluster at {address}: {str(exc).splitlines()[0]}{hint}") from None
-        return False
-    num_cpus = options.num_cpus or options.config.run.num_cpus or os.cpu_count()
-    # address="local": a Ray of our own even where `ray start` left a cluster running on this machine (plain
-    # ray.init() would attach to that one, and then refuse num_cpus)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR,
-             log_to_driver=False)
-    return True
-
-
-def _check_reachable(address: str) -> None:
-    """Fail at once where nothing answers (Ray itself retries for about 14 minutes)."""
-    if address in ("auto", "local") or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=10):
-            pass
-    except (OSError, ValueError) as exc:
-        raise RunError(f"cannot attach to the Ray cluster at {address}: {exc}") from None
+    return connect_ray(address, options.num_cpus or options.config.run.num_cpus)
 
 
 def check_pools_placeable(config: Config) -> None:

@@ -1,0 +1,300 @@
+"""`curate train syncnet` and `curate eval-syncnet`: the command-line side of training the experts.
+
+Training: the config (the arch's defaults, the file, the flags), the run folder (one run at a time, the same
+settings as before unless --reconfigure), the clips' features prepared once (Ray tasks over the cluster),
+then syncnet.train.train_expert on each Ray Train worker, with a progress bar fed by the run's metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from curate.errors import RunError
+
+RUN_FILE = "run.json"
+
+
+def train_syncnet(args) -> int:
+    from curate.cluster import connect_ray
+    from curate.lock import OutputLock
+    from curate.training_config import load_training_config
+    from syncnet.experts import framing_of
+    from syncnet.train import ExpertJob, train_expert
+    from training.launch import MetricsProgress, TrainingFailed, launch
+    from training.windows import DataError, read_lists
+
+    overrides: dict = {}
+    if args.max_steps is not None:
+        overrides["train"] = {"max_steps": args.max_steps}
+    resources = {key: value for key, value in (("workers", args.workers), ("gpus_per_worker", args.gpus_per_worker),
+                                               ("address", args.address or os.environ.get("RAY_ADDRESS")))
+                 if value is not None}
+    if resources:
+        overrides["resources"] = resources
+    config = load_training_config(args.arch, args.config, overrides)
+    model_config = config.model.model_dump(mode="json") if config.model is not None else None
+    init = _checked_init(args.init, args.arch) if args.init else None
+    run_dir = args.out.resolve()
+    try:
+        lists = read_lists(args.lists, args.val_list)
+    except DataError as exc:
+        raise RunError(str(exc)) from None
+    _writable(run_dir)
+    framing = framing_of(args.arch, model_config, config.data.resolution)
+
+    with OutputLock(run_dir):
+        _claim(run_dir, {"trainer": "syncnet", "arch": args.arch, "lists": str(Path(args.lists).resolve()),
+                         "val_list": str(Path(args.val_list).resolve()) if args.val_list else None,
+                         "init": init, "config": config.run_identity()}, args.reconfigure)
+        (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=1))
+        started = connect_ray(config.resources.address)
+        try:
+            train_clips, val_clips = prepare_clips(lists, config.data, framing, ray_map)
+            if args.prepare:
+                print(f"prepared: {len(train_clips)} training and {len(val_clips)} validation clips; "
+                      f"features in {_cache(config.data)}")
+                return 0
+            job = ExpertJob(args.arch, model_config, config.data, config.train, train_clips, val_clips,
+                            str(run_dir), init)
+            cpus = config.resources.cpus_per_worker or config.data.num_workers + 1
+            _check_placeable(config.resources, cpus)
+            launch(train_expert, job, run_dir, config.resources.workers, config.resources.gpus_per_worker, cpus,
+                   config.resources.max_failures,
+                   progress=lambda: MetricsProgress(run_dir, config.train.max_steps, args.progress))
+        except TrainingFailed as exc:
+            raise RunError(f"training failed: {exc}; rerun the same command to continue from the last "
+                           "checkpoint") from None
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    print(summary(run_dir))
+    return 0
+
+
+def eval_syncnet(args) -> int:
+    import torch
+
+    from curate.training_config import load_training_config
+    from syncnet.experts import CLASSES, framing_of, load_expert, read_checkpoint
+    from syncnet.train import evaluate_expert
+    from training.windows import DataError, Lists, ValWindows, read_lists
+
+    path = expert_file(args.checkpoint)
+    try:
+        expert = read_checkpoint(path)
+    except Exception as exc:  # noqa: BLE001 - whatever stops it loading, it is not an expert
+        raise RunError(f"cannot read {path}: {exc}") from None
+    settings = load_training_config(expert.arch, args.config).data
+    if args.max_clips is not None:
+        settings = dataclasses.replace(settings, val_clips=args.max_clips)
+    try:
+        lists = read_lists(args.lists)
+    except DataError as exc:
+        raise RunError(str(exc)) from None
+    paths = {"val": lists.val, "train": lists.train, "all": lists.train + lists.val}[args.split]
+    if not paths:
+        raise RunError(f"{lists.source} has no {args.split} clips")
+    framing = framing_of(expert.arch, expert.config, settings.resolution or expert.resolution)
+    _, clips = prepare_clips(Lists([], paths, lists.source), settings, framing)
+    windows = ValWindows(clips, framing, settings, seed=0)
+    if not len(windows):
+        raise RunError(f"none of the {len(paths)} {args.split} clips is long enough to evaluate (it takes "
+                       f"{framing.num_frames + 30} frames with audio)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        _, model = load_expert(path, device)
+        numbers = evaluate_expert(model, CLASSES[expert.arch].frames_input, windows.batches(), torch.device(device))
+    except (RuntimeError, ValueError) as exc:
+        raise RunError(f"cannot evaluate {path} on {framing.height}x{framing.width} frames: "
+                       f"{str(exc).splitlines()[0]}") from None
+    arch, step = expert.arch, expert.global_step
+    row = {"checkpoint": str(path), "arch": arch, "global_step": step, "split": args.split,
+           "clips": len(windows.clips), **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in numbers.items()}}
+    if args.json:
+        print(json.dumps(row, indent=1))
+    else:
+        print(f"{'loss':>7} {'accuracy':>8} {'offset acc':>10} {'best shift':>10} {'windows':>7} {'clips':>5}  checkpoint")
+        print(f"{row['loss']:7.4f} {row['accuracy']:8.4f} {row['offset_accuracy']:10.4f} {row['best_shift']:10.1f} "
+              f"{row['windows']:7d} {row['clips']:5d}  {path} ({arch}, step {step})")
+    return 0
+
+
+# -- pieces ---------------------------------------------------------------------------------------------------
+
+def prepare_clips(lists, settings, framing, run=None) -> tuple[list, list]:
+    """Usable training and validation clips, features prepared; what is skipped is printed with the reason.
+    Raises RunError when no training clip is usable."""
+    from training.windows import FeatureCache, cache_dir, describe_skipped, usable
+
+    cache = FeatureCache(cache_dir(settings))
+    out = []
+    for what, paths in (("training", lists.train), ("validation", lists.val)):
+        if not paths:
+            out.append([])
+            continue
+        clips, skipped = cache.prepare(paths, run)
+        clips, short = usable(clips, framing, settings.min_negative_shift, what)
+        if skipped or short:
+            print(f"curate: warning: {describe_skipped(skipped + short, what)}", file=sys.stderr)
+        out.append(clips)
+    if lists.train and not out[0]:
+        raise RunError(f"no usable training clips in {lists.source}: all {len(lists.train)} listed were skipped")
+    if lists.train and lists.val and not out[1]:
+        print("curate: warning: no usable validation clips: no validation numbers and no best checkpoint",
+              file=sys.stderr)
+    return out[0], out[1]
+
+
+def ray_map(paths: list[str], folder: str, chunk: int = 16) -> list[dict]:
+    """prepare_clip over `paths` as Ray tasks of `chunk` clips each, in order, with a progress bar."""
+    import ray
+    from tqdm import tqdm
+
+    from training.windows import prepare_clips_in
+
+    task = ray.remote(num_cpus=1, max_retries=2)(prepare_clips_in)
+    refs = [task.remote(paths[i:i + chunk], folder) for i in range(0, len(paths), chunk)]
+    results: dict = {}
+    with tqdm(total=len(paths), desc="features", unit="clip", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results[done[0]] = ray.get(done[0])
+            bar.update(len(results[done[0]]))
+    return [entry for ref in refs for entry in results[ref]]
+
+
+def expert_file(checkpoint: Path) -> Path:
+    """The expert weights a CKPT argument names: a file; a checkpoint folder; or a run folder (its best
+    checkpoint, else its last)."""
+    from training.loop import best_checkpoint, latest_checkpoint
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file():
+        return checkpoint
+    if not checkpoint.is_dir():
+        raise RunError(f"{checkpoint} does not exist")
+    folder = checkpoint
+    if (checkpoint / "checkpoints").is_dir():
+        folder = best_checkpoint(checkpoint) or latest_checkpoint(checkpoint)
+        if folder is None:
+            raise RunError(f"{checkpoint} has no checkpoint yet")
+    found = sorted(p for p in folder.iterdir() if p.suffix in (".pt", ".pth") and p.name != "train_state.pt")
+    if not found:
+        raise RunError(f"{folder} holds no expert checkpoint (.pt / .pth)")
+    return found[0]
+
+
+def summary(run_dir: Path) -> str:
+    from training.loop import METRICS, PLOT, best_checkpoint, latest_checkpoint, read_metrics
+
+    lines = read_metrics(run_dir / METRICS)
+    steps = [line for line in lines if "loss" in line]
+    vals = [line for line in lines if "val_loss" in line]
+    out = []
+    if steps:
+        last = steps[-1]
+        acc = f", accuracy {last['accuracy']:.3f}" if "accuracy" in last else ""
+        out.append(f"trained: step {last['step']}, loss {last['loss']:.4f}{acc}, {last['samples_per_s']:.1f} samples/s")
+    if vals:
+        last = vals[-1]
+        out.append(f"val:     loss {last['val_loss']:.4f}, accuracy {last['val_accuracy']:.3f}, offset accuracy "
+                   f"{last['val_offset_accuracy']:.3f}, best shift {last['val_best_shift']:+.0f} "
+                   f"(step {last['step']}, {last['val_windows']} windows)")
+    latest, best = latest_checkpoint(run_dir), best_checkpoint(run_dir)
+    if latest is not None:
+        out.append(f"last:    {expert_file(latest)}")
+    if best is not None:
+        out.append(f"best:    {expert_file(best)}")
+    out.append(f"metrics: {run_dir / METRICS}, {run_dir / PLOT}")
+    problems = run_dir / "skipped_clips.txt"
+    if problems.is_file():
+        count = len(problems.read_text().splitlines())
+        out.append(f"skipped: {count} clip(s) could not be decoded during training: {problems}")
+    return "\n".join(out)
+
+
+def _claim(run_dir: Path, identity: dict, reconfigure: bool) -> None:
+    """Refuse a run folder that holds a run with other settings (unless `reconfigure`); record ours."""
+    record = run_dir / RUN_FILE
+    if record.is_file() and not reconfigure:
+        try:
+            before = json.loads(record.read_text())
+        except ValueError:
+            before = None
+        if before is not None and before != identity:
+            changes = [change.removeprefix("config.") for change in _differences(before, identity)]
+            shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+            raise RunError(f"{run_dir} holds a run with other settings ({shown}); continue it with these with "
+                           "--reconfigure, or use another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    partial = record.with_name(RUN_FILE + ".partial")
+    partial.write_text(json.dumps(identity, indent=1, sort_keys=True))
+    os.replace(partial, record)
+
+
+def _differences(before, after, prefix: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in sorted(set(before) | set(after)):
+            out += _differences(before.get(key), after.get(key), f"{prefix}{key}.")
+        return out
+    return [] if before == after else [f"{prefix.rstrip('.')}: {before!r} -> {after!r}"]
+
+
+def _checked_init(init: Path, arch: str) -> str:
+    """--init: an expert file of this arch that loads strictly, checked before any work."""
+    from syncnet.experts import load_expert
+
+    if not Path(init).is_file():
+        hint = {"stable": "stable-syncnet", "wav2lip": "wav2lip-expert"}[arch]
+        raise RunError(f"--init: {init} does not exist (the official {arch} expert is fetched with "
+                       f"`curate models download {hint}`)")
+    try:
+        load_expert(init, arch=arch)
+    except Exception as exc:  # noqa: BLE001 - whatever stops it loading, it is not this expert
+        raise RunError(f"--init: cannot load {init} as a {arch} expert: {str(exc).splitlines()[0]}") from None
+    return str(Path(init).resolve())
+
+
+def _writable(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir} is a file, not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise RunError(f"the run folder {run_dir} is not writable")
+
+
+def _cache(settings) -> Path:
+    from training.windows import cache_dir
+
+    return cache_dir(settings)
+
+
+def _check_placeable(resources, cpus_per_worker: float) -> None:
+    """An error, not an endless wait, when no node can hold a worker."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    fits = [n for n in nodes if n.get("CPU", 0) >= cpus_per_worker and n.get("GPU", 0) >= resources.gpus_per_worker]
+    if not fits:
+        most = max((n.get("CPU", 0) for n in nodes), default=0)
+        gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+        raise RunError(f"no node of the cluster can hold a training worker of {cpus_per_worker:g} CPUs and "
+                       f"{resources.gpus_per_worker:g} GPUs (the largest has {most:g} CPUs, {gpus:g} GPUs); lower "
+                       "data.num_workers or resources.cpus_per_worker")
+    total = sum(min(n.get("CPU", 0) // cpus_per_worker,
+                    n.get("GPU", 0) // resources.gpus_per_worker if resources.gpus_per_worker else float("inf"))
+                for n in nodes)
+    if total < resources.workers:
+        raise RunError(f"the cluster holds {total:g} training workers of {cpus_per_worker:g} CPUs and "
+                       f"{resources.gpus_per_worker:g} GPUs, not the {resources.workers} asked for")

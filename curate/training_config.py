@@ -1,0 +1,144 @@
+"""`curate train`'s configuration: its schema, the defaults of each trainer, and loading a config file.
+
+The documented defaults are `configs/syncnet-stable.yaml` and `configs/syncnet-wav2lip.yaml` (a test keeps
+them equal to these). A config file sets any subset of keys over the defaults of the `--arch` it is used
+with; unknown keys are errors that name the key, as in pipeline.yaml. The `data:` and `train:` sections are
+the harness's own settings classes (training.windows.WindowSettings, training.loop.LoopSettings), validated
+here so that the training code itself needs no pydantic.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curate.config import ConfigError, validate_config
+from syncnet.stable import GROUPS, LATENTSYNC_16_PIXEL_ATTN
+from training.loop import LoopSettings
+from training.windows import WindowSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncoderConfig(_Strict):
+    """One of StableSyncNet's encoders, as LatentSync's syncnet yaml writes it (docs/syncnet_arch.md there)."""
+    in_channels: int = Field(ge=1)
+    block_out_channels: list[int]
+    downsample_factors: list[int | tuple[int, int]]
+    attn_blocks: list[Literal[0, 1]]
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EncoderConfig":
+        if not len(self.block_out_channels) == len(self.downsample_factors) == len(self.attn_blocks) >= 1:
+            raise ValueError("block_out_channels, downsample_factors and attn_blocks need one entry per block")
+        for width in self.block_out_channels:
+            if width % GROUPS:
+                raise ValueError(f"block width {width} is not a multiple of {GROUPS} (its GroupNorm's groups)")
+        return self
+
+
+class StableModel(_Strict):
+    audio_encoder: EncoderConfig
+    visual_encoder: EncoderConfig
+
+    @model_validator(mode="after")
+    def _frames(self) -> "StableModel":
+        if self.audio_encoder.in_channels != 1:
+            raise ValueError("audio_encoder.in_channels must be 1 (one mel spectrogram)")
+        if self.visual_encoder.in_channels % 3:
+            raise ValueError("visual_encoder.in_channels must be 3 x the number of frames (RGB)")
+        return self
+
+
+class TrainResources(_Strict):
+    workers: int = Field(1, ge=1)              # training workers (DDP ranks); --workers
+    gpus_per_worker: float = Field(0, ge=0)    # --gpus-per-worker; 0: the CPU (gloo), else NCCL
+    cpus_per_worker: float | None = Field(None, gt=0)   # null: data.num_workers + 1
+    max_failures: int = Field(3, ge=0)         # a worker that dies: all restart from the last checkpoint, this often
+    address: str | None = None                 # a Ray cluster to use; --address (null: an embedded one)
+
+
+class SyncNetTraining(_Strict):
+    model: StableModel | None = None
+    data: WindowSettings = WindowSettings()
+    train: LoopSettings = LoopSettings()
+    resources: TrainResources = TrainResources()
+
+    def run_identity(self) -> dict:
+        """What makes a run the run it is: everything but how long it goes on and where it runs."""
+        data = self.model_dump(mode="json")
+        data.pop("resources")
+        data["train"].pop("max_steps")
+        return data
+
+
+# the defaults of each architecture: LatentSync's syncnet_16_pixel_attn.yaml, Wav2Lip's hparams.py
+ARCH_DEFAULTS = {
+    "stable": {
+        "model": LATENTSYNC_16_PIXEL_ATTN,
+        "data": {"clips_per_batch": 32, "batches_per_clip": 2},
+        "train": {"batch_size": 256, "optimizer": "adamw", "lr": 1e-5, "weight_decay": 0.01, "max_grad_norm": 1.0,
+                  "validate_every": 2500, "checkpoint_every": 2500},
+    },
+    "wav2lip": {
+        "model": None,
+        "data": {"clips_per_batch": 16, "batches_per_clip": 4},
+        "train": {"batch_size": 64, "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "max_grad_norm": None,
+                  "validate_every": 10000, "checkpoint_every": 10000},
+    },
+}
+
+
+def documented_defaults(arch: str) -> Path:
+    return ROOT / "configs" / f"syncnet-{arch}.yaml"
+
+
+def load_training_config(arch: str, path: str | Path | None = None, overrides: dict | None = None) -> SyncNetTraining:
+    """The defaults of `arch`, then the file at `path`, then `overrides` (the command line's flags)."""
+    if arch not in ARCH_DEFAULTS:
+        raise ConfigError(f"unknown architecture {arch!r}; known: {', '.join(ARCH_DEFAULTS)}")
+    data = copy.deepcopy(ARCH_DEFAULTS[arch])
+    source = f"the {arch} defaults"
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        loaded = {} if loaded is None else loaded
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, not {type(loaded).__name__}")
+        if arch == "wav2lip" and loaded.get("model") is not None:
+            raise ConfigError(f"{path}: 'model': the Wav2Lip expert's architecture is fixed; leave the section out")
+        data = _merge(data, loaded)
+        source = str(path)
+    data = _merge(data, overrides or {})
+    config = validate_config(SyncNetTraining, data, source)
+    if arch == "wav2lip" and config.data.resolution not in (None, 96):
+        raise ConfigError(f"{source}: 'data.resolution': the Wav2Lip expert takes 96 x 96 faces, not "
+                          f"{config.data.resolution}")
+    return config
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, section by section; a value that is not a mapping replaces the one below."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
