@@ -60,8 +60,7 @@ def train_syncnet(args) -> int:
                 return 0
             job = ExpertJob(args.arch, model_config, config.data, config.train, train_clips, val_clips,
                             str(run_dir), init)
-            cpus = config.resources.cpus_per_worker or config.data.num_workers + 1
-            _check_placeable(config.resources, cpus)
+            cpus = _cpus_per_worker(config.resources, config.data.num_workers)
             launch(train_expert, job, run_dir, config.resources.workers, config.resources.gpus_per_worker, cpus,
                    config.resources.max_failures,
                    progress=lambda: MetricsProgress(run_dir, config.train.max_steps, args.progress))
@@ -280,21 +279,20 @@ def _cache(settings) -> Path:
     return cache_dir(settings)
 
 
-def _check_placeable(resources, cpus_per_worker: float) -> None:
-    """An error, not an endless wait, when no node can hold a worker."""
+def _cpus_per_worker(resources, loader_processes: int) -> float:
+    """The CPUs each training worker asks for: resources.cpus_per_worker, else one for the loop and one per
+    loader process, as far as the largest node has them (the processes then share). An error, not an
+    endless wait, when the cluster cannot hold the workers."""
     import ray
 
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    fits = [n for n in nodes if n.get("CPU", 0) >= cpus_per_worker and n.get("GPU", 0) >= resources.gpus_per_worker]
-    if not fits:
-        most = max((n.get("CPU", 0) for n in nodes), default=0)
-        gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-        raise RunError(f"no node of the cluster can hold a training worker of {cpus_per_worker:g} CPUs and "
-                       f"{resources.gpus_per_worker:g} GPUs (the largest has {most:g} CPUs, {gpus:g} GPUs); lower "
-                       "data.num_workers or resources.cpus_per_worker")
-    total = sum(min(n.get("CPU", 0) // cpus_per_worker,
-                    n.get("GPU", 0) // resources.gpus_per_worker if resources.gpus_per_worker else float("inf"))
-                for n in nodes)
-    if total < resources.workers:
-        raise RunError(f"the cluster holds {total:g} training workers of {cpus_per_worker:g} CPUs and "
-                       f"{resources.gpus_per_worker:g} GPUs, not the {resources.workers} asked for")
+    largest = max((n.get("CPU", 0) for n in nodes), default=0)
+    cpus = resources.cpus_per_worker or max(1, min(loader_processes + 1, largest))
+    gpus = resources.gpus_per_worker
+    holds = sum(min(n.get("CPU", 0) // cpus, n.get("GPU", 0) // gpus if gpus else float("inf")) for n in nodes)
+    if holds < resources.workers:
+        most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+        raise RunError(f"the cluster holds {holds:g} training worker(s) of {cpus:g} CPUs and {gpus:g} GPUs, not the "
+                       f"{resources.workers} asked for (its largest node has {largest:g} CPUs, {most_gpus:g} GPUs); "
+                       "ask for fewer, or lower resources.cpus_per_worker or data.num_workers")
+    return cpus

@@ -109,6 +109,8 @@ def test_what_is_refused_before_any_work(lists, tmp_path, features, ray_cluster,
     assert "file: empty_file" in err and "no usable training clips in" in err.splitlines()[-1]
     assert "unknown key 'train.lrr' (did you mean 'train.lr'?)" in refused(
         str(lists), "--out", str(tmp_path / "r5"), "--config", str(_yaml(tmp_path, "train:\n  lrr: 1\n")))
+    assert "the cluster holds 1 training worker(s) of 2 CPUs and 0 GPUs, not the 3 asked for" in refused(
+        str(lists), "--out", str(tmp_path / "r6"), "--config", SMALL["stable"], "--workers", "3")
     with OutputLock(tmp_path / "busy"):
         assert "another curate run" in refused(str(lists), "--out", str(tmp_path / "busy"))
     assert main(["eval-syncnet", str(tmp_path / "r1"), str(lists)]) == 2

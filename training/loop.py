@@ -237,6 +237,7 @@ def _validate(recipe: Recipe, model: nn.Module, device: torch.device, step: int,
         if numbers:
             result = {f"val_{key}": value for key, value in numbers.items()}
             log.write({"step": step, **result})
+            plot_metrics(log.path.parent)
     _barrier(placement)
     return result
 

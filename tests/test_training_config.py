@@ -1,0 +1,81 @@
+"""`curate train`'s config: the documented defaults are the code's, keys are checked as in pipeline.yaml, and the
+model and training-step code needs nothing but torch."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from curate.config import ConfigError
+from curate.training_config import documented_defaults, load_training_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("arch", ["stable", "wav2lip"])
+def test_the_documented_defaults_are_the_codes(arch):
+    assert load_training_config(arch, documented_defaults(arch)) == load_training_config(arch)
+
+
+def test_the_references_hyperparameters_are_the_defaults():
+    stable, wav2lip = load_training_config("stable"), load_training_config("wav2lip")
+    assert (stable.train.batch_size, stable.train.optimizer, stable.train.lr, stable.train.max_grad_norm) == \
+        (256, "adamw", 1e-5, 1.0)
+    assert stable.model.visual_encoder.block_out_channels[-1] == 2048 and stable.model.visual_encoder.in_channels == 48
+    assert (wav2lip.train.batch_size, wav2lip.train.optimizer, wav2lip.train.lr, wav2lip.train.max_grad_norm) == \
+        (64, "adam", 1e-4, None)
+    assert wav2lip.model is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  lrr: 1\n", "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+    ("data:\n  clips_per_bach: 4\n", "unknown key 'data.clips_per_bach' (did you mean 'data.clips_per_batch'?)"),
+    ("trian: {}\n", "unknown key 'trian' (did you mean 'train'?)"),
+    ("train:\n  batch_size: 10\n  grad_accum: 4\n", "batch_size 10 is not a whole number of grad_accum (4)"),
+    ("train:\n  lr: 0\n", "lr must be above 0"),
+    ("model:\n  visual_encoder:\n    block_out_channels: [48, 64, 128, 256, 512, 1024, 2048, 2048]\n",
+     "block width 48 is not a multiple of 32"),
+    ("model:\n  audio_encoder:\n    attn_blocks: [0, 1]\n", "need one entry per block"),
+    ("resources:\n  workers: 0\n", "'resources.workers': Input should be greater than or equal to 1"),
+])
+def test_bad_settings_are_named(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=None) as caught:
+        load_training_config("stable", path)
+    assert message in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
+    """PyYAML reads `1e-5` as a string (YAML 1.1 wants `1.0e-5`); LatentSync's configs load it so. Here it is
+    the number it says."""
+    path = tmp_path / "lr.yaml"
+    path.write_text("train:\n  lr: 1e-5\n")
+    assert load_training_config("stable", path).train.lr == 1e-5
+
+
+def test_the_wav2lip_expert_takes_no_model_and_its_own_size(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text("model:\n  visual_encoder: {in_channels: 15}\n")
+    with pytest.raises(ConfigError, match="architecture is fixed"):
+        load_training_config("wav2lip", path)
+    path.write_text("data:\n  resolution: 128\n")
+    with pytest.raises(ConfigError, match="takes 96 x 96 faces"):
+        load_training_config("wav2lip", path)
+
+
+@pytest.mark.parametrize("arch", ["stable", "wav2lip"])
+def test_the_small_configs_load(arch):
+    config = load_training_config(arch, ROOT / "configs" / f"syncnet-{arch}-small.yaml")
+    assert config.train.batch_size == 16 and config.data.num_workers == 1
+
+
+def test_model_and_training_step_code_import_only_torch():
+    """What runs on a bare GPU machine: the networks, the mel, the recipe and the loop load no Ray, PyAV or
+    pydantic."""
+    code = ("import sys; import syncnet.stable, syncnet.wav2lip_expert, syncnet.experts, syncnet.mel, "
+            "syncnet.train, training.loop; "
+            "print(sorted(m for m in ('ray', 'av', 'pydantic', 'cv2') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
