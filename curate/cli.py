@@ -46,9 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="leave stages out (repeatable, or comma-separated): shots (a source is one shot), face (clips unaligned, "
                           "no sync), sync, quality")
     run.add_argument("--dry-run", action="store_true", help="show what would be done, do nothing")
-    bars = run.add_mutually_exclusive_group()
-    bars.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
-    bars.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+    _progress_flags(run, "progress bars")
     run.set_defaults(handler=_run)
 
     evaluate = commands.add_parser(
@@ -144,9 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     expert.add_argument("--prepare", action="store_true", help="only compute and cache the clips' features")
     expert.add_argument("--reconfigure", action="store_true",
                         help="continue a run folder with settings other than the ones it was started with")
-    bars = expert.add_mutually_exclusive_group()
-    bars.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show the progress bar")
-    bars.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+    _progress_flags(expert, "the progress bar")
     expert.set_defaults(handler=_train_syncnet)
 
     judge = commands.add_parser(
@@ -176,6 +172,13 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (for models.dir and models.sha256)")
     fetch.set_defaults(handler=_models_download)
     return parser
+
+
+def _progress_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """--progress / --no-progress (default: shown when stderr is a terminal)."""
+    bars = parser.add_mutually_exclusive_group()
+    bars.add_argument("--progress", dest="progress", action="store_true", default=None, help=f"always show {what}")
+    bars.add_argument("--no-progress", dest="progress", action="store_false", help=f"never show {what}")
 
 
 def _run(args: argparse.Namespace) -> int:

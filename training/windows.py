@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 import torch
 
+from curate.source_pass import file_sha256
 from stages import probe as probe_stage
 from stages.base import Rejected
 from stages.resample import AudioTrack
@@ -176,7 +177,7 @@ def prepare_clip(path: str, folder: str) -> dict:
         audio.ensure(sys.maxsize)
         samples = audio.take(0, audio.available) if audio.available else np.zeros(0, np.int16)
         audio.close()
-        sha256 = _sha256(path)
+        sha256 = file_sha256(path)
     except Rejected as exc:
         return {"path": path, "problem": f"{exc.reason}: {exc.detail}"}
     except (OSError, av.error.FFmpegError, ValueError) as exc:
@@ -209,14 +210,6 @@ def _count_frames(path: str, video_index: int) -> tuple[int, float]:
                     t = float(packet.pts * stream.time_base)
                     first = t if first is None else min(first, t)
     return count, first or 0.0
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class FeatureCache:
