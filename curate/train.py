@@ -25,6 +25,7 @@ def train_syncnet(args) -> int:
     from syncnet.experts import framing_of
     from syncnet.train import ExpertJob, train_expert
     from training.launch import MetricsProgress, TrainingFailed, launch
+    from training.loop import latest_checkpoint
     from training.windows import DataError, read_lists
 
     overrides: dict = {}
@@ -43,21 +44,32 @@ def train_syncnet(args) -> int:
         lists = read_lists(args.lists, args.val_list)
     except DataError as exc:
         raise RunError(str(exc)) from None
-    _writable(run_dir)
     framing = framing_of(args.arch, model_config, config.data.resolution)
+    if args.prepare:   # the features alone: no run folder is made or claimed
+        started = connect_ray(config.resources.address)
+        try:
+            train_clips, val_clips = prepare_clips(lists, config.data, framing, ray_map)
+        finally:
+            _shutdown(started)
+        print(f"prepared: {len(train_clips)} training and {len(val_clips)} validation clips; "
+              f"features in {_cache(config.data)}")
+        return 0
+    _writable(run_dir)
 
     with OutputLock(run_dir):
         _claim(run_dir, {"trainer": "syncnet", "arch": args.arch, "lists": str(Path(args.lists).resolve()),
                          "val_list": str(Path(args.val_list).resolve()) if args.val_list else None,
                          "init": init, "config": config.run_identity()}, args.reconfigure)
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=1))
+        done = latest_checkpoint(run_dir)
+        if done is not None and int(done.name.removeprefix("step-")) >= config.train.max_steps:
+            print(f"{run_dir} is at step {done.name.removeprefix('step-').lstrip('0')} already "
+                  f"(train.max_steps {config.train.max_steps}); --max-steps N trains it further")
+            print(summary(run_dir))
+            return 0
         started = connect_ray(config.resources.address)
         try:
             train_clips, val_clips = prepare_clips(lists, config.data, framing, ray_map)
-            if args.prepare:
-                print(f"prepared: {len(train_clips)} training and {len(val_clips)} validation clips; "
-                      f"features in {_cache(config.data)}")
-                return 0
             job = ExpertJob(args.arch, model_config, config.data, config.train, train_clips, val_clips,
                             str(run_dir), init)
             cpus = _cpus_per_worker(config.resources, config.data.num_workers)
@@ -68,12 +80,16 @@ def train_syncnet(args) -> int:
             raise RunError(f"training failed: {exc}; rerun the same command to continue from the last "
                            "checkpoint") from None
         finally:
-            if started:
-                import ray
-
-                ray.shutdown()
+            _shutdown(started)
     print(summary(run_dir))
     return 0
+
+
+def _shutdown(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
 
 
 def eval_syncnet(args) -> int:

@@ -56,6 +56,9 @@ def test_train_continue_and_evaluate_as_the_readme_says(lists, tmp_path, feature
     capsys.readouterr()
     assert losses(run)[:len(first)] == first and losses(run)[-1][0] == 20
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.json", "step-000000010", "step-000000020"]
+    # once there, the same command has nothing to do
+    assert main([*train, "--max-steps", "20"]) == 0
+    assert capsys.readouterr().out.startswith(f"{run} is at step 20 already (train.max_steps 20)")
 
     # other settings on the same run folder: refused, unless asked for
     other = tmp_path / "other.yaml"
@@ -84,7 +87,7 @@ def test_prepare_only_caches_the_features(lists, tmp_path, features, ray_cluster
     assert main(["train", "syncnet", str(lists), "--out", str(run), "--prepare"]) == 0
     assert capsys.readouterr().out.startswith(f"prepared: 2 training and 3 validation clips; features in {features}")
     assert len((features / "index.jsonl").read_text().splitlines()) == 5
-    assert not (run / "checkpoints").exists()
+    assert not run.exists()
 
 
 def test_what_is_refused_before_any_work(lists, tmp_path, features, ray_cluster, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from media import KITCHEN, downscaled, read_clip, synthetic, talking_clip
+from media import read_clip, synthetic, talking_clip
 from syncnet.experts import Framing, framing_of
 from syncnet.mel import mel_start
 from training.windows import (Clip, DataError, FeatureCache, ValWindows, WindowSettings, WindowStream, loader,
@@ -198,7 +198,7 @@ def test_bad_clips_are_skipped_with_the_reason(tmp_path):
     talking_clip(tmp_path / "short.mp4", 0.8, seed=1)
     talking_clip(tmp_path / "mute_end.mp4", 4, seed=2, audio_seconds=2.0)
     synthetic(tmp_path / "wide.mp4", 3, size="320x240")
-    downscaled(tmp_path / "thirty.mp4", KITCHEN, size="128x128", seconds=3, extra=["-r", "30"])
+    synthetic(tmp_path / "thirty.mp4", 3, fps="30", size="128x128")
     paths = [good] + [str(tmp_path / name) for name in ("missing.mp4", "junk.mp4", "short.mp4", "mute_end.mp4",
                                                        "wide.mp4", "thirty.mp4")]
     clips, skipped = FeatureCache(tmp_path / "features").prepare(paths)
