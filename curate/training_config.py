@@ -62,7 +62,7 @@ class StableModel(_Strict):
 class TrainResources(_Strict):
     workers: int = Field(1, ge=1)              # training workers (DDP ranks); --workers
     gpus_per_worker: float = Field(0, ge=0)    # --gpus-per-worker; 0: the CPU (gloo), else NCCL
-    cpus_per_worker: float | None = Field(None, gt=0)   # null: data.num_workers + 1
+    cpus_per_worker: float | None = Field(None, gt=0)   # null: data.num_workers + 1, at most a node's CPUs
     max_failures: int = Field(3, ge=0)         # a worker that dies: all restart from the last checkpoint, this often
     address: str | None = None                 # a Ray cluster to use; --address (null: an embedded one)
 

@@ -68,7 +68,7 @@ def _worker_message(exc: Exception) -> str:
 
 class MetricsProgress:
     """A progress bar fed by the run's metrics.jsonl as the loop appends to it: step of total, loss, accuracy,
-    samples per second, the last validation, and tqdm's ETA."""
+    samples per second, the last validation, and tqdm's ETA. Where stderr is no terminal, a line per validation."""
 
     def __init__(self, run_dir: Path, total: int, enabled: bool | None = None, interval_s: float = 0.5):
         import sys
@@ -84,6 +84,7 @@ class MetricsProgress:
                         dynamic_ncols=True,
                         disable=not (sys.stderr.isatty() if enabled is None else enabled))
         self.since = time.time()
+        self._printed = -1          # without a bar (not a terminal): a plain line per validation instead
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
@@ -112,6 +113,12 @@ class MetricsProgress:
             last = vals[-1]
             shown["val"] = "/".join(f"{last[k]:.2f}" for k in ("val_loss", "val_accuracy", "val_offset_accuracy")
                                     if k in last)
+            if self.bar.disable and last["step"] > self._printed:
+                import sys
+
+                self._printed = last["step"]
+                print(f"train: step {last['step']}/{self.bar.total}, " + ", ".join(f"{k} {v}" for k, v in shown.items()),
+                      file=sys.stderr, flush=True)
         self.bar.set_postfix(shown, refresh=True)
 
     def close(self) -> None:
