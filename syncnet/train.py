@@ -59,8 +59,8 @@ class ExpertRecipe:
         labels = batch["label"].to(device)
         vision, audio = model(frames, batch["mel"].to(device, non_blocking=True))
         losses, cosine = bce_on_cosine(vision, audio, labels)
-        correct = ((cosine > 0.5).float() == labels).sum()
-        return losses.sum(), {"correct": float(correct), "samples": len(labels)}
+        correct = ((cosine > 0.5).float() == labels).sum()   # a tensor: no device sync per step
+        return losses.sum(), {"correct": correct, "samples": len(labels)}
 
     @torch.no_grad()
     def validate(self, model: nn.Module, device: torch.device) -> dict:

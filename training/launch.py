@@ -11,12 +11,13 @@ storage every node sees.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from training.loop import METRICS, Placement, latest_checkpoint, read_metrics
+from training.loop import METRICS, Placement, latest_checkpoint
 
 
 class TrainingFailed(RuntimeError):
@@ -85,6 +86,9 @@ class MetricsProgress:
                         disable=not (sys.stderr.isatty() if enabled is None else enabled))
         self.since = time.time()
         self._printed = -1          # without a bar (not a terminal): a plain line per validation instead
+        self._offset = 0
+        self._last_step: dict | None = None
+        self._last_val: dict | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, daemon=True)
         self._thread.start()
@@ -93,10 +97,38 @@ class MetricsProgress:
         while not self._stop.wait(self.interval_s):
             self.refresh()
 
+    def _new_lines(self) -> list[dict]:
+        """The lines appended since the last look (the file is read from where it was left, not again whole;
+        a file that shrank was rewritten by a resuming loop, and is read from the start)."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return []
+        if size < self._offset:
+            self._offset = 0
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset)
+            data = handle.read()
+        complete = data[:data.rfind(b"\n") + 1]     # a line still being written waits for the next look
+        self._offset += len(complete)
+        lines = []
+        for text in complete.splitlines():
+            try:
+                line = json.loads(text)
+            except ValueError:
+                continue
+            if line.get("time", 0) >= self.since:
+                lines.append(line)
+        return lines
+
     def refresh(self) -> None:
-        lines = [line for line in read_metrics(self.path) if line.get("time", 0) >= self.since]
-        steps = [line for line in lines if "loss" in line]
-        vals = [line for line in lines if "val_loss" in line]
+        for line in self._new_lines():
+            if "loss" in line:
+                self._last_step = line
+            if "val_loss" in line:
+                self._last_val = line
+        steps = [self._last_step] if self._last_step else []
+        vals = [self._last_val] if self._last_val else []
         if not steps and not vals:
             return
         step = max([line.get("step", 0) for line in steps + vals])

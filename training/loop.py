@@ -155,10 +155,12 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
         last = _validate(recipe, model, device, step, log, placement)
         best = _better(best, last, step)
     stream = batches(step * settings.grad_accum)
-    window = _Window()
+    # sums stay on the device (NCCL reduces only device tensors; no sync per step), read at each metrics line
+    sum_type = torch.float32 if device.type == "mps" else torch.float64
+    window = _Window(device, sum_type)
     while step < settings.max_steps:
         model.train()
-        totals = torch.zeros(3, dtype=torch.float64)   # loss sum, correct, samples (this rank)
+        totals = torch.zeros(3, dtype=sum_type, device=device)   # loss sum, correct, samples (this rank)
         for micro in range(settings.grad_accum):
             waited = time.perf_counter()
             batch = next(stream)
@@ -171,8 +173,9 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
                 # DDP averages gradients over ranks: scaled so, the gradient is the mean over all the step's samples
                 scaled = loss_sum * (placement.world_size / settings.batch_size)
                 scaler.scale(scaled).backward()
-            totals += torch.tensor([float(loss_sum.detach()), float(sums.get("correct", 0)),
-                                    float(sums.get("samples", 0))], dtype=torch.float64)
+            totals[0] += loss_sum.detach().to(sum_type)
+            totals[1] += torch.as_tensor(sums.get("correct", 0), device=device).to(sum_type)
+            totals[2] += sums.get("samples", 0)
         if settings.max_grad_norm is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
@@ -187,7 +190,7 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
         if step % settings.log_every == 0 or step == settings.max_steps:
             last = window.line(step, settings, optimizer)
             log.write(last)
-            window = _Window()
+            window = _Window(device, sum_type)
         paused = time.perf_counter()
         if step % settings.validate_every == 0 or step == settings.max_steps:
             last = {**last, **_validate(recipe, model, device, step, log, placement)}
@@ -205,11 +208,11 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
 class _Window:
     """Sums over the steps since the last metrics line."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device, dtype: torch.dtype):
         self.started = time.perf_counter()
         self.wait = 0.0
         self.steps = 0
-        self.totals = torch.zeros(3, dtype=torch.float64)
+        self.totals = torch.zeros(3, dtype=dtype, device=device)
 
     def add(self, totals: torch.Tensor) -> None:
         self.totals += totals
