@@ -58,6 +58,12 @@ def _verify_expert(arch: str) -> Callable[[Path], None]:
     return verify
 
 
+def _verify_generator(path: Path) -> None:
+    from generators.wav2lip import load_generator
+
+    load_generator(path)
+
+
 def _verify_fan(path: Path) -> None:
     import torch
     from face_alignment.detection.sfd.net_s3fd import s3fd
@@ -97,6 +103,25 @@ _WAV2LIP_EXPERT_URL = ("https://iiitaphyd-my.sharepoint.com/personal/radrabha_m_
                        "download.aspx?SourceUrl=%2Fpersonal%2Fradrabha%5Fm%5Fresearch%5Fiiit%5Fac%5Fin%2FDocuments"
                        "%2FWav2Lip%5FModels%2Flipsync%5Fexpert%2Epth")
 _WAV2LIP_EXPERT_MIRROR = "https://huggingface.co/Nekochu/Wav2Lip/resolve/main/" + WAV2LIP_EXPERT_FILE
+WAV2LIP_FILE = "wav2lip.pth"
+WAV2LIP_GAN_FILE = "wav2lip_gan.pth"
+# The generators, from the same share's Wav2Lip_Models folder (Rudrabha/Wav2Lip's README linked SharePoint
+# shares of these files until it moved to Google Drive, which has no direct link). None fetched from here, so
+# all unverified: wav2lip_gan.pth's SourceUrl is the one scripts in the wild fetch; wav2lip.pth's is built the
+# same way from the folder path the share's web links show. Behind them, the Hugging Face copies that
+# third-party code fetches (Nekochu/Wav2Lip, as for the expert; camenduru/Wav2Lip's checkpoints/). The strict
+# load tells a wrong file.
+_WAV2LIP_SHARE = ("https://iiitaphyd-my.sharepoint.com/personal/radrabha_m_research_iiit_ac_in/_layouts/15/"
+                  "download.aspx?SourceUrl=%2Fpersonal%2Fradrabha%5Fm%5Fresearch%5Fiiit%5Fac%5Fin%2FDocuments"
+                  "%2FWav2Lip%5FModels%2F")
+
+
+def _wav2lip_generator(name: str) -> ModelFile:
+    return ModelFile(name, _WAV2LIP_SHARE + name.replace("_", "%5F").replace(".", "%2E"), models_dir,
+                     _verify_generator,
+                     mirrors=("https://huggingface.co/Nekochu/Wav2Lip/resolve/main/" + name,
+                              "https://huggingface.co/camenduru/Wav2Lip/resolve/main/checkpoints/" + name))
+
 
 MODELS: dict[str, tuple[str, list[ModelFile]]] = {
     "dlib": ("68-point landmarks for the face stage's dlib backend (in face_recognition_models)",
@@ -119,6 +144,11 @@ MODELS: dict[str, tuple[str, list[ModelFile]]] = {
                        "evaluate",
                        [ModelFile(WAV2LIP_EXPERT_FILE, _WAV2LIP_EXPERT_URL, models_dir, _verify_expert("wav2lip"),
                                   mirrors=(_WAV2LIP_EXPERT_MIRROR,))]),
+    "wav2lip": ("Wav2Lip's generator, the most accurate lip-sync of its two, for inference or to fine-tune",
+                [_wav2lip_generator(WAV2LIP_FILE)]),
+    "wav2lip-gan": ("Wav2Lip's generator trained with its visual-quality discriminator (sharper, slightly less "
+                    "accurate sync), for inference or to fine-tune",
+                    [_wav2lip_generator(WAV2LIP_GAN_FILE)]),
 }
 
 

@@ -79,3 +79,14 @@ def mel_window(mel: np.ndarray, frame: int, num_frames: int) -> np.ndarray:
     if window.shape[1] != mel_columns(num_frames):
         raise ValueError(f"frames {frame}..{frame + num_frames - 1} reach past the audio ({mel.shape[1]} columns)")
     return window
+
+
+def mel_window_starts(n_frames: int, mel_columns: int, fps: int = FPS) -> list[int]:
+    """The first column of each of `n_frames` frames' 16-column windows (Wav2Lip's generator input), as
+    Wav2Lip's inference.py cuts them: int(80 i / fps), moved back to end at the mel's last column where it would
+    reach past it. The reference stops at the first such window; here every frame asked for gets one, the
+    frames past the audio the last window."""
+    window = 16
+    if mel_columns < window:
+        raise ValueError(f"a mel of {mel_columns} columns is shorter than one {window}-column window")
+    return [min(mel_start(frame, fps), mel_columns - window) for frame in range(n_frames)]
