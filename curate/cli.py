@@ -159,6 +159,41 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--json", action="store_true", help="print JSON instead of a table")
     judge.set_defaults(handler=_eval_syncnet)
 
+    sync = commands.add_parser(
+        "lipsync", help="make a lip-synced video: VIDEO's face speaking AUDIO",
+        description="Write OUT: VIDEO with the mouth of its face following AUDIO (any file with an audio stream), "
+                    "at 25 fps, as many frames as the audio lasts (a shorter video is played back and forth, a "
+                    "longer one cut), H.264 with AUDIO's sound at its own quality. Only the lower face changes; "
+                    "frames where the face is not found are written unchanged. The batch form renders every "
+                    "row of a CSV (video,audio[,output]) with one loaded model.")
+    sync.add_argument("video", type=Path, nargs="?", metavar="VIDEO")
+    sync.add_argument("audio", type=Path, nargs="?", metavar="AUDIO")
+    sync.add_argument("-o", "--output", type=Path, metavar="OUT.mp4", help="the video to write")
+    sync.add_argument("--pairs", type=Path, metavar="FILE.csv", help="batch: rows of video,audio[,output]")
+    sync.add_argument("--out", type=Path, metavar="DIR", help="batch: the folder for the videos")
+    sync.add_argument("--model", choices=["wav2lip"], default="wav2lip", help="the model (default wav2lip)")
+    sync.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                      help="its weights: wav2lip.pth / wav2lip_gan.pth, a checkpoint of ours, or a run folder (its "
+                           "best checkpoint); default: the official file in the models folder")
+    sync.add_argument("--face", type=int, metavar="N",
+                      help="with several faces, the N-th from the left (from 1); default: the largest")
+    sync.add_argument("--framing", choices=["box", "template"],
+                      help="override the crop the model expects (default: what its file says; official: box)")
+    sync.add_argument("--crf", type=int, default=18, metavar="Q", help="H.264 quality, lower is better (default 18)")
+    sync.add_argument("--preset", default="medium", choices=["ultrafast", "superfast", "veryfast", "faster", "fast",
+                                                             "medium", "slow", "slower", "veryslow"],
+                      help="x264 preset: faster to encode, or smaller at the same quality (default medium)")
+    sync.add_argument("--audio", dest="audio_mode", choices=["auto", "copy", "aac"], default="auto",
+                      help="the sound: copy it untouched, encode it as AAC at its own rate and channels, or auto "
+                           "(copy AAC, encode anything else; default)")
+    sync.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N, mps (default: a GPU when there is one)")
+    sync.add_argument("--batch-size", type=int, metavar="N", help="faces per model call (default 128 on a GPU, 16 "
+                      "on the CPU)")
+    sync.add_argument("--backend", choices=["dlib", "fan"], help="face landmarks (default: stages.face.backend)")
+    sync.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (face stage, models folder)")
+    _progress_flags(sync, "the progress bar")
+    sync.set_defaults(handler=_lipsync)
+
     models = commands.add_parser("models", help="model weights: list what is here, download what is not")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser("list", help="every model file, where it belongs, and whether it is there "
@@ -348,6 +383,17 @@ def _eval_syncnet(args: argparse.Namespace) -> int:
     if args.max_clips is not None and args.max_clips < 1:
         raise RunError("--max-clips must be at least 1")
     return eval_syncnet(args)
+
+
+def _lipsync(args: argparse.Namespace) -> int:
+    from curate.inference import run_lipsync
+
+    for flag, value in (("--face", args.face), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise RunError(f"{flag} must be at least 1")
+    if not 0 <= args.crf <= 51:
+        raise RunError("--crf must be between 0 and 51")
+    return run_lipsync(args)
 
 
 def av_errors():

@@ -18,6 +18,7 @@ missing for longer than a gap can be filled), or a face smaller than the minimum
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import av
 import cv2
@@ -136,10 +137,14 @@ def _shape_change(a: np.ndarray, b: np.ndarray) -> float:
 class FaceTracker:
     """Detect, then follow one face from frame to frame through a shot."""
 
-    def __init__(self, backend: LandmarkBackend, params: FaceParams, frame_width: int):
+    def __init__(self, backend: LandmarkBackend, params: FaceParams, frame_width: int,
+                 pick: Callable[[list[FaceBox]], FaceBox] | None = None):
+        """`pick` chooses the face to follow among a first detection's boxes (largest first); by default the
+        largest."""
         self.backend = backend
         self.params = params
         self.frame_width = frame_width
+        self.pick = pick
         self.detections = 0
         self.reset()
 
@@ -194,6 +199,8 @@ class FaceTracker:
         prominent = [box for box in boxes if box.size >= self.params.prominent_ratio * largest]
         chosen, switched = prominent[0], False
         known = previous if previous is not None and previous.box is not None else self.last_seen
+        if known is None and self.pick is not None:
+            chosen = self.pick(boxes)
         if known is not None and known.box is not None:
             # keep following the same face when it is still there; a face found elsewhere after the
             # tracked one was lost is another face: the track is lost
@@ -341,20 +348,9 @@ class FaceStage:
             held = self.held.get(i)
             if held is not None and held.segment == segment and held.record.present:
                 nearby[i] = held.record.anchors
-        if index in nearby:
-            if self.radius == 0:
-                return nearby[index]
-            frames = np.array([i for i in nearby if abs(i - index) <= self.radius])
-            weights = np.exp(-0.5 * ((frames - index) / self.sigma) ** 2)
-            return np.tensordot(weights / weights.sum(), np.stack([nearby[i] for i in frames]), axes=1)
-        before = [i for i in nearby if index - self.max_gap <= i < index]
-        after = [i for i in nearby if index < i <= index + self.max_gap]
-        if before and after:
-            a, b = max(before), min(after)
-            weight = (index - a) / (b - a)
-            return (1 - weight) * nearby[a] + weight * nearby[b]
-        if before or after:
-            return nearby[max(before)] if before else nearby[min(after)]
+        found = face_align.smoothed(nearby, index, self.sigma, self.max_gap)
+        if found is not None:
+            return found
         previous = self.held.get(index - 1)
         if previous is not None and previous.segment == segment and previous.record.present:
             return previous.record.anchors

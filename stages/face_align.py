@@ -59,6 +59,30 @@ def align_matrix(anchor_points: np.ndarray, size: int) -> np.ndarray:
     return resize @ similarity
 
 
+def smoothed(points: dict[int, np.ndarray], index: int, sigma: float, max_gap: int) -> np.ndarray | None:
+    """Frame `index`'s points smoothed over time: a Gaussian-weighted mean over the frames within 3 sigma that
+    have them; for a frame without them, interpolated from the nearest frames with them within `max_gap`
+    (the nearer one when only one side has them), else None. `points` maps frame -> points of one track
+    (the caller leaves out frames across a shot cut); the weights do not care what the points are, so the
+    face stage smooths its three anchors and the lip-sync pipeline the 68 landmarks with the same rule."""
+    radius = int(round(3 * sigma)) if sigma > 0 else 0
+    if index in points:
+        if radius == 0:
+            return points[index]
+        frames = np.array([i for i in points if abs(i - index) <= radius])
+        weights = np.exp(-0.5 * ((frames - index) / sigma) ** 2)
+        return np.tensordot(weights / weights.sum(), np.stack([points[i] for i in frames]), axes=1)
+    before = [i for i in points if index - max_gap <= i < index]
+    after = [i for i in points if index < i <= index + max_gap]
+    if before and after:
+        a, b = max(before), min(after)
+        weight = (index - a) / (b - a)
+        return (1 - weight) * points[a] + weight * points[b]
+    if before or after:
+        return points[max(before)] if before else points[min(after)]
+    return None
+
+
 def jitter_px(matrices: np.ndarray, size: int) -> float:
     """How much the crop window shakes, in output pixels: the RMS second difference over time of where the
     template's anchors come from in the source, scaled to output pixels. Steady head motion (constant

@@ -1,0 +1,204 @@
+"""`lipsync(video, audio, out, model)`: the pipeline every model runs through, streaming.
+
+Per output frame k, in one pass over the decoded video:
+1. the source frame shown at k: frame k of the 25 fps timeline, or, when the audio outlasts the video, the
+   video played back and forth (`media.bounce`); the frames and their tracked faces are then spooled on the
+   first pass and read back, never decoded or tracked again;
+2. the face: tracked (`faces.FaceFollower`), its landmarks smoothed; a frame without it is written unchanged
+   and counted;
+3. the crop in the model's framing, batched (`model.batch_size` crops of consecutive frames) into
+   `model.generate`;
+4. the new lower face pasted back (`paste.paste`), the frame encoded (`media.VideoWriter`) with the input
+   audio.
+
+Only a batch of frames and the tracker's window are in memory at a time. The output appears under its name only
+once complete; a video in which the face is never found is an error, with nothing written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from curate.config import FaceParams
+from lipsync.faces import FaceFollower, Tracked
+from lipsync.framing import crop
+from lipsync.media import (FPS, SAMPLE_RATE, FrameSpool, LipsyncError, VideoReader, VideoWriter, bounce,
+                           frames_for, read_speech)
+from lipsync.models import LipsyncModel
+from lipsync.paste import paste
+from stages.face import FrameView
+from stages.face_landmarks import get_backend
+
+
+@dataclass
+class Options:
+    face: int | None = None            # --face N: the N-th face from the left; None: the largest
+    crf: int = 18
+    preset: str = "medium"
+    audio: str = "auto"                 # auto | copy | aac
+    face_params: FaceParams = field(default_factory=FaceParams)
+    feather: float = 0.06
+    threads: int = 0                    # decoder threads (0: FFmpeg's choice)
+
+
+@dataclass
+class Summary:
+    output: Path
+    frames: int = 0                     # written
+    without_face: int = 0               # written unchanged: the face was not found
+    video_frames: int = 0               # the input video's frames at 25 fps
+    looped: bool = False                # played back and forth to cover the audio
+    audio_s: float = 0.0
+    audio_mode: str = ""
+    faces_seen: int = 0                 # faces in the first frame with any
+    seconds: dict = field(default_factory=lambda: defaultdict(float))
+
+    def lines(self) -> list[str]:
+        total = sum(self.seconds.values())
+        out = [f"wrote {self.output}: {self.frames} frames ({self.frames / FPS:.2f} s) for {self.audio_s:.2f} s "
+               f"of audio, {self.without_face} without the face (written unchanged)"
+               + (f"; the {self.video_frames}-frame video played back and forth" if self.looped else "")
+               + f"; audio {self.audio_mode}"]
+        for stage, seconds in self.seconds.items():
+            rate = self.frames / seconds if seconds > 0 else float("inf")
+            out.append(f"  {stage:<8} {seconds:7.2f} s  {rate:8.1f} frames/s")
+        out.append(f"  {'total':<8} {total:7.2f} s  {self.frames / max(total, 1e-9):8.1f} frames/s")
+        return out
+
+
+class _Clock:
+    def __init__(self, seconds: dict):
+        self.seconds = seconds
+
+    def __call__(self, stage: str):
+        clock = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                clock.seconds[stage] += time.perf_counter() - self.t0
+        return _Span()
+
+
+def lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: Options = Options(),
+            progress=None) -> Summary:
+    """Write `out`: `video` with its mouth following `audio`. `progress(done, total)` is called per frame."""
+    video, audio, out = Path(video), Path(audio), Path(out)
+    summary = Summary(output=out)
+    clock = _Clock(summary.seconds)
+    reader = VideoReader(video)
+    with clock("audio"):
+        speech = read_speech(audio)
+        features = model.prepare_audio(speech)
+    total = frames_for(speech.size)
+    summary.audio_s = speech.size / SAMPLE_RATE
+    if out.exists() and out.is_dir():
+        raise LipsyncError(f"output {out} is a folder")
+    if not out.parent.is_dir():
+        raise LipsyncError(f"the output's folder {out.parent} does not exist")
+    backend = get_backend(options.face_params.backend)
+
+    # the audio may outlast the video: keep what the way back needs (frames on disk, faces in memory)
+    spool = FrameSpool(out.parent) if reader.declared_s * FPS < total + FPS else None
+    faces_kept: list[np.ndarray | None] = []
+    writer: VideoWriter | None = None
+    batch: list[tuple[np.ndarray, np.ndarray | None, int]] = []   # (frame, landmarks, output index)
+    written = 0
+
+    def flush() -> None:
+        nonlocal written
+        with_face = [(i, item) for i, item in enumerate(batch) if item[1] is not None]
+        if with_face:
+            size = model.framing.size
+            with clock("crop"):
+                matrices = [model.framing.matrix(item[1]) for _, item in with_face]
+                crops = np.stack([crop(item[0], m, size) for (_, item), m in zip(with_face, matrices)])
+            with clock("model"):
+                faces = model.generate(crops, [item[2] for _, item in with_face], features)
+            with clock("paste"):
+                for (_, item), face, matrix in zip(with_face, faces, matrices):
+                    paste(item[0], face, matrix, item[1], options.feather)
+        with clock("encode"):
+            for frame, landmarks, _ in batch:
+                writer.write(frame)
+                summary.without_face += landmarks is None
+                written += 1
+                if progress:
+                    progress(written, total)
+        batch.clear()
+
+    def take(tracked: Tracked) -> None:
+        nonlocal writer
+        if tracked.index >= total:
+            return   # the audio is shorter: the video is cut
+        frame = np.ascontiguousarray(tracked.view.full(3))
+        if spool is not None:
+            with clock("spool"):
+                spool.add(frame)
+            faces_kept.append(tracked.landmarks)
+        if writer is None:
+            height, width = frame.shape[:2]
+            writer = VideoWriter(out, (width, height), total, audio, options.crf, options.preset, options.audio)
+            summary.audio_mode = writer.audio_mode
+        batch.append((frame, tracked.landmarks, tracked.index))
+        if len(batch) >= model.batch_size:
+            flush()
+
+    follower: FaceFollower | None = None
+    try:
+        decoded = reader.frames(options.threads)
+        while True:
+            with clock("decode"):
+                item = next(decoded, None)
+            if item is None:
+                break
+            index, frame = item
+            view = FrameView(frame, reader.rotation)
+            if follower is None:
+                follower = FaceFollower(options.face_params, backend, view.size[0], options.face)
+            if index >= total + follower.lag:
+                break   # frames past the audio's end are not shown (the last shown ones have their window)
+            with clock("face"):
+                ready = follower.push(index, view)
+            for tracked in ready:
+                take(tracked)
+        with clock("face"):
+            ready = follower.finish() if follower is not None else []
+        for tracked in ready:
+            take(tracked)
+        summary.faces_seen = len(follower.picker.found) if follower is not None else 0
+        if follower is None or follower.found == 0:
+            raise LipsyncError(f"video {video}: no face found in any frame ({options.face_params.backend} "
+                               f"landmarks); nothing written")
+        summary.video_frames = reader.frames_out
+        # the rest of the audio: the video back and forth, from the spool
+        if written + len(batch) < total:
+            summary.looped = True
+            count = len(faces_kept)
+            for k in range(written + len(batch), total):
+                source = bounce(k, count)
+                with clock("spool"):
+                    frame = spool.get(source)
+                batch.append((frame, faces_kept[source], k))
+                if len(batch) >= model.batch_size:
+                    flush()
+        if batch:
+            flush()
+        with clock("encode"):
+            writer.close()
+        summary.frames = written
+        return summary
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        if spool is not None:
+            spool.close()
