@@ -87,9 +87,22 @@ class _Clock:
         return _Span()
 
 
+class _SpoolNeeded(Exception):
+    """The video declared itself longer than it is, and turned out shorter than the audio."""
+
+
 def lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: Options = Options(),
             progress=None) -> Summary:
     """Write `out`: `video` with its mouth following `audio`. `progress(done, total)` is called per frame."""
+    try:
+        return _lipsync(video, audio, out, model, options, progress, spool_frames=None)
+    except _SpoolNeeded:
+        # only a file whose header overstates its length gets here: start again, keeping the frames this time
+        return _lipsync(video, audio, out, model, options, progress, spool_frames=True)
+
+
+def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: Options, progress,
+             spool_frames: bool | None) -> Summary:
     video, audio, out = Path(video), Path(audio), Path(out)
     summary = Summary(output=out)
     clock = _Clock(summary.seconds)
@@ -106,7 +119,9 @@ def lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: O
     backend = get_backend(options.face_params.backend)
 
     # the audio may outlast the video: keep what the way back needs (frames on disk, faces in memory)
-    spool = FrameSpool(out.parent) if reader.declared_s * FPS < total + FPS else None
+    if spool_frames is None:
+        spool_frames = reader.declared_s * FPS < total + FPS
+    spool = FrameSpool(out.parent) if spool_frames else None
     faces_kept: list[np.ndarray | None] = []
     writer: VideoWriter | None = None
     batch: list[tuple[np.ndarray, np.ndarray | None, int]] = []   # (frame, landmarks, output index)
@@ -180,6 +195,8 @@ def lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: O
         summary.video_frames = reader.frames_out
         # the rest of the audio: the video back and forth, from the spool
         if written + len(batch) < total:
+            if spool is None:
+                raise _SpoolNeeded()
             summary.looped = True
             count = len(faces_kept)
             for k in range(written + len(batch), total):

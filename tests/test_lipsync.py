@@ -292,3 +292,16 @@ def test_the_command_single_and_batch(work, tmp_path, generator_file, monkeypatc
         assert main(["lipsync", *map(str, args), "--checkpoint", str(generator_file)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("curate: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_a_video_whose_header_overstates_its_length_still_plays_back_and_forth(model, work, tmp_path):
+    from media import mp4_claim_duration
+
+    short = tmp_path / "short.mp4"
+    ffmpeg("-i", work / "kitchen.mp4", "-t", "1", "-c:v", "copy", "-c:a", "copy", short)
+    claims = tmp_path / "claims.mp4"
+    claims.write_bytes(mp4_claim_duration(short.read_bytes(), 30.0))   # 1 s of frames, a header saying 30
+    out = tmp_path / "out.mp4"
+    summary = render(model, claims, work / "speech.wav", out)
+    assert summary.looped and summary.frames == 40 and len(frames_of(out)) == 40
+    assert _leftovers(tmp_path) == sorted(["claims.mp4", "out.mp4", "short.mp4"])
