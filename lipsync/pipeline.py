@@ -18,7 +18,7 @@ once complete; a video in which the face is never found is an error, with nothin
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +87,9 @@ class _Clock:
         return _Span()
 
 
+TAIL = 6   # frames kept to turn back on when the video is a few frames shorter than the audio
+
+
 class _SpoolNeeded(Exception):
     """The video declared itself longer than it is, and turned out shorter than the audio."""
 
@@ -119,10 +122,13 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
     backend = get_backend(options.face_params.backend)
 
     # the audio may outlast the video: keep what the way back needs (frames on disk, faces in memory)
+    # (a video about as long as the audio, a few frames short, turns back on the last frames, kept in memory)
     if spool_frames is None:
-        spool_frames = reader.declared_s * FPS < total + FPS
+        spool_frames = reader.declared_s * FPS < total - TAIL + 2
     spool = FrameSpool(out.parent) if spool_frames else None
     faces_kept: list[np.ndarray | None] = []
+    tail: deque[tuple[int, np.ndarray, np.ndarray | None]] = deque(maxlen=TAIL)   # the last frames, unpasted
+    seen = 0
     writer: VideoWriter | None = None
     batch: list[tuple[np.ndarray, np.ndarray | None, int]] = []   # (frame, landmarks, output index)
     written = 0
@@ -150,14 +156,17 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
         batch.clear()
 
     def take(tracked: Tracked) -> None:
-        nonlocal writer
+        nonlocal writer, seen
         if tracked.index >= total:
             return   # the audio is shorter: the video is cut
         frame = np.ascontiguousarray(tracked.view.full(3))
+        seen = tracked.index + 1
         if spool is not None:
             with clock("spool"):
                 spool.add(frame)
             faces_kept.append(tracked.landmarks)
+        else:
+            tail.append((tracked.index, frame.copy(), tracked.landmarks))
         if writer is None:
             height, width = frame.shape[:2]
             writer = VideoWriter(out, (width, height), total, audio, options.crf, options.preset, options.audio)
@@ -195,15 +204,18 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
         summary.video_frames = reader.frames_out
         # the rest of the audio: the video back and forth, from the spool
         if written + len(batch) < total:
-            if spool is None:
-                raise _SpoolNeeded()
             summary.looped = True
-            count = len(faces_kept)
+            kept = {index: (frame, landmarks) for index, frame, landmarks in tail}
             for k in range(written + len(batch), total):
-                source = bounce(k, count)
-                with clock("spool"):
-                    frame = spool.get(source)
-                batch.append((frame, faces_kept[source], k))
+                source = bounce(k, seen)
+                if spool is not None:
+                    with clock("spool"):
+                        frame, landmarks = spool.get(source), faces_kept[source]
+                elif source in kept:
+                    frame, landmarks = kept[source][0].copy(), kept[source][1]
+                else:
+                    raise _SpoolNeeded()
+                batch.append((frame, landmarks, k))
                 if len(batch) >= model.batch_size:
                     flush()
         if batch:

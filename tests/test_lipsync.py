@@ -305,3 +305,14 @@ def test_a_video_whose_header_overstates_its_length_still_plays_back_and_forth(m
     summary = render(model, claims, work / "speech.wav", out)
     assert summary.looped and summary.frames == 40 and len(frames_of(out)) == 40
     assert _leftovers(tmp_path) == sorted(["claims.mp4", "out.mp4", "short.mp4"])
+
+
+def test_a_video_a_few_frames_shorter_than_the_audio_turns_back_without_a_spool(model, work, tmp_path):
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", GARDEN, "-ss", "1", "-t", "2.12", "-vn", "-ar", "16000", "-ac", "1", speech)   # 53 frames
+    out = tmp_path / "out.mp4"
+    summary = render(model, work / "kitchen.mp4", speech, out)
+    assert summary.looped and summary.video_frames == 50 and summary.frames == 53
+    source, result = frames_of(work / "kitchen.mp4"), frames_of(out)
+    for k, shown in ((50, 48), (51, 47), (52, 46)):
+        assert_only_the_mouth_changed(result[k], source[shown])
