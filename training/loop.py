@@ -12,8 +12,15 @@ resumed run gives the same losses, bit for bit on the CPU.
 
 Run folder: `metrics.jsonl` (a JSON line per logged step and per validation), `metrics.png`, and
 `checkpoints/step-NNNNNNNNN/` holding the model in the recipe's official layout and `train_state.pt`
-(optimizer, grad scaler, RNG states, step, best validation so far); the last `keep_checkpoints` are kept,
-and the best by validation loss (`checkpoints/best.json` names it).
+(optimizer, grad scaler, RNG states, step, best validation so far, the recipe's own state); the last
+`keep_checkpoints` are kept, and the best by validation loss (`checkpoints/best.json` names it).
+
+**An adversary.** A recipe may declare a second model trained against the first (a GAN's discriminator),
+with its own optimizer and grad scaler, saved beside the model in its own official layout and restored with
+it. Each micro-batch has two phases: the model's, in which the recipe calls the adversary itself (not its DDP
+wrapper) with its weights frozen, so that it judges without being changed; then the adversary's, which calls
+the DDP-wrapped adversary on real samples and the model's detached outputs. Both optimizers step at the end
+of the step.
 """
 
 from __future__ import annotations
@@ -92,6 +99,41 @@ class Recipe(Protocol):
     def export(self, model: nn.Module, step: int, epoch: int) -> dict:
         """The model as its official checkpoint file holds it."""
 
+    # Optional:
+    # metric_names: tuple[str, ...]       sums in `loss`'s dict logged as per-sample means (e.g. "l1")
+    # plot_panels: tuple[Panel, ...]      what metrics.png shows (default: loss and accuracies)
+    # state_dict() -> dict, load_state_dict(dict)   the recipe's own state (e.g. a loss weight switched on at
+    #                                     a validation): checkpointed, and shared by rank 0 after validations
+
+
+class AdversarialRecipe(Recipe, Protocol):
+    """A recipe with an adversary (see the module's docstring). `build_adversary` may return None: no adversary
+    this run, and the plain `loss` is used."""
+    adversary_export_name: str
+    adversary_settings: object          # optimizer, lr, betas, weight_decay (as LoopSettings names them)
+
+    def build_adversary(self) -> nn.Module | None: ...
+
+    def adversarial_loss(self, model: nn.Module, adversary: nn.Module, batch: dict, device: torch.device
+                         ) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """As `loss`, with the (frozen) adversary's judgement in it; and the model's outputs for the
+        adversary's phase."""
+
+    def adversary_loss(self, adversary: nn.Module, batch: dict, outputs: torch.Tensor, device: torch.device
+                       ) -> tuple[torch.Tensor, dict]:
+        """The adversary's loss summed over this rank's samples, on real ones and the (detached) outputs."""
+
+    def export_adversary(self, adversary: nn.Module, step: int, epoch: int) -> dict: ...
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One plot of metrics.png: `series` of (metrics key, label) against the step."""
+    title: str
+    series: tuple[tuple[str, str], ...]
+    line: tuple[float, str] | None = None       # a horizontal line: (value, label)
+    unit_range: bool = False                    # y from 0 to 1
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -115,10 +157,12 @@ def precision_of(setting: str, device: torch.device) -> torch.dtype | None:
 
 def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable[[int], Iterator[dict]],
         placement: Placement = Placement(), epoch_of: Callable[[int], int] = lambda position: 0,
-        init: Callable[[nn.Module], None] | None = None) -> dict:
+        init: Callable[[nn.Module], None] | None = None,
+        on_validate: Callable[[nn.Module, int], dict | None] | None = None) -> dict:
     """Train from the run folder's last checkpoint (or from the start) to `settings.max_steps`; returns the
     last logged metrics. `epoch_of(micro_batch)` tells the epoch a position is in (for the checkpoint);
-    `init(model)` loads starting weights when there is no checkpoint yet."""
+    `init(model)` loads starting weights when there is no checkpoint yet; `on_validate(model, step)` runs on
+    rank 0 after each validation (e.g. to write samples), and the numbers it returns join the validation's."""
     device = torch.device(placement.device)
     run_dir = Path(run_dir)
     _seed_everything(settings.seed)
@@ -129,11 +173,18 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
     optimizer = _optimizer(model, settings)
     autocast_dtype = precision_of(settings.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    adversary = recipe.build_adversary() if hasattr(recipe, "build_adversary") else None
+    rival = None                     # the adversary's optimizer and grad scaler
+    if adversary is not None:
+        adversary.to(device)
+        rival = _Rival(_optimizer(adversary, recipe.adversary_settings),
+                       torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16))
     log = MetricsLog(run_dir / METRICS, enabled=placement.main)
+    panels = getattr(recipe, "plot_panels", None)
 
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
-        step, best = _restore(checkpoint, recipe, model, optimizer, scaler, device)
+        step, best = _restore(checkpoint, recipe, model, optimizer, scaler, device, adversary, rival)
         log.keep_until(step)
     else:
         step, best = 0, None
@@ -141,47 +192,76 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
             init(model)
         log.clear()
 
-    trained = model
+    trained, trained_adversary = model, adversary
     if placement.world_size > 1:
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        trained = DistributedDataParallel(model, device_ids=ids)
+        if adversary is not None:
+            trained_adversary = DistributedDataParallel(adversary, device_ids=ids)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if placement.main and step == 0:
-        log.write({"event": "start", "trainable_parameters": count, "world_size": placement.world_size,
-                   "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
-                   "settings": asdict(settings)})
+        start = {"event": "start", "trainable_parameters": count, "world_size": placement.world_size,
+                 "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
+                 "settings": asdict(settings)}
+        if adversary is not None:
+            start["adversary_parameters"] = sum(p.numel() for p in adversary.parameters() if p.requires_grad)
+        log.write(start)
 
     last = {}
     if step == 0:
-        last = _validate(recipe, model, device, step, log, placement)
+        last = _validate(recipe, model, device, step, log, placement, on_validate)
         best = _better(best, last, step)
     stream = batches(step * settings.grad_accum)
+    names = tuple(getattr(recipe, "metric_names", ()))
     # sums stay on the device (NCCL reduces only device tensors; no sync per step), read at each metrics line
     sum_type = torch.float32 if device.type == "mps" else torch.float64
-    window = _Window(device, sum_type)
+    window = _Window(device, sum_type, names)
+    autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype or torch.float32,  # noqa: E731
+                                      enabled=autocast_dtype is not None)
+    # DDP averages gradients over ranks: scaled so, the gradient is the mean over all the step's samples
+    scale = placement.world_size / settings.batch_size
     while step < settings.max_steps:
         model.train()
-        totals = torch.zeros(3, dtype=sum_type, device=device)   # loss sum, correct, samples (this rank)
+        if adversary is not None:
+            adversary.train()
+        # loss sum, correct, samples, then the recipe's metric_names (this rank)
+        totals = torch.zeros(3 + len(names), dtype=sum_type, device=device)
         for micro in range(settings.grad_accum):
             waited = time.perf_counter()
             batch = next(stream)
             window.wait += time.perf_counter() - waited
             syncing = micro == settings.grad_accum - 1 or placement.world_size == 1
             with (nullcontext() if syncing else trained.no_sync()):
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
-                    loss_sum, sums = recipe.loss(trained, batch, device)
-                # DDP averages gradients over ranks: scaled so, the gradient is the mean over all the step's samples
-                scaled = loss_sum * (placement.world_size / settings.batch_size)
-                scaler.scale(scaled).backward()
+                with autocast():
+                    if adversary is None:
+                        loss_sum, sums = recipe.loss(trained, batch, device)
+                    else:
+                        adversary.requires_grad_(False)     # it judges the outputs; its phase comes next
+                        loss_sum, sums, outputs = recipe.adversarial_loss(trained, adversary, batch, device)
+                scaler.scale(loss_sum * scale).backward()
+            if adversary is not None:
+                adversary.requires_grad_(True)
+                with (nullcontext() if syncing else trained_adversary.no_sync()):
+                    with autocast():
+                        rival_sum, rival_sums = recipe.adversary_loss(trained_adversary, batch, outputs.detach(),
+                                                                      device)
+                    rival.scaler.scale(rival_sum * scale).backward()
+                sums = {**sums, **rival_sums}
             totals[0] += loss_sum.detach().to(sum_type)
             totals[1] += torch.as_tensor(sums.get("correct", 0), device=device).to(sum_type)
             totals[2] += sums.get("samples", 0)
+            for i, name in enumerate(names):
+                totals[3 + i] += torch.as_tensor(sums.get(name, 0), device=device).detach().to(sum_type)
         if settings.max_grad_norm is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if rival is not None:
+            rival.scaler.step(rival.optimizer)
+            rival.scaler.update()
+            rival.optimizer.zero_grad(set_to_none=True)
         step += 1
         if placement.world_size > 1:
             dist.all_reduce(totals)
@@ -190,29 +270,38 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
         if step % settings.log_every == 0 or step == settings.max_steps:
             last = window.line(step, settings, optimizer)
             log.write(last)
-            window = _Window(device, sum_type)
+            window = _Window(device, sum_type, names)
         paused = time.perf_counter()
         if step % settings.validate_every == 0 or step == settings.max_steps:
-            last = {**last, **_validate(recipe, model, device, step, log, placement)}
+            last = {**last, **_validate(recipe, model, device, step, log, placement, on_validate)}
             best = _better(best, last, step)
         if step % settings.checkpoint_every == 0 or step == settings.max_steps:
             if placement.main:
                 save_checkpoint(run_dir, recipe, model, optimizer, scaler, step,
-                                epoch_of(step * settings.grad_accum), best, settings.keep_checkpoints)
-                plot_metrics(run_dir)
+                                epoch_of(step * settings.grad_accum), best, settings.keep_checkpoints,
+                                adversary, rival)
+                plot_metrics(run_dir, panels)
             _barrier(placement)
         window.started += time.perf_counter() - paused   # samples/s of training, not of validation
     return last
 
 
+@dataclass
+class _Rival:
+    """The adversary's optimizer and grad scaler."""
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+
 class _Window:
     """Sums over the steps since the last metrics line."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype):
+    def __init__(self, device: torch.device, dtype: torch.dtype, names: tuple[str, ...] = ()):
         self.started = time.perf_counter()
         self.wait = 0.0
         self.steps = 0
-        self.totals = torch.zeros(3, dtype=dtype, device=device)
+        self.names = names
+        self.totals = torch.zeros(3 + len(names), dtype=dtype, device=device)
 
     def add(self, totals: torch.Tensor) -> None:
         self.totals += totals
@@ -220,28 +309,37 @@ class _Window:
 
     def line(self, step: int, settings: LoopSettings, optimizer) -> dict:
         elapsed = time.perf_counter() - self.started
-        loss_sum, correct, samples = self.totals.tolist()
+        loss_sum, correct, samples, *extra = self.totals.tolist()
         line = {"step": step, "loss": loss_sum / max(samples, 1), "lr": optimizer.param_groups[0]["lr"],
                 "samples_per_s": settings.batch_size * self.steps / max(elapsed, 1e-9),
                 "data_wait_share": min(1.0, self.wait / max(elapsed, 1e-9))}
         if correct:
             line["accuracy"] = correct / samples
+        for name, value in zip(self.names, extra):
+            line[name] = value / max(samples, 1)
         return line
 
 
 def _validate(recipe: Recipe, model: nn.Module, device: torch.device, step: int, log: "MetricsLog",
-              placement: Placement) -> dict:
-    """Validation on rank 0 (the others wait): its numbers, prefixed `val_`, as a metrics line."""
+              placement: Placement, on_validate: Callable[[nn.Module, int], dict | None] | None = None) -> dict:
+    """Validation on rank 0 (the others wait): its numbers, prefixed `val_`, as a metrics line. The recipe's
+    state (which a validation may change) is then rank 0's on every rank."""
     result = {}
     if placement.main:
         model.eval()
         with torch.no_grad():
             numbers = recipe.validate(model, device)
+            if numbers and on_validate is not None:
+                numbers = {**numbers, **(on_validate(model, step) or {})}
         if numbers:
             result = {f"val_{key}": value for key, value in numbers.items()}
             log.write({"step": step, **result})
-            plot_metrics(log.path.parent)
+            plot_metrics(log.path.parent, getattr(recipe, "plot_panels", None))
     _barrier(placement)
+    if placement.world_size > 1 and hasattr(recipe, "state_dict"):
+        shared = [recipe.state_dict() if placement.main else None]
+        dist.broadcast_object_list(shared, src=0)
+        recipe.load_state_dict(shared[0])
     return result
 
 
@@ -296,16 +394,25 @@ def best_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: Path, recipe: Recipe, model: nn.Module, optimizer, scaler, step: int, epoch: int,
-                    best: dict | None, keep: int) -> Path:
+                    best: dict | None, keep: int, adversary: nn.Module | None = None,
+                    rival: _Rival | None = None) -> Path:
     folder = Path(run_dir) / CHECKPOINTS
     target = folder / f"step-{step:09d}"
     partial = folder / f"{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     torch.save(recipe.export(model, step, epoch), partial / recipe.export_name)
-    torch.save({"step": step, "epoch": epoch, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "rng": _rng_state(), "best": best}, partial / STATE_FILE)
-    for name in (recipe.export_name, STATE_FILE):
+    names = [recipe.export_name, STATE_FILE]
+    state = {"step": step, "epoch": epoch, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+             "rng": _rng_state(), "best": best}
+    if hasattr(recipe, "state_dict"):
+        state["recipe"] = recipe.state_dict()
+    if adversary is not None:
+        torch.save(recipe.export_adversary(adversary, step, epoch), partial / recipe.adversary_export_name)
+        names.insert(1, recipe.adversary_export_name)
+        state["adversary"] = {"optimizer": rival.optimizer.state_dict(), "scaler": rival.scaler.state_dict()}
+    torch.save(state, partial / STATE_FILE)
+    for name in names:
         with open(partial / name, "rb") as handle:
             os.fsync(handle.fileno())
     shutil.rmtree(target, ignore_errors=True)
@@ -326,12 +433,21 @@ def _prune(run_dir: Path, keep: int, best: dict | None) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _restore(checkpoint: Path, recipe: Recipe, model: nn.Module, optimizer, scaler, device) -> tuple[int, dict | None]:
+def _restore(checkpoint: Path, recipe: Recipe, model: nn.Module, optimizer, scaler, device,
+             adversary: nn.Module | None = None, rival: _Rival | None = None) -> tuple[int, dict | None]:
     exported = torch.load(checkpoint / recipe.export_name, map_location="cpu", weights_only=True)
     model.load_state_dict(exported["state_dict"], strict=True)
     state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
+    if "recipe" in state and hasattr(recipe, "load_state_dict"):
+        recipe.load_state_dict(state["recipe"])
+    # a checkpoint without the adversary (a run that had none until now): it starts afresh
+    if adversary is not None and "adversary" in state and (checkpoint / recipe.adversary_export_name).is_file():
+        judged = torch.load(checkpoint / recipe.adversary_export_name, map_location="cpu", weights_only=True)
+        adversary.load_state_dict(judged["state_dict"], strict=True)
+        rival.optimizer.load_state_dict(state["adversary"]["optimizer"])
+        rival.scaler.load_state_dict(state["adversary"]["scaler"])
     _set_rng_state(state["rng"], device)
     return int(state["step"]), state.get("best")
 
@@ -402,8 +518,17 @@ def read_metrics(path: Path) -> list[dict]:
     return lines
 
 
-def plot_metrics(run_dir: Path) -> Path | None:
-    """`metrics.png`: training and validation loss, and the accuracies, against the step."""
+# the experts' plot: the loss against chance, and the accuracies
+EXPERT_PANELS = (
+    Panel("loss", (("loss", "train loss"), ("val_loss", "val loss")), (math.log(2), "chance (ln 2)")),
+    Panel("accuracy", (("accuracy", "train accuracy"), ("val_accuracy", "val accuracy"),
+                       ("val_offset_accuracy", "val offset accuracy")), unit_range=True),
+)
+
+
+def plot_metrics(run_dir: Path, panels: tuple[Panel, ...] | None = None) -> Path | None:
+    """`metrics.png`: the panels' metrics (by default the experts': loss and accuracies) against the step;
+    validation numbers (keys `val_*`) are drawn with dots."""
     try:
         import matplotlib
 
@@ -411,28 +536,24 @@ def plot_metrics(run_dir: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    panels = panels or EXPERT_PANELS
     lines = read_metrics(Path(run_dir) / METRICS)
-    train = [line for line in lines if "loss" in line]
-    val = [line for line in lines if "val_loss" in line]
-    if not train and not val:
+    if not any("loss" in line or "val_loss" in line for line in lines):
         return None
-    figure, (losses, accuracies) = plt.subplots(1, 2, figsize=(11, 4))
-    for rows, key, label in ((train, "loss", "train loss"), (val, "val_loss", "val loss")):
-        if rows:
-            losses.plot([r["step"] for r in rows], [r[key] for r in rows], label=label, marker="." if rows is val else None)
-    losses.axhline(math.log(2), color="grey", linestyle=":", label="chance (ln 2)")
-    losses.set_xlabel("step")
-    losses.set_title("loss")
-    losses.legend()
-    for rows, key, label in ((train, "accuracy", "train accuracy"), (val, "val_accuracy", "val accuracy"),
-                             (val, "val_offset_accuracy", "val offset accuracy")):
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        if points:
-            accuracies.plot(*zip(*points), label=label, marker="." if rows is val else None)
-    accuracies.set_ylim(0, 1)
-    accuracies.set_xlabel("step")
-    accuracies.set_title("accuracy")
-    accuracies.legend()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        for key, label in panel.series:
+            points = [(line["step"], line[key]) for line in lines if key in line and "step" in line]
+            if points:
+                axis.plot(*zip(*points), label=label, marker="." if key.startswith("val_") else None)
+        if panel.line is not None:
+            axis.axhline(panel.line[0], color="grey", linestyle=":", label=panel.line[1])
+        if panel.unit_range:
+            axis.set_ylim(0, 1)
+        axis.set_xlabel("step")
+        axis.set_title(panel.title)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
     figure.tight_layout()
     target = Path(run_dir) / PLOT
     partial = target.with_name("metrics.partial.png")

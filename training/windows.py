@@ -431,21 +431,18 @@ class WindowStream(torch.utils.data.IterableDataset):
             yield self._batch(index, batch, held[lane][1])
 
     def _decode_share(self, group: int) -> list[tuple]:
-        """This rank's clips of `group`: (slot, clip, frames, mel, audio starts, frame starts, labels)."""
+        """This rank's clips of `group`: [slot, clip, frames, mel, its windows (what `windows` gives)]."""
         share = []
         for slot, clip_index in enumerate(self.group_clips(group)):
             if slot % self.world_size != self.rank:
                 continue
             clip = self.clips[clip_index]
-            audio, frames, labels = self.windows(group, slot, clip)
-            share.append([slot, clip, None, None, audio, frames, labels])
+            share.append([slot, clip, None, None, self.windows(group, slot, clip)])
         decoded = []
         for item in share:
             clip = item[1]
             try:
-                # the whole clip: a stand-in for a clip that fails below may need any of its frames
-                item[2] = decode_lower_halves(clip.path, self.framing,
-                                              clip.last_start(self.framing.num_frames) + self.framing.num_frames)
+                item[2] = self._decode(clip)
                 item[3] = np.load(clip.mel, mmap_mode="r")
                 decoded.append(item)
             except (ClipUnreadable, OSError, ValueError) as exc:
@@ -463,8 +460,13 @@ class WindowStream(torch.utils.data.IterableDataset):
             if item[2] is None:
                 stand_in = decoded[number % len(decoded)]
                 item[1:4] = stand_in[1:4]
-                item[4:7] = self.windows(group, item[0], stand_in[1])
+                item[4] = self.windows(group, item[0], stand_in[1])
         return share
+
+    def _decode(self, clip: Clip) -> np.ndarray:
+        # the whole clip: a stand-in for a clip that fails may need any of its frames
+        n = self.framing.num_frames
+        return decode_lower_halves(clip.path, self.framing, clip.last_start(n) + n)
 
     def _batch(self, index: int, batch: int, share: list) -> dict:
         n_frames, columns = self.framing.num_frames, mel_columns(self.framing.num_frames)
@@ -474,7 +476,7 @@ class WindowStream(torch.utils.data.IterableDataset):
         labels = np.empty(count, np.float32)
         where = np.empty((count, 3), np.int64)          # clip (index into the list), audio start, frames start
         at = 0
-        for _, clip, pictures, mel, audio, starts, label in share:
+        for _, clip, pictures, mel, (audio, starts, label) in share:
             number = self._numbers[clip.path]
             for i in range(batch * self.per_clip, (batch + 1) * self.per_clip):
                 frames[at] = pictures[starts[i]:starts[i] + n_frames]
