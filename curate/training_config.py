@@ -1,10 +1,12 @@
 """`curate train`'s configuration: its schema, the defaults of each trainer, and loading a config file.
 
-The documented defaults are `configs/syncnet-stable.yaml` and `configs/syncnet-wav2lip.yaml` (a test keeps
-them equal to these). A config file sets any subset of keys over the defaults of the `--arch` it is used
-with; unknown keys are errors that name the key, as in pipeline.yaml. The `data:` and `train:` sections are
-the harness's own settings classes (training.windows.WindowSettings, training.loop.LoopSettings), validated
-here so that the training code itself needs no pydantic.
+The documented defaults are `configs/syncnet-stable.yaml`, `configs/syncnet-wav2lip.yaml` (the experts) and
+`configs/wav2lip.yaml` (the Wav2Lip generator; a test keeps them equal to these). A config file sets any
+subset of keys over the defaults of the `--arch` (or trainer) it is used with; unknown keys are errors that
+name the key, as in pipeline.yaml. The `data:`, `train:`, `loss:` and `gan:` sections are the training code's
+own settings classes (training.windows.WindowSettings, training.face_windows.FaceWindowSettings,
+training.loop.LoopSettings, generators.train.Wav2LipLoss and GanSettings), validated here so that the
+training code itself needs no pydantic.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curate.config import ConfigError, validate_config
+from generators.train import GanSettings, Wav2LipLoss
 from syncnet.stable import GROUPS, LATENTSYNC_16_PIXEL_ATTN
+from training.face_windows import FaceWindowSettings
 from training.loop import LoopSettings
 from training.windows import WindowSettings
 
@@ -110,17 +114,7 @@ def load_training_config(arch: str, path: str | Path | None = None, overrides: d
     source = f"the {arch} defaults"
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        loaded = {} if loaded is None else loaded
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, not {type(loaded).__name__}")
+        loaded = _read_yaml(path)
         if arch == "wav2lip" and loaded.get("model") is not None:
             raise ConfigError(f"{path}: 'model': the Wav2Lip expert's architecture is fixed; leave the section out")
         data = _merge(data, loaded)
@@ -131,6 +125,92 @@ def load_training_config(arch: str, path: str | Path | None = None, overrides: d
         raise ConfigError(f"{source}: 'data.resolution': the Wav2Lip expert takes 96 x 96 faces, not "
                           f"{config.data.resolution}")
     return config
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, not {type(loaded).__name__}")
+    return loaded
+
+
+# -- the Wav2Lip generator (curate train wav2lip) --------------------------------------------------------------
+
+GENERATOR_SIZES = (64, 96, 128, 192, 256)   # sides the generator's levels halve down to 3 or 2 (at most the clips')
+
+
+class GeneratorModel(_Strict):
+    size: int = 96            # 96: the official network (wav2lip.pth's); 256: the HD variant on our 256 faces
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: int) -> int:
+        if size not in GENERATOR_SIZES:
+            raise ValueError(f"{size} is not a size the generator is built for: "
+                             f"{', '.join(map(str, GENERATOR_SIZES))} (96: the official network; 256: the clips' own)")
+        return size
+
+
+class GeneratorSamples(_Strict):
+    clips: int = Field(2, ge=0)          # validation clips (the first by path) remade at each validation; 0: none
+    seconds: float = Field(4.0, gt=0)    # how much of each: its first seconds, with its own audio
+
+
+class Wav2LipTraining(_Strict):
+    model: GeneratorModel = GeneratorModel()
+    data: FaceWindowSettings = FaceWindowSettings()
+    loss: Wav2LipLoss = Wav2LipLoss()
+    gan: GanSettings = GanSettings()
+    train: LoopSettings = LoopSettings()
+    samples: GeneratorSamples = GeneratorSamples()
+    resources: TrainResources = TrainResources()
+
+    @model_validator(mode="after")
+    def _batches(self) -> "Wav2LipTraining":
+        if self.train.micro_batch % self.data.clips_per_batch:
+            raise ValueError(f"a micro-batch of {self.train.micro_batch} samples (train.batch_size / grad_accum) "
+                             f"does not split evenly over data.clips_per_batch = {self.data.clips_per_batch} clips")
+        return self
+
+    def run_identity(self) -> dict:
+        """What makes a run the run it is: everything but how long it goes on, where it runs and what samples
+        it writes."""
+        data = self.model_dump(mode="json")
+        data.pop("resources")
+        data.pop("samples")
+        data["train"].pop("max_steps")
+        return data
+
+
+# Wav2Lip's hparams.py and wav2lip_train.py (the gan: and loss: sections' defaults are hq_wav2lip_train.py's)
+WAV2LIP_DEFAULTS = {
+    "model": {"size": 96},
+    "data": {"clips_per_batch": 16, "batches_per_clip": 16},
+    "train": {"batch_size": 16, "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "betas": (0.9, 0.999),
+              "max_grad_norm": None, "validate_every": 3000, "checkpoint_every": 3000},
+}
+
+
+def wav2lip_documented_defaults() -> Path:
+    return ROOT / "configs" / "wav2lip.yaml"
+
+
+def load_wav2lip_config(path: str | Path | None = None, overrides: dict | None = None) -> Wav2LipTraining:
+    """The generator's defaults, then the file at `path`, then `overrides` (the command line's flags)."""
+    data = copy.deepcopy(WAV2LIP_DEFAULTS)
+    source = "the wav2lip defaults"
+    if path is not None:
+        data = _merge(data, _read_yaml(Path(path)))
+        source = str(path)
+    return validate_config(Wav2LipTraining, _merge(data, overrides or {}), source)
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from curate.config import ConfigError
-from curate.training_config import documented_defaults, load_training_config
+from curate.training_config import (documented_defaults, load_training_config, load_wav2lip_config,
+                                    wav2lip_documented_defaults)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,6 +17,45 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("arch", ["stable", "wav2lip"])
 def test_the_documented_defaults_are_the_codes(arch):
     assert load_training_config(arch, documented_defaults(arch)) == load_training_config(arch)
+
+
+def test_the_generators_documented_defaults_are_the_codes():
+    assert load_wav2lip_config(wav2lip_documented_defaults()) == load_wav2lip_config()
+
+
+def test_the_generators_defaults_are_wav2lips_hyperparameters():
+    """hparams.py: batch 16 at 96, lr 1e-4, eval and checkpoint every 3000 steps; wav2lip_train.py: Adam with its
+    default betas, sync weight 0.01 once the validation's sync loss is under 0.75; hq_wav2lip_train.py (--gan):
+    sync 0.03, disc 0.07, both Adams at lr 1e-4 with betas (0.5, 0.999)."""
+    config = load_wav2lip_config()
+    assert config.model.size == 96
+    assert (config.train.batch_size, config.train.optimizer, config.train.lr, config.train.betas,
+            config.train.weight_decay, config.train.max_grad_norm) == (16, "adam", 1e-4, (0.9, 0.999), 0.0, None)
+    assert (config.train.validate_every, config.train.checkpoint_every) == (3000, 3000)
+    assert (config.loss.sync_weight, config.loss.gan_sync_weight, config.loss.sync_on_below,
+            config.loss.gan_weight) == (0.01, 0.03, 0.75, 0.07)
+    assert (config.gan.optimizer, config.gan.lr, config.gan.betas, config.gan.generator_betas) == \
+        ("adam", 1e-4, (0.5, 0.999), (0.5, 0.999))
+    hd = load_wav2lip_config(ROOT / "configs" / "wav2lip-hd.yaml")
+    assert hd.model.size == 256 and hd.train == config.train
+    small = load_wav2lip_config(ROOT / "configs" / "wav2lip-small.yaml")
+    assert small.train.batch_size == 4 and small.data.num_workers == 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model:\n  size: 100\n", "'model.size': 100 is not a size the generator is built for: 64, 96, 128, 192, 256"),
+    ("train:\n  batch_size: 24\n", "a micro-batch of 24 samples (train.batch_size / grad_accum) does not split "
+                                   "evenly over data.clips_per_batch = 16"),
+    ("loss:\n  gan_weight: 0.99\n", "gan_sync_weight + gan_weight must be under 1"),
+    ("gan:\n  betas: [0.5]\n", "'gan.betas.1': Field required"),
+    ("data:\n  min_negative_shift: 5\n", "unknown key 'data.min_negative_shift'"),
+])
+def test_bad_generator_settings_are_named(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_wav2lip_config(path)
+    assert message in str(caught.value) and str(path) in str(caught.value)
 
 
 def test_the_references_hyperparameters_are_the_defaults():
@@ -75,7 +115,7 @@ def test_model_and_training_step_code_import_only_torch():
     """What runs on a bare GPU machine: the networks, the mel, the recipe and the loop load no Ray, PyAV or
     pydantic."""
     code = ("import sys; import syncnet.stable, syncnet.wav2lip_expert, syncnet.experts, syncnet.mel, "
-            "syncnet.train, training.loop; "
+            "syncnet.train, training.loop, generators.wav2lip, generators.train; "
             "print(sorted(m for m in ('ray', 'av', 'pydantic', 'cv2') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
