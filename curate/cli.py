@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                             "input (HDTF: '([^/]+)_[0-9]+[.][^.]+$' groups WDA_BarackObama_000 and _001)")
     lists.set_defaults(handler=_filelist)
 
-    train = commands.add_parser("train", help="train a model on curated clips (the lip-sync experts)")
+    train = commands.add_parser("train", help="train a model on curated clips (the lip-sync experts, Wav2Lip)")
     trainers = train.add_subparsers(dest="trainer", required=True, metavar="MODEL")
     expert = trainers.add_parser(
         "syncnet", help="a lip-sync expert: LatentSync's StableSyncNet or Wav2Lip's SyncNet",
@@ -144,6 +144,40 @@ def _parser() -> argparse.ArgumentParser:
                         help="continue a run folder with settings other than the ones it was started with")
     _progress_flags(expert, "the progress bar")
     expert.set_defaults(handler=_train_syncnet)
+
+    generator = trainers.add_parser(
+        "wav2lip", help="Wav2Lip's generator, against a lip-sync expert (and a discriminator with --gan)",
+        description="Train Wav2Lip's generator on the clips LISTS names (as for `train syncnet`): it remakes the "
+                    "lower half of 5 frames from their upper half, 5 other frames of the clip and the audio, "
+                    "learning from the L1 to the truth and, once the validation's sync loss is under 0.75, from "
+                    "the frozen lip-sync expert EXPERT (hq_wav2lip_train.py's recipe with --gan, "
+                    "wav2lip_train.py's without). Everything goes to RUN: checkpoints (wav2lip.pth, and "
+                    "wav2lip_disc.pth with --gan, in the official layout; what a continued run needs), "
+                    "metrics.jsonl and metrics.png. Rerunning the same command continues from the last checkpoint.")
+    generator.add_argument("lists", type=Path, metavar="LISTS", help="a `curate filelist` folder, or a list of clip paths")
+    generator.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
+    generator.add_argument("--syncnet", type=Path, metavar="EXPERT",
+                           help="Wav2Lip's lip-sync expert: lipsync_expert.pth, or a run folder of `curate train "
+                                "syncnet --arch wav2lip` (its best checkpoint) or one of its checkpoints (required, "
+                                "but for --prepare)")
+    generator.add_argument("--gan", action="store_true", help="train the visual-quality discriminator with it")
+    generator.add_argument("--config", type=Path, metavar="YAML",
+                           help="settings over the defaults (configs/wav2lip.yaml documents them; "
+                                "configs/wav2lip-hd.yaml: the 256 x 256 variant)")
+    generator.add_argument("--init", type=Path, metavar="CKPT",
+                           help="start from these generator weights (wav2lip.pth, wav2lip_gan.pth, or one of ours)")
+    generator.add_argument("--max-steps", type=int, metavar="N", help="train until step N (train.max_steps)")
+    generator.add_argument("--workers", type=int, metavar="N", help="training workers, DDP ranks (default 1)")
+    generator.add_argument("--gpus-per-worker", type=float, metavar="G", help="GPUs per worker (default 0: the CPU)")
+    generator.add_argument("--address", metavar="RAY_ADDRESS",
+                           help="train on this Ray cluster (also RAY_ADDRESS); default: an embedded Ray")
+    generator.add_argument("--val-list", type=Path, metavar="FILE", help="validation clips, one path a line "
+                           "(instead of the val split of LISTS)")
+    generator.add_argument("--prepare", action="store_true", help="only compute and cache the clips' features")
+    generator.add_argument("--reconfigure", action="store_true",
+                           help="continue a run folder with settings other than the ones it was started with")
+    _progress_flags(generator, "the progress bar")
+    generator.set_defaults(handler=_train_wav2lip)
 
     judge = commands.add_parser(
         "eval-syncnet", help="loss, accuracy and offset accuracy of a lip-sync expert on curated clips",
@@ -202,8 +236,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_models_list)
     fetch = model_commands.add_parser("download", help="fetch model files from their public locations and verify them")
     fetch.add_argument("names", nargs="*", metavar="NAME",
-                       help="syncnet, hyperiqa, fan, stable-syncnet, wav2lip-expert (default: syncnet and hyperiqa, "
-                            "what the default pipeline needs)")
+                       help="syncnet, hyperiqa, fan, stable-syncnet, wav2lip-expert, wav2lip, wav2lip-gan (default: "
+                            "syncnet and hyperiqa, what the default pipeline needs)")
     fetch.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (for models.dir and models.sha256)")
     fetch.set_defaults(handler=_models_download)
     return parser
@@ -369,12 +403,23 @@ def _filelist(args: argparse.Namespace) -> int:
 def _train_syncnet(args: argparse.Namespace) -> int:
     from curate.train import train_syncnet
 
+    _check_train_flags(args)
+    return train_syncnet(args)
+
+
+def _train_wav2lip(args: argparse.Namespace) -> int:
+    from curate.train import train_wav2lip
+
+    _check_train_flags(args)
+    return train_wav2lip(args)
+
+
+def _check_train_flags(args: argparse.Namespace) -> None:
     for flag, value, least in (("--max-steps", args.max_steps, 1), ("--workers", args.workers, 1)):
         if value is not None and value < least:
             raise RunError(f"{flag} must be at least {least}")
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         raise RunError("--gpus-per-worker cannot be negative")
-    return train_syncnet(args)
 
 
 def _eval_syncnet(args: argparse.Namespace) -> int:

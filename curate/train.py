@@ -1,8 +1,9 @@
-"""`curate train syncnet` and `curate eval-syncnet`: the command-line side of training the experts.
+"""`curate train syncnet`, `curate train wav2lip` and `curate eval-syncnet`: the command-line side of training.
 
-Training: the config (the arch's defaults, the file, the flags), the run folder (one run at a time, the same
-settings as before unless --reconfigure), the clips' features prepared once (Ray tasks over the cluster),
-then syncnet.train.train_expert on each Ray Train worker, with a progress bar fed by the run's metrics.
+Training: the config (the defaults, the file, the flags), the run folder (one run at a time, the same settings
+as before unless --reconfigure), the clips' features prepared once (Ray tasks over the cluster), then the
+trainer's worker function (syncnet.train.train_expert, generators.train.train_wav2lip) on each Ray Train
+worker, with a progress bar fed by the run's metrics. Both trainers go through `_run_training`.
 """
 
 from __future__ import annotations
@@ -19,15 +20,145 @@ RUN_FILE = "run.json"
 
 
 def train_syncnet(args) -> int:
-    from curate.cluster import connect_ray
-    from curate.lock import OutputLock
     from curate.training_config import load_training_config
     from syncnet.experts import framing_of
     from syncnet.train import ExpertJob, train_expert
-    from training.launch import MetricsProgress, TrainingFailed, launch
-    from training.loop import latest_checkpoint
-    from training.windows import DataError, read_lists
 
+    config = load_training_config(args.arch, args.config, _overrides(args))
+    model_config = config.model.model_dump(mode="json") if config.model is not None else None
+    init = _checked_init(args.init, args.arch) if args.init else None
+    lists = _lists(args)
+    framing = framing_of(args.arch, model_config, config.data.resolution)
+    identity = {"trainer": "syncnet", "arch": args.arch, **_list_identity(args), "init": init,
+                "config": config.run_identity()}
+    return _run_training(
+        args, config, lists, identity,
+        prepare=lambda run=None: prepare_clips(lists, config.data, framing, run),
+        job=lambda train, val, run_dir: ExpertJob(args.arch, model_config, config.data, config.train, train, val,
+                                                  str(run_dir), init),
+        worker=train_expert)
+
+
+def train_wav2lip(args) -> int:
+    """`curate train wav2lip`: Wav2Lip's generator against a frozen lip-sync expert (--syncnet), with the
+    visual-quality discriminator (--gan) or without."""
+    import dataclasses
+
+    from curate.training_config import load_wav2lip_config
+    from generators.train import Wav2LipJob, train_wav2lip as worker
+    from training.face_windows import face_framing, usable_faces
+
+    config = load_wav2lip_config(args.config, _overrides(args))
+    size = config.model.size
+    expert = None if args.prepare else _checked_expert(args.syncnet)
+    init = _checked_generator(args.init, size) if args.init else None
+    lists = _lists(args)
+    loop = dataclasses.replace(config.train, betas=config.gan.generator_betas) if args.gan else config.train
+    identity = {"trainer": "wav2lip", **_list_identity(args), "syncnet": expert, "gan": bool(args.gan),
+                "init": init, "config": config.run_identity()}
+
+    def job(train, val, run_dir):
+        samples = None
+        if config.samples.clips and val:
+            samples = SampleVideos(str(run_dir), tuple(sorted(c.path for c in val))[:config.samples.clips], size,
+                                   config.samples.seconds, _syncnet_weights())
+        return Wav2LipJob(size, config.data, loop, config.loss, config.gan if args.gan else None, expert, train,
+                          val, str(run_dir), init, on_validate=samples)
+
+    return _run_training(
+        args, config, lists, identity,
+        prepare=lambda run=None: prepare_clips(lists, config.data, face_framing(size), run, keep=usable_faces),
+        job=job, worker=worker)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleVideos:
+    """`curate train wav2lip`'s on_validate (rank 0, after each validation): self-reenactment videos of the
+    first validation clips, each clip's face made to say its own first `seconds` by the generator as it is
+    (through lipsync.pipeline, as `curate lipsync` renders), in RUN/samples/step-N/; with syncnet_v2.model in
+    the models folder, their LSE-D and LSE-C (`curate eval-sync`'s). A sample that fails is a warning: it never
+    stops the training."""
+    run_dir: str
+    clips: tuple[str, ...]
+    size: int
+    seconds: float
+    syncnet: str | None = None       # syncnet_v2.model, verified
+
+    def __call__(self, model, step: int) -> dict:
+        import warnings
+
+        from lipsync.framing import TemplateFraming
+        from lipsync.models import Wav2LipModel
+        from lipsync.pipeline import Options, lipsync
+
+        folder = Path(self.run_dir) / "samples" / f"step-{step:09d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        device = next(model.parameters()).device
+        renderer = Wav2LipModel(model, TemplateFraming(self.size), device, batch_size=16)
+        written = []
+        for number, clip in enumerate(self.clips):
+            name = f"{number:02d}_{Path(clip).parent.name}_{Path(clip).stem}"
+            speech = folder / f"{name}.wav"
+            try:
+                _write_speech(Path(clip), speech, self.seconds)
+                lipsync(Path(clip), speech, folder / f"{name}.mp4", renderer, Options())
+                written.append(str(folder / f"{name}.mp4"))
+            except Exception as exc:  # noqa: BLE001 - a sample is a look at the model, never worth the run
+                warnings.warn(f"no sample of {clip} at step {step}: {type(exc).__name__}: {exc}")
+            finally:
+                speech.unlink(missing_ok=True)
+        numbers: dict = {"samples": len(written)}
+        if self.syncnet and written:
+            try:
+                numbers.update(_lse(written, self.syncnet, device))
+            except Exception as exc:  # noqa: BLE001 - as above
+                warnings.warn(f"no LSE of the samples at step {step}: {type(exc).__name__}: {exc}")
+        return numbers
+
+
+def _write_speech(clip: Path, target: Path, seconds: float) -> None:
+    """The first `seconds` of the clip's own audio, as a 16 kHz mono WAV."""
+    import wave
+
+    from lipsync.media import SAMPLE_RATE, read_speech
+
+    samples = read_speech(clip)[:int(seconds * SAMPLE_RATE)]
+    with wave.open(str(target), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(SAMPLE_RATE)
+        handle.writeframes(samples.astype("<i2").tobytes())
+
+
+def _lse(videos: list[str], weights: str, device) -> dict:
+    """Mean LSE-D and LSE-C of the videos, as `curate eval-sync` measures them."""
+    from curate.config import FaceParams
+    from syncnet.evaluate import evaluate
+    from syncnet.model import load_syncnet
+    from syncnet.score import SyncScorer
+
+    scorer = SyncScorer(load_syncnet(weights, str(device)), str(device))
+    results = [found.result for found in evaluate(videos, scorer, precropped=False, face=FaceParams())]
+    return {"lse_d": sum(r.min_dist for r in results) / len(results),
+            "lse_c": sum(r.conf for r in results) / len(results)}
+
+
+def _syncnet_weights() -> str | None:
+    """syncnet_v2.model when the models folder has it (verified), else None: the samples go without LSE."""
+    from curate.config import load_config
+    from curate.models import ModelError, require, state
+
+    settings = load_config(None).models
+    if any(status == "missing" for _, _, status in state("syncnet", settings)):
+        return None
+    try:
+        return str(require("syncnet", settings)[0])
+    except ModelError:
+        return None
+
+
+def _overrides(args) -> dict:
+    """The config the flags set: --max-steps, --workers, --gpus-per-worker, --address (or RAY_ADDRESS)."""
     overrides: dict = {}
     if args.max_steps is not None:
         overrides["train"] = {"max_steps": args.max_steps}
@@ -36,19 +167,37 @@ def train_syncnet(args) -> int:
                  if value is not None}
     if resources:
         overrides["resources"] = resources
-    config = load_training_config(args.arch, args.config, overrides)
-    model_config = config.model.model_dump(mode="json") if config.model is not None else None
-    init = _checked_init(args.init, args.arch) if args.init else None
-    run_dir = args.out.resolve()
+    return overrides
+
+
+def _lists(args):
+    from training.windows import DataError, read_lists
+
     try:
-        lists = read_lists(args.lists, args.val_list)
+        return read_lists(args.lists, args.val_list)
     except DataError as exc:
         raise RunError(str(exc)) from None
-    framing = framing_of(args.arch, model_config, config.data.resolution)
+
+
+def _list_identity(args) -> dict:
+    return {"lists": str(Path(args.lists).resolve()),
+            "val_list": str(Path(args.val_list).resolve()) if args.val_list else None}
+
+
+def _run_training(args, config, lists, identity: dict, prepare, job, worker) -> int:
+    """What every trainer does: --prepare alone, or claim the run folder (refusing other settings unless
+    --reconfigure), prepare the features on Ray, launch `worker(job(train clips, val clips, run folder))` on
+    Ray Train with a progress bar, and print the summary. `prepare(run)` gives (train clips, val clips)."""
+    from curate.cluster import connect_ray
+    from curate.lock import OutputLock
+    from training.launch import MetricsProgress, TrainingFailed, launch
+    from training.loop import latest_checkpoint
+
+    run_dir = args.out.resolve()
     if args.prepare:   # the features alone: no run folder is made or claimed
         started = connect_ray(config.resources.address)
         try:
-            train_clips, val_clips = prepare_clips(lists, config.data, framing, ray_map)
+            train_clips, val_clips = prepare(ray_map)
         finally:
             _shutdown(started)
         print(f"prepared: {len(train_clips)} training and {len(val_clips)} validation clips; "
@@ -57,9 +206,7 @@ def train_syncnet(args) -> int:
     _writable(run_dir)
 
     with OutputLock(run_dir):
-        _claim(run_dir, {"trainer": "syncnet", "arch": args.arch, "lists": str(Path(args.lists).resolve()),
-                         "val_list": str(Path(args.val_list).resolve()) if args.val_list else None,
-                         "init": init, "config": config.run_identity()}, args.reconfigure)
+        _claim(run_dir, identity, args.reconfigure)
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=1))
         done = latest_checkpoint(run_dir)
         if done is not None and int(done.name.removeprefix("step-")) >= config.train.max_steps:
@@ -69,12 +216,10 @@ def train_syncnet(args) -> int:
             return 0
         started = connect_ray(config.resources.address)
         try:
-            train_clips, val_clips = prepare_clips(lists, config.data, framing, ray_map)
-            job = ExpertJob(args.arch, model_config, config.data, config.train, train_clips, val_clips,
-                            str(run_dir), init)
+            train_clips, val_clips = prepare(ray_map)
             cpus = _cpus_per_worker(config.resources, config.data.num_workers)
-            launch(train_expert, job, run_dir, config.resources.workers, config.resources.gpus_per_worker, cpus,
-                   config.resources.max_failures,
+            launch(worker, job(train_clips, val_clips, run_dir), run_dir, config.resources.workers,
+                   config.resources.gpus_per_worker, cpus, config.resources.max_failures,
                    progress=lambda: MetricsProgress(run_dir, config.train.max_steps, args.progress))
         except TrainingFailed as exc:
             raise RunError(f"training failed: {exc}; rerun the same command to continue from the last "
@@ -142,11 +287,13 @@ def eval_syncnet(args) -> int:
 
 # -- pieces ---------------------------------------------------------------------------------------------------
 
-def prepare_clips(lists, settings, framing, run=None) -> tuple[list, list]:
+def prepare_clips(lists, settings, framing, run=None, keep=None) -> tuple[list, list]:
     """Usable training and validation clips, features prepared; what is skipped is printed with the reason.
-    Raises RunError when no training clip is usable."""
+    `keep(clips, what)` splits the prepared clips into (long enough, [(path, why not)]) (default: the experts'
+    windows of `framing` and their negatives). Raises RunError when no training clip is usable."""
     from training.windows import FeatureCache, cache_dir, describe_skipped, usable
 
+    keep = keep or (lambda clips, what: usable(clips, framing, settings.min_negative_shift, what))
     cache = FeatureCache(cache_dir(settings))
     out = []
     for what, paths in (("training", lists.train), ("validation", lists.val)):
@@ -154,7 +301,7 @@ def prepare_clips(lists, settings, framing, run=None) -> tuple[list, list]:
             out.append([])
             continue
         clips, skipped = cache.prepare(paths, run)
-        clips, short = usable(clips, framing, settings.min_negative_shift, what)
+        clips, short = keep(clips, what)
         if skipped or short:
             print(f"curate: warning: {describe_skipped(skipped + short, what)}", file=sys.stderr)
         out.append(clips)
@@ -216,23 +363,46 @@ def summary(run_dir: Path) -> str:
     if steps:
         last = steps[-1]
         acc = f", accuracy {last['accuracy']:.3f}" if "accuracy" in last else ""
-        out.append(f"trained: step {last['step']}, loss {last['loss']:.4f}{acc}, {last['samples_per_s']:.1f} samples/s")
+        parts = "".join(f", {name} {last[key]:.4f}" for key, name in (("l1", "L1"), ("sync", "sync")) if key in last)
+        out.append(f"trained: step {last['step']}, loss {last['loss']:.4f}{acc}{parts}, "
+                   f"{last['samples_per_s']:.1f} samples/s")
     if vals:
         last = vals[-1]
-        out.append(f"val:     loss {last['val_loss']:.4f}, accuracy {last['val_accuracy']:.3f}, offset accuracy "
-                   f"{last['val_offset_accuracy']:.3f}, best shift {last['val_best_shift']:+.0f} "
-                   f"(step {last['step']}, {last['val_windows']} windows)")
+        if "val_l1" in last:   # a generator
+            out.append(f"val:     loss {last['val_loss']:.4f}; lower half: L1 {last['val_l1']:.4f} (copying the "
+                       f"reference: {last['val_copy_l1']:.4f}), PSNR {last['val_psnr']:.2f} dB, SSIM "
+                       f"{last['val_ssim']:.3f}; expert's sync loss {last['val_sync']:.3f} (real frames: "
+                       f"{last['val_sync_truth']:.3f}; weight {last['val_sync_weight']:g}) "
+                       f"(step {last['step']}, {last['val_windows']} windows)")
+        else:
+            out.append(f"val:     loss {last['val_loss']:.4f}, accuracy {last['val_accuracy']:.3f}, offset accuracy "
+                       f"{last['val_offset_accuracy']:.3f}, best shift {last['val_best_shift']:+.0f} "
+                       f"(step {last['step']}, {last['val_windows']} windows)")
     latest, best = latest_checkpoint(run_dir), best_checkpoint(run_dir)
     if latest is not None:
-        out.append(f"last:    {expert_file(latest)}")
+        out.append(f"last:    {model_file(latest)}")
     if best is not None:
-        out.append(f"best:    {expert_file(best)}")
+        out.append(f"best:    {model_file(best)}")
     out.append(f"metrics: {run_dir / METRICS}, {run_dir / PLOT}")
+    samples = sorted((run_dir / "samples").glob("step-*")) if (run_dir / "samples").is_dir() else []
+    if samples:
+        lse = ", ".join(f"{name} {vals[-1][key]:.2f}" for key, name in (("val_lse_d", "LSE-D"), ("val_lse_c", "LSE-C"))
+                        if vals and key in vals[-1])
+        out.append(f"samples: {samples[-1]} ({len(list(samples[-1].glob('*.mp4')))} videos{'; ' + lse if lse else ''})")
     problems = run_dir / "skipped_clips.txt"
     if problems.is_file():
         count = len(problems.read_text().splitlines())
         out.append(f"skipped: {count} clip(s) could not be decoded during training: {problems}")
     return "\n".join(out)
+
+
+def model_file(checkpoint: Path) -> Path:
+    """The trained model of a checkpoint folder: the generator where there is one (not its discriminator),
+    else the expert."""
+    from generators.wav2lip import GENERATOR_FILE
+
+    generator = Path(checkpoint) / GENERATOR_FILE
+    return generator if generator.is_file() else expert_file(checkpoint)
 
 
 def _claim(run_dir: Path, identity: dict, reconfigure: bool) -> None:
@@ -276,6 +446,42 @@ def _checked_init(init: Path, arch: str) -> str:
     except Exception as exc:  # noqa: BLE001 - whatever stops it loading, it is not this expert
         raise RunError(f"--init: cannot load {init} as a {arch} expert: {str(exc).splitlines()[0]}") from None
     return str(Path(init).resolve())
+
+
+def _checked_expert(path: Path | None) -> str:
+    """--syncnet: Wav2Lip's lip-sync expert (its 5-frame SyncNet_color), loaded strictly before any work: a
+    file, a checkpoint folder, or a run folder (its best checkpoint, else its last)."""
+    from syncnet.experts import load_expert
+
+    if path is None:
+        raise RunError("--syncnet EXPERT is required: the lip-sync expert the generator learns sync from (Wav2Lip's "
+                       "lipsync_expert.pth: `curate models download wav2lip-expert`, or train one with `curate train "
+                       "syncnet --arch wav2lip`)")
+    if not Path(path).exists():
+        raise RunError(f"--syncnet: {path} does not exist (the official expert is fetched with `curate models "
+                       "download wav2lip-expert`)")
+    path = expert_file(path)    # a run folder of `curate train syncnet --arch wav2lip`: its best checkpoint
+    try:
+        load_expert(path, arch="wav2lip")
+    except Exception as exc:  # noqa: BLE001 - whatever stops it loading, it is not the expert this needs
+        raise RunError(f"--syncnet: cannot load {path} as Wav2Lip's lip-sync expert (5 frames, 96 x 96 faces, the "
+                       f"layout of lipsync_expert.pth): {str(exc).splitlines()[0]}") from None
+    return str(Path(path).resolve())
+
+
+def _checked_generator(path: Path, size: int) -> str:
+    """--init: a Wav2Lip generator of the configured size that loads strictly, checked before any work."""
+    from generators.wav2lip import load_generator
+
+    if not Path(path).is_file():
+        raise RunError(f"--init: {path} does not exist")
+    try:
+        generator = load_generator(path)
+    except Exception as exc:  # noqa: BLE001 - whatever stops it loading, it is not a generator
+        raise RunError(f"--init: cannot load {path} as a Wav2Lip generator: {str(exc).splitlines()[0]}") from None
+    if generator.size != size:
+        raise RunError(f"--init: {path} is a generator of size {generator.size}, not model.size {size}")
+    return str(Path(path).resolve())
 
 
 def _writable(run_dir: Path) -> None:
