@@ -11,8 +11,10 @@
      converted to RGB and normalised to [-1, 1] as its ImageProcessor does, and the clip's cached mel loaded
      (torch.load) and cut.
    Ours also through a DataLoader of 2 processes (this machine's cores), in wall time.
-2. Training samples per second of the small configs (configs/syncnet-*-small.yaml) in this process, from the
-   loop's own metrics (validation left out).
+2. Training samples per second of the small configs (configs/syncnet-*-small.yaml, configs/wav2lip-small.yaml
+   without and with --gan; the generator against a stand-in expert of random weights, which costs what a
+   trained one does) in this process, from the loop's own metrics (validation left out). `--only generator`
+   measures the generator alone.
 
 Clips: the kept clips of a `curate run` output (--from), by default the README's run of the shared videos,
 made here first (`curate run --skip sync,quality`).
@@ -41,6 +43,10 @@ from curate.training_config import load_training_config  # noqa: E402
 from syncnet.experts import framing_of  # noqa: E402
 from syncnet.mel import mel_start  # noqa: E402
 from syncnet.train import ExpertJob, train_expert  # noqa: E402
+from syncnet.experts import official_layout  # noqa: E402
+from syncnet.wav2lip_expert import Wav2LipExpert  # noqa: E402
+from generators.train import Wav2LipJob, train_wav2lip  # noqa: E402
+from curate.training_config import load_wav2lip_config  # noqa: E402
 from training.loop import read_metrics  # noqa: E402
 from training.windows import FeatureCache, WindowSettings, WindowStream, loader  # noqa: E402
 
@@ -118,12 +124,32 @@ def training(clips, arch: str, steps: int, work: Path) -> dict:
             "data_wait_share": float(np.mean([l["data_wait_share"] for l in lines])), "batch": loop.batch_size}
 
 
+def generator_training(clips, steps: int, work: Path, gan: bool) -> dict:
+    """configs/wav2lip-small.yaml's samples/s (5-frame windows a second), the expert a stand-in."""
+    config = load_wav2lip_config(ROOT / "configs" / "wav2lip-small.yaml")
+    loop = dataclasses.replace(config.train, max_steps=steps, validate_every=10 ** 9, checkpoint_every=10 ** 9,
+                               log_every=max(steps // 3, 1))
+    if gan:
+        loop = dataclasses.replace(loop, betas=config.gan.generator_betas)
+    expert = work / "stand_in_expert.pth"
+    torch.save(official_layout("wav2lip", Wav2LipExpert(), 0, 0), expert)
+    run = work / f"train-wav2lip{'-gan' if gan else ''}"
+    train_wav2lip(Wav2LipJob(config.model.size, config.data, loop, config.loss, config.gan if gan else None,
+                             str(expert), clips, [], str(run)))
+    lines = [line for line in read_metrics(run / "metrics.jsonl") if "loss" in line][1:]  # the first: warming up
+    return {"samples_per_s": float(np.mean([l["samples_per_s"] for l in lines])),
+            "data_wait_share": float(np.mean([l["data_wait_share"] for l in lines])), "batch": loop.batch_size,
+            "size": config.model.size}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", type=Path, help="a `curate run` output folder")
     parser.add_argument("--batches", type=int, default=4, help="batches of 256 for our data path")
     parser.add_argument("--reference-samples", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30, help="training steps per small config")
+    parser.add_argument("--generator-steps", type=int, default=12, help="training steps of the generator's config")
+    parser.add_argument("--only", choices=["generator"], help="measure only this")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:
@@ -133,6 +159,10 @@ def main() -> int:
         cpu = time.process_time()
         clips, skipped = cache.prepare(paths)
         prepare_cpu = (time.process_time() - cpu) / len(paths)
+        if args.only == "generator":
+            torch.set_num_threads(2)
+            _generator_rows(clips, args.generator_steps, work, header=True)
+            return 0
         mel_files = {}
         for clip in clips:  # LatentSync caches each clip's mel as a .pt
             mel_files[clip.path] = work / f"{Path(clip.mel).stem}_mel.pt"
@@ -156,7 +186,18 @@ def main() -> int:
             result = training(clips, arch, args.steps, work)
             print(f"| {arch}, configs/syncnet-{arch}-small.yaml | {result['batch']} | {result['samples_per_s']:.1f} | "
                   f"{result['data_wait_share']:.2f} |")
+        _generator_rows(clips, args.generator_steps, work, header=False)
     return 0
+
+
+def _generator_rows(clips, steps: int, work: Path, header: bool) -> None:
+    if header:
+        print("\n| training on the CPU (2 threads) | batch | samples/s | share of time waiting for data |")
+        print("|---|---:|---:|---:|")
+    for gan in (False, True):
+        result = generator_training(clips, steps, work, gan)
+        print(f"| Wav2Lip generator at {result['size']}{' with --gan' if gan else ''}, configs/wav2lip-small.yaml "
+              f"| {result['batch']} | {result['samples_per_s']:.2f} | {result['data_wait_share']:.2f} |")
 
 
 if __name__ == "__main__":
