@@ -388,7 +388,8 @@ def summary(run_dir: Path) -> str:
     if samples:
         lse = ", ".join(f"{name} {vals[-1][key]:.2f}" for key, name in (("val_lse_d", "LSE-D"), ("val_lse_c", "LSE-C"))
                         if vals and key in vals[-1])
-        out.append(f"samples: {samples[-1]} ({len(list(samples[-1].glob('*.mp4')))} videos{'; ' + lse if lse else ''})")
+        count = len(list(samples[-1].glob("*.mp4")))
+        out.append(f"samples: {samples[-1]} ({count} video{'s' * (count != 1)}{'; ' + lse if lse else ''})")
     problems = run_dir / "skipped_clips.txt"
     if problems.is_file():
         count = len(problems.read_text().splitlines())

@@ -286,7 +286,7 @@ def test_curate_train_wav2lip_trains_continues_and_refuses(lists, readme_run, ex
     assert again[:len(first)] == first and again[-1]["step"] == 2
     assert [p.name for p in checkpoint_dirs(run)] == ["step-000000001", "step-000000002"]
     sample = sorted((run / "samples" / "step-000000002").glob("*.mp4"))
-    assert len(sample) == 1 and f"samples: {run}/samples/step-000000002 (1 videos; LSE-D " in out
+    assert len(sample) == 1 and f"samples: {run}/samples/step-000000002 (1 video; LSE-D " in out
     pictures, sound, _ = read_clip(sample[0])
     assert len(pictures) == 25 and pictures[0].shape == (256, 256, 3) and len(sound) > 15000
     last = metrics(run)[1][-1]

@@ -143,8 +143,11 @@ class MetricsProgress:
             shown["samples/s"] = f"{last['samples_per_s']:.0f}"
         if vals:
             last = vals[-1]
-            shown["val"] = "/".join(f"{last[k]:.2f}" for k in ("val_loss", "val_accuracy", "val_offset_accuracy")
-                                    if k in last)
+            if "val_copy_l1" in last:   # a generator: its lower halves' L1, and copying the reference's
+                shown["val"] = f"{last['val_l1']:.3f}/{last['val_copy_l1']:.3f}"
+            else:
+                shown["val"] = "/".join(f"{last[k]:.2f}" for k in ("val_loss", "val_accuracy", "val_offset_accuracy")
+                                        if k in last)
             if self.bar.disable and last["step"] > self._printed:
                 import sys
 
