@@ -205,10 +205,18 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("-o", "--output", type=Path, metavar="OUT.mp4", help="the video to write")
     sync.add_argument("--pairs", type=Path, metavar="FILE.csv", help="batch: rows of video,audio[,output]")
     sync.add_argument("--out", type=Path, metavar="DIR", help="batch: the folder for the videos")
-    sync.add_argument("--model", choices=["wav2lip"], default="wav2lip", help="the model (default wav2lip)")
+    sync.add_argument("--model", choices=["wav2lip", "latentsync"], default="wav2lip",
+                      help="the model (default wav2lip)")
     sync.add_argument("--checkpoint", type=Path, metavar="CKPT",
-                      help="its weights: wav2lip.pth / wav2lip_gan.pth, a checkpoint of ours, or a run folder (its "
-                           "best checkpoint); default: the official file in the models folder")
+                      help="its weights: wav2lip.pth / wav2lip_gan.pth or latentsync_unet.pt, a checkpoint of ours, "
+                           "or a run folder (its best checkpoint); default: the official file in the models folder")
+    sync.add_argument("--resolution", type=int, choices=[256, 512],
+                      help="LatentSync: the face size the U-Net was trained at (1.5: 256, 1.6: 512; default: what "
+                           "the file or its models folder says, and the official 1.5 without --checkpoint)")
+    sync.add_argument("--steps", type=int, metavar="N", help="LatentSync: DDIM steps (default 20)")
+    sync.add_argument("--guidance", type=float, metavar="W", help="LatentSync: classifier-free guidance against "
+                      "silence (default 1.5; 1 turns it off)")
+    sync.add_argument("--seed", type=int, metavar="S", help="LatentSync: the seed of its noise (default 1247)")
     sync.add_argument("--face", type=int, metavar="N",
                       help="with several faces, the N-th from the left (from 1); default: the largest")
     sync.add_argument("--framing", choices=["box", "template"],
@@ -221,8 +229,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="the sound: copy it untouched, encode it as AAC at its own rate and channels, or auto "
                            "(copy AAC, encode anything else; default)")
     sync.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N, mps (default: a GPU when there is one)")
-    sync.add_argument("--batch-size", type=int, metavar="N", help="faces per model call (default 128 on a GPU, 16 "
-                      "on the CPU)")
+    sync.add_argument("--batch-size", type=int, metavar="N", help="faces per model call (Wav2Lip: default 128 on a "
+                      "GPU, 16 on the CPU; LatentSync: its window, 16)")
     sync.add_argument("--backend", choices=["dlib", "fan"], help="face landmarks (default: stages.face.backend)")
     sync.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (face stage, models folder)")
     _progress_flags(sync, "the progress bar")
@@ -236,7 +244,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_models_list)
     fetch = model_commands.add_parser("download", help="fetch model files from their public locations and verify them")
     fetch.add_argument("names", nargs="*", metavar="NAME",
-                       help="syncnet, hyperiqa, fan, stable-syncnet, wav2lip-expert, wav2lip, wav2lip-gan (default: "
+                       help="syncnet, hyperiqa, fan, stable-syncnet, wav2lip-expert, wav2lip, wav2lip-gan, latentsync, "
+                            "latentsync-512 (default: "
                             "syncnet and hyperiqa, what the default pipeline needs)")
     fetch.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (for models.dir and models.sha256)")
     fetch.set_defaults(handler=_models_download)

@@ -15,11 +15,12 @@ from curate.config import load_config
 from curate.errors import RunError
 
 
-MODEL_FILES = {"wav2lip": "wav2lip.pth"}   # the model's file in a checkpoint folder of a run
+MODEL_FILES = {"wav2lip": "wav2lip.pth", "latentsync": "latentsync_unet.pt"}   # a run's checkpoint's model file
 
 
-def resolve_checkpoint(model: str, checkpoint: Path | None, config) -> Path:
-    """The model's weights: `--checkpoint`, a run folder's best checkpoint, or the verified official file."""
+def resolve_checkpoint(model: str, checkpoint: Path | None, config, official: str | None = None) -> Path:
+    """The model's weights: `--checkpoint`, a run folder's best checkpoint, or the verified official file (of
+    `official`, a `curate models` name, default `model`)."""
     from curate.models import ModelError, require
 
     if checkpoint is not None:
@@ -30,7 +31,7 @@ def resolve_checkpoint(model: str, checkpoint: Path | None, config) -> Path:
         preferred = found.parent / (MODEL_FILES.get(model) or found.name)
         return preferred if preferred.is_file() else found
     try:
-        return require(model, config.models)[0]
+        return require(official or model, config.models)[0]
     except ModelError as exc:
         raise RunError(f"{exc} (or give --checkpoint)") from None
 
@@ -39,11 +40,42 @@ def load_model(args, config):
     from lipsync.media import LipsyncError
     from lipsync.models import MODELS, pick_device
 
+    if args.model == "latentsync":
+        return _load_latentsync(args, config)
+    for flag, value in (("--resolution", args.resolution), ("--steps", args.steps), ("--guidance", args.guidance)):
+        if value is not None:
+            raise RunError(f"{flag} is LatentSync's (--model latentsync)")
     path = resolve_checkpoint(args.model, args.checkpoint, config)
     try:
         device = pick_device(args.device)
         batch = args.batch_size or (128 if device.type == "cuda" else 16)
         return MODELS[args.model].from_file(path, device, batch, framing=args.framing)
+    except LipsyncError as exc:
+        raise RunError(str(exc)) from None
+
+
+def _load_latentsync(args, config):
+    """The U-Net (--checkpoint, else the official one of --resolution's version), and the Whisper encoder and VAE
+    from the models folder, all checked before any video is read."""
+    from curate.models import LATENTSYNC_UNET_FILE, ModelError, require
+    from lipsync.media import LipsyncError
+    from lipsync.models import LatentSyncModel, pick_device
+
+    if args.framing not in (None, "template"):
+        raise RunError("--framing: LatentSync sees the curation's template crop only")
+    if args.steps is not None and args.steps < 1:
+        raise RunError("--steps must be at least 1")
+    official = "latentsync-512" if args.resolution == 512 else "latentsync"
+    unet = resolve_checkpoint("latentsync", args.checkpoint, config, official)
+    try:
+        whisper, _, vae = require(official, config.models, skip=(LATENTSYNC_UNET_FILE,))
+    except ModelError as exc:
+        raise RunError(str(exc)) from None
+    sampling = {key: value for key, value in (("steps", args.steps), ("guidance", args.guidance),
+                                              ("seed", args.seed)) if value is not None}
+    try:
+        return LatentSyncModel.from_files(unet, whisper, vae, pick_device(args.device), args.batch_size or 16,
+                                          args.resolution, **sampling)
     except LipsyncError as exc:
         raise RunError(str(exc)) from None
 

@@ -64,6 +64,27 @@ def _verify_generator(path: Path) -> None:
     load_generator(path)
 
 
+def _verify_unet(path: Path) -> None:
+    from generators.latentsync_unet import load_unet
+
+    load_unet(path)
+
+
+def _verify_whisper(path: Path) -> None:
+    from generators.whisper import load_whisper_encoder
+
+    load_whisper_encoder(path)
+
+
+def _verify_vae(path: Path) -> None:
+    from generators.latentsync import load_vae, vae_config_beside
+
+    if path.name == "config.json":
+        vae_config_beside(path)
+    else:
+        load_vae(path)
+
+
 def _verify_fan(path: Path) -> None:
     import torch
     from face_alignment.detection.sfd.net_s3fd import s3fd
@@ -123,6 +144,25 @@ def _wav2lip_generator(name: str) -> ModelFile:
                               "https://huggingface.co/camenduru/Wav2Lip/resolve/main/checkpoints/" + name))
 
 
+LATENTSYNC_UNET_FILE = "latentsync_unet.pt"
+WHISPER_FILE = "tiny.pt"
+VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")   # the config first: the weights load into it
+
+
+def _latentsync(version: str) -> list[ModelFile]:
+    """LatentSync 1.5 (256 px) or 1.6 (512 px): its U-Net (the same name in both: a folder per version, which
+    also tells its resolution), and the Whisper tiny encoder and SD VAE both use, from their Hugging Face
+    repositories."""
+    repository = f"https://huggingface.co/ByteDance/LatentSync-{version}/resolve/main/"
+    return [ModelFile(LATENTSYNC_UNET_FILE, repository + LATENTSYNC_UNET_FILE,
+                      lambda settings: models_dir(settings) / f"latentsync-{version}", _verify_unet),
+            ModelFile(WHISPER_FILE, repository + "whisper/" + WHISPER_FILE,
+                      lambda settings: models_dir(settings) / "whisper", _verify_whisper),
+            *(ModelFile(name, "https://huggingface.co/stabilityai/sd-vae-ft-mse/resolve/main/" + name,
+                        lambda settings: models_dir(settings) / "sd-vae-ft-mse", _verify_vae)
+              for name in VAE_FILES)]
+
+
 MODELS: dict[str, tuple[str, list[ModelFile]]] = {
     "dlib": ("68-point landmarks for the face stage's dlib backend (in face_recognition_models)",
              [ModelFile("shape_predictor_68_face_landmarks.dat", None,
@@ -149,6 +189,10 @@ MODELS: dict[str, tuple[str, list[ModelFile]]] = {
     "wav2lip-gan": ("Wav2Lip's generator trained with its visual-quality discriminator (sharper, slightly less "
                     "accurate sync), for inference or to fine-tune",
                     [_wav2lip_generator(WAV2LIP_GAN_FILE)]),
+    "latentsync": ("LatentSync 1.5 at 256 px: its U-Net, Whisper tiny's encoder and the SD VAE (sd-vae-ft-mse), "
+                   "for `curate lipsync --model latentsync`", _latentsync("1.5")),
+    "latentsync-512": ("LatentSync 1.6 at 512 px: its U-Net, Whisper tiny's encoder and the SD VAE, for `curate "
+                       "lipsync --model latentsync --resolution 512`", _latentsync("1.6")),
 }
 
 
@@ -208,11 +252,13 @@ def state(name: str, settings: ModelSettings) -> list[tuple[ModelFile, Path | No
     return rows
 
 
-def require(name: str, settings: ModelSettings) -> list[Path]:
-    """The paths of model `name`'s files, each verified; one that is there but not yet verified is verified
-    now. Raises ModelError naming the file, its folder and the command that gets it."""
+def require(name: str, settings: ModelSettings, skip: tuple[str, ...] = ()) -> list[Path]:
+    """The paths of model `name`'s files (but those named in `skip`), each verified; one that is there but not
+    yet verified is verified now. Raises ModelError naming the file, its folder and the command that gets it."""
     paths = []
     for file, path, status in state(name, settings):
+        if file.name in skip:
+            continue
         if status == "missing":
             where = f"in {path.parent}" if path is not None else "(its package is not installed)"
             fix = f"`curate models download {name}`" if file.url else "reinstalling its package"

@@ -122,4 +122,97 @@ def _stored_framing(path: Path) -> str | None:
     return data.get("framing") if isinstance(data, dict) else None
 
 
-MODELS = {"wav2lip": Wav2LipModel}
+class _Chunks:
+    """LatentSync's per-frame Whisper chunks of the speech, read as the pipeline asks for them: frames in
+    increasing order (the output's), so only about one encoder window of features is held, whatever the
+    speech's length; a frame before the last one read starts the stream again."""
+
+    def __init__(self, encoder: torch.nn.Module, samples: np.ndarray):
+        from generators.whisper import iter_chunks
+
+        self._open = lambda: iter_chunks(encoder, samples)
+        self._stream, self._next, self._last = self._open(), 0, None
+
+    def get(self, frames: list[int]) -> torch.Tensor:
+        out = []
+        for k in frames:
+            if k < self._next - 1:
+                self._stream, self._next, self._last = self._open(), 0, None
+            while self._next <= k:
+                chunk = next(self._stream, None)
+                if chunk is None:        # past the speech's last chunk (its end rounded up): the last one again
+                    break
+                self._last, self._next = chunk, self._next + 1
+            out.append(self._last)
+        return torch.stack(out)
+
+
+class LatentSyncModel:
+    """LatentSync (ours: `generators.latentsync_unet`, `generators.whisper`, `generators.latentsync`): windows of
+    up to 16 aligned faces (the curation's template at the checkpoint's resolution, 256 for 1.5, 512 for 1.6)
+    and their Whisper chunks through 20 DDIM steps with guidance 1.5; the mouth region of LatentSync's mask is
+    remade, the rest of the crop kept. fp16 on a GPU, as the reference runs it; fp32 on the CPU."""
+
+    name = "latentsync"
+
+    def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, encoder: torch.nn.Module, resolution: int,
+                 device: torch.device, batch_size: int = 16, steps: int = 20, guidance: float = 1.5, seed: int = 1247):
+        from generators.latentsync import LatentSyncSampler
+
+        longest = (unet.config.motion_module_kwargs["temporal_position_encoding_max_len"]
+                   if unet.config.use_motion_module else 10 ** 6)   # the motion modules' position table
+        if not 1 <= batch_size <= longest:
+            raise LipsyncError(f"--batch-size {batch_size}: LatentSync takes windows of 1 to {longest} frames "
+                               f"(16 as trained)")
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self.sampler = LatentSyncSampler(unet, vae, resolution, device, dtype, steps, guidance, seed)
+        self.encoder = encoder.to(device).eval()
+        self.framing = TemplateFraming(resolution)
+        self.device, self.batch_size, self.resolution = device, batch_size, resolution
+
+    @classmethod
+    def from_files(cls, unet: Path, whisper: Path, vae: Path, device: torch.device, batch_size: int = 16,
+                   resolution: int | None = None, **sampling) -> "LatentSyncModel":
+        from generators import latentsync, latentsync_unet, whisper as audio
+
+        try:
+            network = latentsync_unet.load_unet(unet)     # mapped from the file, not read yet
+            stored = stored_resolution(unet)
+            if resolution and stored and resolution != stored:
+                raise LipsyncError(f"--resolution {resolution}: {unet} is a {stored} px model; a U-Net run at "
+                                   f"another resolution than it was trained at makes a broken mouth")
+            resolution = resolution or stored
+            if resolution is None:
+                raise LipsyncError(f"{unet} does not say its resolution: give --resolution 256 (LatentSync 1.5) or "
+                                   f"512 (LatentSync 1.6)")
+            return cls(network, latentsync.load_vae(vae), audio.load_whisper_encoder(whisper), resolution, device,
+                       batch_size, **sampling)
+        except (latentsync_unet.UNetFileError, latentsync.LatentSyncFileError, audio.WhisperFileError) as exc:
+            raise LipsyncError(str(exc)) from None
+
+    def prepare_audio(self, samples: np.ndarray) -> _Chunks:
+        return _Chunks(self.encoder, samples)
+
+    def generate(self, crops: np.ndarray, frames: list[int], audio: _Chunks) -> np.ndarray:
+        faces = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        made = self.sampler(faces, audio.get(frames))
+        return ((made.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+# where a U-Net says nothing of its resolution, the folder `curate models download` put it in does
+RESOLUTION_FOLDERS = {"latentsync-1.5": 256, "latentsync-1.6": 512}
+
+
+def stored_resolution(path: Path) -> int | None:
+    """A U-Net's resolution: the "resolution" our checkpoints record, else that of the models folder it was
+    downloaded into (LatentSync 1.5's or 1.6's, whose files are alike), else None."""
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the loader judges the file; here only its record is looked for
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("resolution"), int):
+        return data["resolution"]
+    return RESOLUTION_FOLDERS.get(Path(path).resolve().parent.name)
+
+
+MODELS = {"wav2lip": Wav2LipModel, "latentsync": LatentSyncModel}

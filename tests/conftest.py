@@ -76,3 +76,16 @@ def pytest_terminal_summary(terminalreporter):
 
     free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
     terminalreporter.write_line(f"free disk in {tempfile.gettempdir()} at the end: {free:.1f} GiB")
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory, talking_heads) -> Path:
+    """The lip-sync tests' inputs: 2 s of the kitchen speaker at 540x960 (H.264, AAC), and the garden speaker's
+    speech as a 1.6 s 44.1 kHz stereo WAV and a 3.2 s AAC file."""
+    from media import GARDEN, KITCHEN, ffmpeg, x264
+
+    folder = tmp_path_factory.mktemp("lipsync")
+    ffmpeg("-i", KITCHEN, "-t", "2", "-vf", "scale=540:960", *x264(12), "-c:a", "aac", folder / "kitchen.mp4")
+    ffmpeg("-i", GARDEN, "-ss", "1", "-t", "1.6", "-vn", "-ar", "44100", "-ac", "2", folder / "speech.wav")
+    ffmpeg("-i", GARDEN, "-ss", "1", "-t", "3.2", "-vn", "-c:a", "aac", "-b:a", "96k", folder / "speech_long.m4a")
+    return folder

@@ -17,21 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from media import GARDEN, KITCHEN, SOFA, ffmpeg, x264
+from media import GARDEN, SOFA, ffmpeg, x264
 
 pytestmark = pytest.mark.usefixtures("talking_heads")
 
 SIZE = "540x960"
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, talking_heads) -> Path:
-    folder = tmp_path_factory.mktemp("lipsync")
-    ffmpeg("-i", KITCHEN, "-t", "2", "-vf", f"scale={SIZE.replace('x', ':')}", *x264(12), "-c:a", "aac",
-           folder / "kitchen.mp4")
-    ffmpeg("-i", GARDEN, "-ss", "1", "-t", "1.6", "-vn", "-ar", "44100", "-ac", "2", folder / "speech.wav")
-    ffmpeg("-i", GARDEN, "-ss", "1", "-t", "3.2", "-vn", "-c:a", "aac", "-b:a", "96k", folder / "speech_long.m4a")
-    return folder
 
 
 @pytest.fixture(scope="module")
