@@ -11,6 +11,10 @@ Per output frame k, in one pass over the decoded video:
 4. the new lower face pasted back (`paste.paste`), the frame encoded (`media.VideoWriter`) with the input
    audio.
 
+On a GPU the model runs on a thread of its own (`Options.overlap`): while it makes batch n, the main thread
+pastes and encodes batch n - 1 and decodes, tracks and crops batch n + 1, so the GPU waits on the CPU stages
+only when they are slower than it. The output is the same either way.
+
 Only a batch of frames and the tracker's window are in memory at a time. The output appears under its name only
 once complete; a video in which the face is never found is an error, with nothing written.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +49,9 @@ class Options:
     face_params: FaceParams = field(default_factory=FaceParams)
     feather: float = 0.06
     threads: int = 0                    # decoder threads (0: FFmpeg's choice)
+    # the model on a thread of its own, a batch behind: the next batch is decoded, tracked and cropped, and the
+    # last one pasted and encoded, while it works (None: when the model is on a GPU, where that is free time)
+    overlap: bool | None = None
 
 
 @dataclass
@@ -133,27 +141,59 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
     batch: list[tuple[np.ndarray, np.ndarray | None, int]] = []   # (frame, landmarks, output index)
     written = 0
 
-    def flush() -> None:
+    overlap = options.overlap
+    if overlap is None:
+        overlap = getattr(getattr(model, "device", None), "type", "cpu") not in ("cpu", "mps")
+    worker = ThreadPoolExecutor(1, thread_name_prefix="lipsync-model") if overlap else None
+    pending: list = []          # the batch the model is making on its thread: (items, with face, matrices, future)
+
+    def generate(crops: np.ndarray, frames: list[int]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        faces = model.generate(crops, frames, features)
+        return faces, time.perf_counter() - started
+
+    def finish(items: list, with_face: list, matrices: list, made) -> None:
+        """Paste a batch's new faces (`made`: the model's result, or its future) and encode its frames."""
         nonlocal written
-        with_face = [(i, item) for i, item in enumerate(batch) if item[1] is not None]
         if with_face:
-            size = model.framing.size
-            with clock("crop"):
-                matrices = [model.framing.matrix(item[1]) for _, item in with_face]
-                crops = np.stack([crop(item[0], m, size) for (_, item), m in zip(with_face, matrices)])
-            with clock("model"):
-                faces = model.generate(crops, [item[2] for _, item in with_face], features)
+            faces, seconds = made.result() if worker is not None else made
+            summary.seconds["model"] += seconds      # the model's own time, on whichever thread
             with clock("paste"):
                 for (_, item), face, matrix in zip(with_face, faces, matrices):
                     paste(item[0], face, matrix, item[1], options.feather)
         with clock("encode"):
-            for frame, landmarks, _ in batch:
+            for frame, landmarks, _ in items:
                 writer.write(frame)
                 summary.without_face += landmarks is None
                 written += 1
                 if progress:
                     progress(written, total)
+
+    def flush() -> None:
+        items = list(batch)
         batch.clear()
+        with_face = [(i, item) for i, item in enumerate(items) if item[1] is not None]
+        made, matrices = None, []
+        if with_face:
+            size = model.framing.size
+            with clock("crop"):
+                matrices = [model.framing.matrix(item[1]) for _, item in with_face]
+                crops = np.stack([crop(item[0], m, size) for (_, item), m in zip(with_face, matrices)])
+            indices = [item[2] for _, item in with_face]
+            made = worker.submit(generate, crops, indices) if worker is not None else generate(crops, indices)
+        if worker is None:
+            finish(items, with_face, matrices, made)
+            return
+        drain()
+        pending.append((items, with_face, matrices, made))
+
+    def drain() -> None:
+        while pending:
+            finish(*pending.pop(0))
+
+    def queued() -> int:
+        """Frames taken but not yet written."""
+        return len(batch) + sum(len(job[0]) for job in pending)
 
     def take(tracked: Tracked) -> None:
         nonlocal writer, seen
@@ -203,10 +243,10 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
                                f"landmarks); nothing written")
         summary.video_frames = reader.frames_out
         # the rest of the audio: the video back and forth, from the spool
-        if written + len(batch) < total:
+        if written + queued() < total:
             summary.looped = True
             kept = {index: (frame, landmarks) for index, frame, landmarks in tail}
-            for k in range(written + len(batch), total):
+            for k in range(written + queued(), total):
                 source = bounce(k, seen)
                 if spool is not None:
                     with clock("spool"):
@@ -220,6 +260,7 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
                     flush()
         if batch:
             flush()
+        drain()
         with clock("encode"):
             writer.close()
         summary.frames = written
@@ -229,5 +270,7 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
             writer.abort()
         raise
     finally:
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
         if spool is not None:
             spool.close()

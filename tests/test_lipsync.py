@@ -139,6 +139,18 @@ def test_aac_audio_is_copied_untouched_and_a_shorter_video_plays_back_and_forth(
     assert len(mine) >= 0.95 * len(theirs) and mine == theirs[:len(mine)]
 
 
+def test_the_model_on_its_own_thread_gives_the_same_video(model, work, tmp_path):
+    """What a GPU run does (the model a batch behind, on a thread): the same frames as one thread, back and
+    forth included, and the model's time still counted."""
+    one, two = tmp_path / "one.mp4", tmp_path / "two.mp4"
+    render(model, work / "kitchen.mp4", work / "speech_long.m4a", one, overlap=False)
+    summary = render(model, work / "kitchen.mp4", work / "speech_long.m4a", two, overlap=True)
+    assert summary.frames == 80 and summary.looped and summary.seconds["model"] > 0
+    first, second = frames_of(one), frames_of(two)
+    assert len(first) == len(second) == 80
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
 def test_a_frame_without_the_face_is_written_unchanged(model, work, tmp_path):
     video = tmp_path / "gap.mp4"
     # the speaker, then from 1.2 s the upper half of the picture (the head) covered: no face to find

@@ -182,3 +182,25 @@ def test_golden_mouth_mask_matches_latentsyncs(size):
     theirs = cv2.resize(theirs, (size, size), interpolation=cv2.INTER_LANCZOS4)[..., 0] / 255.0 < 0.5
     ours = mouth_mask(size).numpy() < 0.5
     assert (ours & theirs).sum() / (ours | theirs).sum() >= 0.99
+
+
+def test_golden_vae_layout_loads_strictly_and_a_wrong_file_is_refused(tmp_path):
+    """sd-vae-ft-mse's keys and shapes (the golden's list) are our VAE's exactly; its weights load strictly from
+    safetensors, and a file of other weights is one clear error."""
+    from safetensors.torch import save_file
+
+    from generators.latentsync import LatentSyncFileError, load_vae
+
+    shapes = json.loads((golden_dir("latentsync") / "sd_vae_ft_mse_state_dict_shapes.json").read_text())
+    with torch.device("meta"):
+        ours = {key: list(value.shape) for key, value in build_vae().state_dict().items()}
+    assert ours == {key: list(value) for key, value in shapes.items()}
+    small = _filled(build_vae(SMALL_VAE))
+    save_file(small.state_dict(), tmp_path / "vae.safetensors")
+    loaded = load_vae(tmp_path / "vae.safetensors", SMALL_VAE)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in small.state_dict().items())
+    with pytest.raises(LatentSyncFileError, match="is not sd-vae-ft-mse's VAE: .* keys missing"):
+        load_vae(tmp_path / "vae.safetensors")               # the small weights into the full-size VAE
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(LatentSyncFileError, match="cannot read it as the VAE's weights"):
+        load_vae(tmp_path / "junk.safetensors")
