@@ -76,13 +76,19 @@ def _verify_whisper(path: Path) -> None:
     load_whisper_encoder(path)
 
 
-def _verify_vae(path: Path) -> None:
-    from generators.latentsync import load_vae, vae_config_beside
+def _verify_vae_config(path: Path) -> None:
+    import torch
 
-    if path.name == "config.json":
-        vae_config_beside(path)
-    else:
-        load_vae(path)
+    from generators.latentsync import build_vae, read_vae_config
+
+    with torch.device("meta"):    # the config must build the network; no memory spent on it
+        build_vae(read_vae_config(path))
+
+
+def _verify_vae(path: Path) -> None:
+    from generators.latentsync import load_vae
+
+    load_vae(path)
 
 
 def _verify_fan(path: Path) -> None:
@@ -159,8 +165,8 @@ def _latentsync(version: str) -> list[ModelFile]:
             ModelFile(WHISPER_FILE, repository + "whisper/" + WHISPER_FILE,
                       lambda settings: models_dir(settings) / "whisper", _verify_whisper),
             *(ModelFile(name, "https://huggingface.co/stabilityai/sd-vae-ft-mse/resolve/main/" + name,
-                        lambda settings: models_dir(settings) / "sd-vae-ft-mse", _verify_vae)
-              for name in VAE_FILES)]
+                        lambda settings: models_dir(settings) / "sd-vae-ft-mse", verify)
+              for name, verify in zip(VAE_FILES, (_verify_vae_config, _verify_vae)))]
 
 
 MODELS: dict[str, tuple[str, list[ModelFile]]] = {

@@ -72,44 +72,51 @@ def build_vae(config: dict | None = None) -> nn.Module:
     return AutoencoderKL(**(config or VAE_CONFIG))
 
 
-def vae_config_beside(path: str | Path) -> dict | None:
-    """The `config.json` next to the VAE's weights (as the Hugging Face folder has it), or None."""
+def read_vae_config(config_file: str | Path) -> dict:
+    """The AutoencoderKL arguments of a diffusers `config.json` (its "_class_name" and such left out)."""
+    import inspect
     import json
 
-    config_file = Path(path).with_name(VAE_CONFIG_FILE)
-    if not config_file.is_file():
-        return None
+    from diffusers import AutoencoderKL
+
     try:
-        import inspect
-
-        from diffusers import AutoencoderKL
-
-        config = json.loads(config_file.read_text())
-        known = inspect.signature(AutoencoderKL.__init__).parameters   # diffusers' "_class_name" etc. are not
-        return {key: value for key, value in config.items() if key in known}
+        config = json.loads(Path(config_file).read_text())
     except (OSError, ValueError) as exc:
         raise LatentSyncFileError(f"{config_file}: not a VAE config ({exc})") from None
+    if not isinstance(config, dict) or "block_out_channels" not in config:
+        raise LatentSyncFileError(f"{config_file}: not an AutoencoderKL config (no block_out_channels)")
+    known = inspect.signature(AutoencoderKL.__init__).parameters
+    return {key: value for key, value in config.items() if key in known}
+
+
+def vae_config_beside(path: str | Path) -> dict | None:
+    """The `config.json` in the VAE's weights' folder (as the Hugging Face folder has it), or None."""
+    config_file = Path(path).parent / VAE_CONFIG_FILE
+    return read_vae_config(config_file) if config_file.is_file() else None
 
 
 def load_vae(path: str | Path, config: dict | None = None) -> nn.Module:
-    """sd-vae-ft-mse's `diffusion_pytorch_model.safetensors` (or a `.bin` / `.pt` state_dict of the same keys),
-    loaded strictly into the VAE of `config`, else of the `config.json` beside it, else sd-vae-ft-mse's."""
+    """sd-vae-ft-mse's `diffusion_pytorch_model.safetensors` (or a torch file of a state_dict of the same keys),
+    loaded strictly into the VAE of `config`, else of the `config.json` beside it, else sd-vae-ft-mse's. The
+    format is told from the contents, not the name (a download is checked before it takes its name)."""
     path = Path(path)
     config = config or vae_config_beside(path)
     try:
-        if path.suffix == ".safetensors":
+        with open(path, "rb") as handle:
+            zipped = handle.read(4) == b"PK\x03\x04"      # torch.save's zip archive; safetensors starts otherwise
+        if zipped:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+        else:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
     except Exception as exc:  # noqa: BLE001 - whatever stops it reading, it is not the VAE
         raise LatentSyncFileError(f"{path}: cannot read it as the VAE's weights ({type(exc).__name__}: "
                                   f"{str(exc)[:200]})") from None
-    vae = build_vae(config)
     if not isinstance(state, dict):
         raise LatentSyncFileError(f"{path} holds no state_dict")
+    vae = build_vae(config)
     mine = vae.state_dict()
     missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
     wrong = [k for k in mine if k in state and tuple(state[k].shape) != tuple(mine[k].shape)]

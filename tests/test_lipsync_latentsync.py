@@ -204,3 +204,42 @@ def test_golden_vae_layout_loads_strictly_and_a_wrong_file_is_refused(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(LatentSyncFileError, match="cannot read it as the VAE's weights"):
         load_vae(tmp_path / "junk.safetensors")
+
+
+def test_download_latentsync_puts_each_file_in_its_folder_verified(models_dir, tmp_path, monkeypatch):
+    """`curate models download latentsync` against a server on loopback serving the four files (stand-ins of
+    the official layouts): each lands in its folder, verified by its strict load; a U-Net that is not one is
+    refused and nothing is left of it."""
+    import threading
+
+    from test_models import Handler, Server
+
+    from curate import models
+
+    server = Server(("127.0.0.1", 0), Handler)
+    server.files = {}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        served = []
+        for file in models.MODELS["latentsync"][1]:
+            source = next(models_dir.glob(f"*/{file.name}"))
+            if file.name == "latentsync_unet.pt":
+                source = models_dir / "latentsync-1.5" / file.name
+            server.files[f"/{file.name}"] = source.read_bytes()
+            served.append(models.ModelFile(file.name, f"http://127.0.0.1:{server.server_address[1]}/{file.name}",
+                                           file.folder, file.verify))
+        monkeypatch.setitem(models.MODELS, "latentsync", (models.MODELS["latentsync"][0], served))
+        settings = models.ModelSettings(dir=str(tmp_path / "models"))
+        paths = models.download_model("latentsync", settings, progress=lambda line: None)
+        assert [p.relative_to(tmp_path / "models").as_posix() for p in paths] == [
+            "latentsync-1.5/latentsync_unet.pt", "whisper/tiny.pt", "sd-vae-ft-mse/config.json",
+            "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"]
+        assert [status for *_, status in models.state("latentsync", settings)] == ["ok"] * 4
+        server.files["/latentsync_unet.pt"] = server.files["/tiny.pt"]          # Whisper's file as the U-Net
+        paths[0].unlink()
+        with pytest.raises(models.ModelError, match="is not a valid latentsync_unet.pt"):
+            models.download_model("latentsync", settings, progress=lambda line: None)
+        assert list((tmp_path / "models" / "latentsync-1.5").iterdir()) == []
+    finally:
+        server.shutdown()
+        server.server_close()
