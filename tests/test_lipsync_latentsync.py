@@ -97,6 +97,13 @@ def test_latentsync_at_256_writes_the_audios_frames_and_changes_only_the_mouth(m
     assert len(made) == 40
     for k in (0, 17, 39):       # in each of the three windows (16, 16, 8 frames)
         assert_only_the_mouth_changed(made[k], source[k])
+    import av
+
+    with av.open(str(out)) as container:         # the speech's own sound: AAC at its rate and channels
+        stream = container.streams.audio[0]
+        assert (stream.codec_context.sample_rate, stream.codec_context.channels) == (44100, 2)
+        samples = sum(frame.samples for frame in container.decode(stream))
+    assert abs(samples - 1.6 * 44100) < 3072
 
 
 @pytest.mark.timeout(900)
