@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch = model_commands.add_parser("download", help="fetch model files from their public locations and verify them")
     fetch.add_argument("names", nargs="*", metavar="NAME",
                        help="syncnet, hyperiqa, fan, stable-syncnet, wav2lip-expert, wav2lip, wav2lip-gan, latentsync, "
-                            "latentsync-512 (default: "
+                            "latentsync-512, lpips (default: "
                             "syncnet and hyperiqa, what the default pipeline needs)")
     fetch.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (for models.dir and models.sha256)")
     fetch.set_defaults(handler=_models_download)

@@ -91,6 +91,18 @@ def _verify_vae(path: Path) -> None:
     load_vae(path)
 
 
+def _verify_vgg(path: Path) -> None:
+    from generators.lpips import read_vgg_file
+
+    read_vgg_file(path)
+
+
+def _verify_lpips_heads(path: Path) -> None:
+    from generators.lpips import read_heads_file
+
+    read_heads_file(path)
+
+
 def _verify_fan(path: Path) -> None:
     import torch
     from face_alignment.detection.sfd.net_s3fd import s3fd
@@ -195,6 +207,12 @@ MODELS: dict[str, tuple[str, list[ModelFile]]] = {
     "wav2lip-gan": ("Wav2Lip's generator trained with its visual-quality discriminator (sharper, slightly less "
                     "accurate sync), for inference or to fine-tune",
                     [_wav2lip_generator(WAV2LIP_GAN_FILE)]),
+    "lpips": ("LPIPS-VGG (torchvision's VGG-16 and the lpips package's v0.1 heads), LatentSync's perceptual loss",
+              [ModelFile(name, url, lambda settings: models_dir(settings) / "lpips", verify)
+               for name, url, verify in (
+                   ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", _verify_vgg),
+                   ("vgg.pth", "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/"
+                               "vgg.pth", _verify_lpips_heads))]),
     "latentsync": ("LatentSync 1.5 at 256 px: its U-Net, Whisper tiny's encoder and the SD VAE (sd-vae-ft-mse), "
                    "for `curate lipsync --model latentsync`", _latentsync("1.5")),
     "latentsync-512": ("LatentSync 1.6 at 512 px: its U-Net, Whisper tiny's encoder and the SD VAE, for `curate "

@@ -116,7 +116,7 @@ def test_model_and_training_step_code_import_only_torch():
     pydantic."""
     code = ("import sys; import syncnet.stable, syncnet.wav2lip_expert, syncnet.experts, syncnet.mel, "
             "syncnet.train, training.loop, generators.wav2lip, generators.train, generators.latentsync_unet, "
-            "generators.whisper, generators.latentsync, generators.trepa; "
+            "generators.whisper, generators.latentsync, generators.trepa, generators.lpips; "
             "print(sorted(m for m in ('ray', 'av', 'pydantic', 'cv2') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
