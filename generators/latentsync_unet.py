@@ -43,6 +43,8 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from generators.checkpoint_files import load_tensors
+
 UNET_FILE = "latentsync_unet.pt"
 
 _MOTION_DEFAULTS = {"num_attention_heads": 8, "num_transformer_block": 1,
@@ -544,19 +546,7 @@ class UNetFileError(ValueError):
 
 
 def _torch_load(path: Path):
-    """weights_only=True and no fallback: the official file holds only tensors and a number."""
-    try:
-        try:    # mapped, not read: 5 GB are not copied into memory before they are needed
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):       # a file of torch's legacy format cannot be mapped: read it
-                raise
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - torch reports a file it cannot read in many ways
-        reason = (str(exc).strip().splitlines() or [""])[0]
-        raise UNetFileError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {reason[:160]})") from None
+    return load_tensors(path, UNetFileError, mmap=True)
 
 
 def read_unet_file(path: str | Path) -> dict:

@@ -31,13 +31,14 @@ Imports only torch.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from generators.checkpoint_files import load_tensors
 
 VIDEOMAE_FILE = "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
 
@@ -207,24 +208,7 @@ class TrepaFileError(ValueError):
 
 
 def _torch_load(path: Path):
-    """weights_only=True and no fallback: the official file holds only tensors."""
-    try:
-        try:    # mapped, not read: 4 GB are not copied into memory before they are needed
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):       # a file of torch's legacy format cannot be mapped: read it
-                raise
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - torch reports a file it cannot read in many ways
-        text = str(exc)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if refused:
-            raise TrepaFileError(f"{path} pickles {refused.group(1)} besides tensors, which VideoMAE-v2's file "
-                                 f"does not; not unpickled, since that could run code") from None
-        reason = (text.strip().splitlines() or [""])[0]
-        raise TrepaFileError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {reason[:160]})") from None
+    return load_tensors(path, TrepaFileError, mmap=True)
 
 
 def read_videomae_file(path: str | Path) -> dict:

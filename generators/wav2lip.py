@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generators.checkpoint_files import load_tensors
 from syncnet.wav2lip_expert import ConvBlock
 
 GENERATOR_FILE = "wav2lip.pth"
@@ -227,22 +228,7 @@ class GeneratorFileError(ValueError):
 
 
 def _torch_load(path: Path):
-    """torch.load with weights_only=True, and no fallback to full unpickling: the official files hold only
-    tensors, numbers and Adam's plain state, all of which it reads, so a file that needs more is not one of
-    them, and unpickling it could run its code."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - torch reports a file it cannot read in many ways
-        text = str(exc)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if refused:
-            raise GeneratorFileError(f"{path} pickles {refused.group(1)} besides tensors, which Wav2Lip's files do "
-                                     f"not; not unpickled, since that could run code") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
-        reason = detail.group(1) if detail else (text.strip().splitlines() or [""])[0]
-        raise GeneratorFileError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {reason[:120]})") from None
+    return load_tensors(path, GeneratorFileError)
 
 
 def read_checkpoint(path: str | Path) -> dict:

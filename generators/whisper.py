@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generators.checkpoint_files import load_tensors
+
 WHISPER_FILE = "tiny.pt"
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -249,21 +251,7 @@ class WhisperFileError(ValueError):
 
 
 def _torch_load(path: Path):
-    """torch.load with weights_only=True and no fallback: tiny.pt holds tensors and a dict of ints, which it
-    reads; a file that needs more is not one, and unpickling it could run its code."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - torch reports a file it cannot read in many ways
-        text = str(exc)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if refused:
-            raise WhisperFileError(f"{path} pickles {refused.group(1)} besides tensors, which Whisper's files do "
-                                   f"not; not unpickled, since that could run code") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
-        reason = detail.group(1) if detail else (text.strip().splitlines() or [""])[0]
-        raise WhisperFileError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {reason[:120]})") from None
+    return load_tensors(path, WhisperFileError)
 
 
 def _dims_from_keys(state: dict) -> dict:
