@@ -23,6 +23,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _run_flags(trainer: argparse.ArgumentParser) -> None:
+    """What every `curate train MODEL` takes besides its own flags: how long, where, which validation clips,
+    and what to do with the run folder."""
+    trainer.add_argument("--max-steps", type=int, metavar="N", help="train until step N (train.max_steps)")
+    trainer.add_argument("--workers", type=int, metavar="N", help="training workers, DDP ranks (default 1)")
+    trainer.add_argument("--gpus-per-worker", type=float, metavar="G", help="GPUs per worker (default 0: the CPU)")
+    trainer.add_argument("--address", metavar="RAY_ADDRESS",
+                         help="train on this Ray cluster (also RAY_ADDRESS); default: an embedded Ray")
+    trainer.add_argument("--val-list", type=Path, metavar="FILE", help="validation clips, one path a line (instead "
+                         "of the val split of LISTS)")
+    trainer.add_argument("--prepare", action="store_true", help="only compute and cache the clips' features")
+    trainer.add_argument("--reconfigure", action="store_true",
+                         help="continue a run folder with settings other than the ones it was started with")
+    _progress_flags(trainer, "the progress bar")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="curate",
@@ -132,17 +148,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="settings over the arch's defaults (configs/syncnet-ARCH.yaml documents them)")
     expert.add_argument("--init", type=Path, metavar="CKPT",
                         help="start from these weights (stable_syncnet.pt, lipsync_expert.pth, or one of ours)")
-    expert.add_argument("--max-steps", type=int, metavar="N", help="train until step N (train.max_steps)")
-    expert.add_argument("--workers", type=int, metavar="N", help="training workers, DDP ranks (default 1)")
-    expert.add_argument("--gpus-per-worker", type=float, metavar="G", help="GPUs per worker (default 0: the CPU)")
-    expert.add_argument("--address", metavar="RAY_ADDRESS",
-                        help="train on this Ray cluster (also RAY_ADDRESS); default: an embedded Ray")
-    expert.add_argument("--val-list", type=Path, metavar="FILE", help="validation clips, one path a line (instead "
-                        "of the val split of LISTS)")
-    expert.add_argument("--prepare", action="store_true", help="only compute and cache the clips' features")
-    expert.add_argument("--reconfigure", action="store_true",
-                        help="continue a run folder with settings other than the ones it was started with")
-    _progress_flags(expert, "the progress bar")
+    _run_flags(expert)
     expert.set_defaults(handler=_train_syncnet)
 
     generator = trainers.add_parser(
@@ -166,17 +172,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "configs/wav2lip-hd.yaml: the 256 x 256 variant)")
     generator.add_argument("--init", type=Path, metavar="CKPT",
                            help="start from these generator weights (wav2lip.pth, wav2lip_gan.pth, or one of ours)")
-    generator.add_argument("--max-steps", type=int, metavar="N", help="train until step N (train.max_steps)")
-    generator.add_argument("--workers", type=int, metavar="N", help="training workers, DDP ranks (default 1)")
-    generator.add_argument("--gpus-per-worker", type=float, metavar="G", help="GPUs per worker (default 0: the CPU)")
-    generator.add_argument("--address", metavar="RAY_ADDRESS",
-                           help="train on this Ray cluster (also RAY_ADDRESS); default: an embedded Ray")
-    generator.add_argument("--val-list", type=Path, metavar="FILE", help="validation clips, one path a line "
-                           "(instead of the val split of LISTS)")
-    generator.add_argument("--prepare", action="store_true", help="only compute and cache the clips' features")
-    generator.add_argument("--reconfigure", action="store_true",
-                           help="continue a run folder with settings other than the ones it was started with")
-    _progress_flags(generator, "the progress bar")
+    _run_flags(generator)
     generator.set_defaults(handler=_train_wav2lip)
 
     judge = commands.add_parser(

@@ -89,3 +89,18 @@ def work(tmp_path_factory, talking_heads) -> Path:
     ffmpeg("-i", GARDEN, "-ss", "1", "-t", "1.6", "-vn", "-ar", "44100", "-ac", "2", folder / "speech.wav")
     ffmpeg("-i", GARDEN, "-ss", "1", "-t", "3.2", "-vn", "-c:a", "aac", "-b:a", "96k", folder / "speech_long.m4a")
     return folder
+
+
+@pytest.fixture
+def one_torch_thread(request):
+    """Small models' ops are tiny: one torch thread, which a busy machine does not stall (restored after); the
+    full-size golden forwards (tests named *reproduces*) keep all threads."""
+    import torch
+
+    if "reproduces" in request.node.name:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,16 +24,7 @@ from generators.trepa import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread(request):
-    """The small models' ops are tiny: one thread, which a busy machine does not stall (restored after)."""
-    if "reproduces" in request.node.name:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _small() -> VideoMAEv2:
