@@ -88,20 +88,23 @@ def usable_faces(clips: list[Clip], what: str) -> tuple[list[Clip], list[tuple[s
     return kept, short
 
 
-def references_for(rng: np.random.Generator, targets: np.ndarray, last: int) -> np.ndarray:
-    """For each target start, a reference start drawn uniformly from those whose window does not overlap it."""
+def references_for(rng: np.random.Generator, targets: np.ndarray, last: int, frames: int = NUM_FRAMES) -> np.ndarray:
+    """For each target start, a reference start drawn uniformly from those whose window of `frames` frames does
+    not overlap it."""
     out = np.empty_like(targets)
     for i, t in enumerate(targets):
-        below = max(0, t - NUM_FRAMES + 1)              # starts 0 .. t - 5
-        above = max(0, last - (t + NUM_FRAMES) + 1)     # starts t + 5 .. last
+        below = max(0, t - frames + 1)              # starts 0 .. t - frames
+        above = max(0, last - (t + frames) + 1)     # starts t + frames .. last
         pick = rng.integers(0, below + above)
-        out[i] = pick if pick < below else t + NUM_FRAMES + (pick - below)
+        out[i] = pick if pick < below else t + frames + (pick - below)
     return out
 
 
-def decode_faces(path: str, size: int, count: int) -> np.ndarray:
-    """The first `count` frames of a clip as (count, size, size, 3) uint8 BGR whole faces."""
+def decode_faces(path: str, size: int, count: int, channel_order: str = "bgr") -> np.ndarray:
+    """The first `count` frames of a clip as (count, size, size, 3) uint8 whole faces, BGR (Wav2Lip's) or RGB
+    (LatentSync's)."""
     out = np.empty((count, size, size, 3), np.uint8)
+    code = cv2.COLOR_YUV2RGB_I420 if channel_order == "rgb" else cv2.COLOR_YUV2BGR_I420
     got = 0
     try:
         with av.open(path) as container:
@@ -113,7 +116,7 @@ def decode_faces(path: str, size: int, count: int) -> np.ndarray:
                 if frame.format.name != "yuv420p" or frame.height % 2 or frame.width % 2:
                     frame = frame.reformat(format="yuv420p", width=frame.width // 2 * 2,
                                            height=frame.height // 2 * 2)
-                face = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+                face = cv2.cvtColor(frame.to_ndarray(), code)
                 if face.shape[:2] != (size, size):
                     face = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
                 out[got] = face

@@ -166,17 +166,7 @@ def prepare_clip(path: str, folder: str) -> dict:
         return {"path": path, "problem": "missing: no such file"}
     try:
         stat = os.stat(path)
-        facts = probe_stage.probe(path, min_duration_s=0.0)
-        if abs(facts.fps - FPS) > 0.01:
-            raise Rejected("data", "not_25_fps", f"{facts.fps:g} fps; the experts train on 25 fps clips "
-                                                 "(curate them first)")
-        if facts.width != facts.height:
-            raise Rejected("data", "not_aligned", f"{facts.width}x{facts.height}: not a square aligned face clip")
-        frames, t0 = _count_frames(path, facts.video_index)
-        audio = AudioTrack(path, facts.audio_index, SAMPLE_RATE, t0)
-        audio.ensure(sys.maxsize)
-        samples = audio.take(0, audio.available) if audio.available else np.zeros(0, np.int16)
-        audio.close()
+        frames, samples = clip_audio(path)
         sha256 = file_sha256(path)
     except Rejected as exc:
         return {"path": path, "problem": f"{exc.reason}: {exc.detail}"}
@@ -196,6 +186,23 @@ def prepare_clip(path: str, folder: str) -> dict:
     usable = min(frames, len(samples) // SAMPLES_PER_FRAME)
     return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256,
             "frames": usable, "mel": str(target)}
+
+
+def clip_audio(path: str) -> tuple[int, np.ndarray]:
+    """(video frames, 16 kHz mono int16 samples on the video's timeline) of an aligned 25 fps clip; raises
+    Rejected for a clip that is not one."""
+    facts = probe_stage.probe(path, min_duration_s=0.0)
+    if abs(facts.fps - FPS) > 0.01:
+        raise Rejected("data", "not_25_fps", f"{facts.fps:g} fps; the trainers train on 25 fps clips "
+                                             "(curate them first)")
+    if facts.width != facts.height:
+        raise Rejected("data", "not_aligned", f"{facts.width}x{facts.height}: not a square aligned face clip")
+    frames, t0 = _count_frames(path, facts.video_index)
+    audio = AudioTrack(path, facts.audio_index, SAMPLE_RATE, t0)
+    audio.ensure(sys.maxsize)
+    samples = audio.take(0, audio.available) if audio.available else np.zeros(0, np.int16)
+    audio.close()
+    return frames, samples
 
 
 def _count_frames(path: str, video_index: int) -> tuple[int, float]:
