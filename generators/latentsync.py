@@ -66,6 +66,14 @@ def mouth_mask(size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0)
 
 
+def mouth_region(size: int) -> tuple[float, float, float, float]:
+    """The box around what the mask regenerates, as fractions of the face: top, bottom, left, right."""
+    remade = (mouth_mask(size) < 0.5).nonzero()
+    rows, columns = remade[:, 0], remade[:, 1]
+    return (int(rows.min()) / size, (int(rows.max()) + 1) / size, int(columns.min()) / size,
+            (int(columns.max()) + 1) / size)
+
+
 def build_vae(config: dict | None = None) -> nn.Module:
     from diffusers import AutoencoderKL
 

@@ -230,6 +230,21 @@ def read_videomae_file(path: str | Path) -> dict:
     return blob
 
 
+def config_of(state: dict, num_heads: int = OFFICIAL.num_heads, img_size: int = OFFICIAL.img_size,
+              num_frames: int = OFFICIAL.num_frames) -> VideoMAEConfig:
+    """The config of a ViT's weights: width, depth, patch, tubelet, MLP and head from their shapes; what no shape
+    holds (heads, image size, frames) as given. Raises TrepaFileError where the tensors are not such a ViT's."""
+    try:
+        width, channels, tubelet, patch, _ = state["patch_embed.proj.weight"].shape
+        depth = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks."))
+        return VideoMAEConfig(img_size=img_size, patch_size=patch, in_channels=channels, embed_dim=width, depth=depth,
+                              num_heads=num_heads, mlp_dim=state["blocks.0.mlp.fc1.weight"].shape[0],
+                              num_frames=num_frames, tubelet_size=tubelet,
+                              num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise TrepaFileError(f"not VideoMAE-v2's ViT: {type(exc).__name__}: {exc}") from None
+
+
 def load_videomae(path: str | Path, device: str | torch.device = "cpu", config: VideoMAEConfig = OFFICIAL,
                   dtype: torch.dtype = torch.float32) -> VideoMAEv2:
     """The ViT of `path` (the official `vit_g_hybrid_pt_1200e_ssv2_ft.pth`, or one of ours of `config`), keys
