@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
                             "input (HDTF: '([^/]+)_[0-9]+[.][^.]+$' groups WDA_BarackObama_000 and _001)")
     lists.set_defaults(handler=_filelist)
 
-    train = commands.add_parser("train", help="train a model on curated clips (the lip-sync experts, Wav2Lip)")
+    train = commands.add_parser("train", help="train a model on curated clips (the lip-sync experts, Wav2Lip, LatentSync)")
     trainers = train.add_subparsers(dest="trainer", required=True, metavar="MODEL")
     expert = trainers.add_parser(
         "syncnet", help="a lip-sync expert: LatentSync's StableSyncNet or Wav2Lip's SyncNet",
@@ -174,6 +174,36 @@ def _parser() -> argparse.ArgumentParser:
                            help="start from these generator weights (wav2lip.pth, wav2lip_gan.pth, or one of ours)")
     _run_flags(generator)
     generator.set_defaults(handler=_train_wav2lip)
+
+    unet = trainers.add_parser(
+        "latentsync", help="LatentSync's U-Net: stage 1, stage 2, or the one-GPU stage-2 fine-tune",
+        description="Train LatentSync's U-Net on the clips LISTS names (as for `train syncnet`): 16-frame windows "
+                    "whose mouth it remakes from the masked frames, 16 other frames of the clip and the Whisper "
+                    "features of the audio, by predicting the noise added to their VAE latents. --stage 1: the "
+                    "whole U-Net without motion modules, the noise loss only; 2: motion modules and attentions, "
+                    "with the one-step estimate decoded and judged by LPIPS, the frozen StableSyncNet and TREPA; "
+                    "2-efficient: decoder motion modules and audio cross-attention, without TREPA (one 24 GB "
+                    "GPU). Everything goes to RUN: checkpoints (latentsync_unet.pt in LatentSync's layout, which "
+                    "its code and `curate lipsync --checkpoint RUN` load; what a continued run needs), "
+                    "metrics.jsonl, metrics.png, samples/. The VAE and Whisper come from the models folder "
+                    "(`curate models download latentsync`), and LPIPS and TREPA for the stages that use them "
+                    "(`... lpips`, `... trepa`). Rerunning the same command continues from the last checkpoint.")
+    unet.add_argument("lists", type=Path, metavar="LISTS", help="a `curate filelist` folder, or a list of clip paths")
+    unet.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
+    unet.add_argument("--stage", required=True, choices=["1", "2", "2-efficient"],
+                      help="LatentSync's stage1.yaml, stage2.yaml or stage2_efficient.yaml recipe")
+    unet.add_argument("--init", type=Path, metavar="CKPT",
+                      help="start from this U-Net: latentsync_unet.pt, or a checkpoint or run folder of ours (the "
+                           "motion modules a stage does not build are dropped; those it builds and the file lacks "
+                           "start afresh)")
+    unet.add_argument("--syncnet", type=Path, metavar="EXPERT",
+                      help="the frozen StableSyncNet of the sync loss: stable_syncnet.pt, or a run folder of `curate "
+                           "train syncnet` (default: stable_syncnet.pt in the models folder)")
+    unet.add_argument("--config", type=Path, metavar="YAML",
+                      help="settings over the stage's defaults (configs/latentsync-stage*.yaml document them; "
+                           "configs/latentsync-small.yaml: a small U-Net to try on the CPU)")
+    _run_flags(unet)
+    unet.set_defaults(handler=_train_latentsync)
 
     judge = commands.add_parser(
         "eval-syncnet", help="loss, accuracy and offset accuracy of a lip-sync expert on curated clips",
@@ -241,7 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch = model_commands.add_parser("download", help="fetch model files from their public locations and verify them")
     fetch.add_argument("names", nargs="*", metavar="NAME",
                        help="syncnet, hyperiqa, fan, stable-syncnet, wav2lip-expert, wav2lip, wav2lip-gan, latentsync, "
-                            "latentsync-512, lpips (default: "
+                            "latentsync-512, lpips, trepa (default: "
                             "syncnet and hyperiqa, what the default pipeline needs)")
     fetch.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (for models.dir and models.sha256)")
     fetch.set_defaults(handler=_models_download)
@@ -417,6 +447,13 @@ def _train_wav2lip(args: argparse.Namespace) -> int:
 
     _check_train_flags(args)
     return train_wav2lip(args)
+
+
+def _train_latentsync(args: argparse.Namespace) -> int:
+    from curate.train import train_latentsync
+
+    _check_train_flags(args)
+    return train_latentsync(args)
 
 
 def _check_train_flags(args: argparse.Namespace) -> None:

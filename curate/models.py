@@ -97,6 +97,15 @@ def _verify_vgg(path: Path) -> None:
     read_vgg_file(path)
 
 
+def _verify_trepa(path: Path) -> None:
+    from generators.trepa import config_of, load_videomae, read_videomae_file
+
+    state = read_videomae_file(path)
+    width = state["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in state else 1
+    # the heads are in no shape: any divisor of the width checks the file the same
+    load_videomae(path, config=config_of(state, num_heads=next(h for h in (16, 8, 4, 2, 1) if width % h == 0)))
+
+
 def _verify_lpips_heads(path: Path) -> None:
     from generators.lpips import read_heads_file
 
@@ -164,6 +173,7 @@ def _wav2lip_generator(name: str) -> ModelFile:
 
 LATENTSYNC_UNET_FILE = "latentsync_unet.pt"
 WHISPER_FILE = "tiny.pt"
+TREPA_FILE = "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")   # the config first: the weights load into it
 
 
@@ -213,6 +223,10 @@ MODELS: dict[str, tuple[str, list[ModelFile]]] = {
                    ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", _verify_vgg),
                    ("vgg.pth", "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/"
                                "vgg.pth", _verify_lpips_heads))]),
+    "trepa": ("VideoMAE-v2 ViT-g/14 (SSv2), the feature extractor of LatentSync's TREPA loss (`curate train "
+              "latentsync --stage 2`)",
+              [ModelFile(TREPA_FILE, "https://huggingface.co/ByteDance/LatentSync-1.5/resolve/main/auxiliary/"
+                         + TREPA_FILE, models_dir, _verify_trepa)]),
     "latentsync": ("LatentSync 1.5 at 256 px: its U-Net, Whisper tiny's encoder and the SD VAE (sd-vae-ft-mse), "
                    "for `curate lipsync --model latentsync`", _latentsync("1.5")),
     "latentsync-512": ("LatentSync 1.6 at 512 px: its U-Net, Whisper tiny's encoder and the SD VAE, for `curate "
@@ -279,14 +293,15 @@ def state(name: str, settings: ModelSettings) -> list[tuple[ModelFile, Path | No
 def require(name: str, settings: ModelSettings, skip: tuple[str, ...] = ()) -> list[Path]:
     """The paths of model `name`'s files (but those named in `skip`), each verified; one that is there but not
     yet verified is verified now. Raises ModelError naming the file, its folder and the command that gets it."""
+    rows = [row for row in state(name, settings) if row[0].name not in skip]
+    missing = [(file, path) for file, path, status in rows if status == "missing"]
+    if missing:   # all of them in one message: one command gets them all
+        where = [f"{file.name} is missing {f'in {path.parent}' if path is not None else '(its package is not installed)'}"
+                 for file, path in missing]
+        fix = f"`curate models download {name}`" if all(file.url for file, _ in missing) else "reinstalling its package"
+        raise ModelError(f"{', '.join(where)}; get {'it' if len(missing) == 1 else 'them'} with {fix}")
     paths = []
-    for file, path, status in state(name, settings):
-        if file.name in skip:
-            continue
-        if status == "missing":
-            where = f"in {path.parent}" if path is not None else "(its package is not installed)"
-            fix = f"`curate models download {name}`" if file.url else "reinstalling its package"
-            raise ModelError(f"{file.name} is missing {where}; get it with {fix}")
+    for file, path, status in rows:
         sha256 = sha256_of(path)
         if status == "changed":
             raise ModelError(f"{path} changed since it was verified (sha256 now {sha256}); "

@@ -1,9 +1,10 @@
-"""`curate train syncnet`, `curate train wav2lip` and `curate eval-syncnet`: the command-line side of training.
+"""`curate train syncnet|wav2lip|latentsync` and `curate eval-syncnet`: the command-line side of training.
 
 Training: the config (the defaults, the file, the flags), the run folder (one run at a time, the same settings
 as before unless --reconfigure), the clips' features prepared once (Ray tasks over the cluster), then the
-trainer's worker function (syncnet.train.train_expert, generators.train.train_wav2lip) on each Ray Train
-worker, with a progress bar fed by the run's metrics. Both trainers go through `_run_training`.
+trainer's worker function (syncnet.train.train_expert, generators.train.train_wav2lip,
+generators.latentsync_train.train_latentsync) on each Ray Train worker, with a progress bar fed by the run's
+metrics. Every trainer goes through `_run_training`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from curate.errors import RunError
 
@@ -71,6 +74,201 @@ def train_wav2lip(args) -> int:
         job=job, worker=worker)
 
 
+def train_latentsync(args) -> int:
+    """`curate train latentsync`: LatentSync's U-Net, stage 1, 2 or 2-efficient, every file it needs checked
+    (and all the missing ones named at once) before any work."""
+    from curate.training_config import load_latentsync_config
+    from generators.latentsync_train import STAGES, LatentSyncJob, train_latentsync as worker, unet_config
+    from training.face_windows import face_framing
+    from training.latent_windows import usable_latent
+
+    config = load_latentsync_config(args.stage, args.config, _overrides(args))
+    stage = STAGES[args.stage]
+    try:
+        unet = unet_config(config.model.unet, stage)
+    except ValueError as exc:
+        raise RunError(f"model.unet: {exc}") from None
+    weights = _latentsync_weights(args, config)
+    init = None if args.prepare else (_checked_unet_init(args.init, unet, stage) if args.init else None)
+    lists = _lists(args)
+    resolution = config.model.resolution
+    identity = {"trainer": "latentsync", "stage": args.stage, **_list_identity(args), "init": init,
+                "syncnet": weights.get("expert"), "config": config.run_identity()}
+    if not args.prepare:
+        print(_trainable_line(unet, stage))
+
+    def prepare(run=None):
+        train, val = prepare_clips(lists, config.data, face_framing(resolution), run, keep=usable_latent)
+        return attach_whisper(train, val, config.data, weights["whisper"], run)
+
+    def job(train, val, run_dir):
+        samples = None
+        if config.samples.clips and val:
+            from generators.latentsync import mouth_region
+
+            renderer = LatentSyncRenderer(weights["vae"], weights["whisper"], resolution, config.samples.steps,
+                                          config.samples.guidance, config.train.seed)
+            samples = SampleVideos(str(run_dir), tuple(sorted(c.path for c in val))[:config.samples.clips],
+                                   resolution, config.samples.seconds, _syncnet_weights(), renderer,
+                                   mouth_region(resolution))
+        return LatentSyncJob(args.stage, unet, resolution, config.data, config.train, config.loss, weights["vae"],
+                             train, val, str(run_dir), weights.get("expert"), weights.get("lpips"),
+                             weights.get("trepa"), weights.get("trepa_config"), init, on_validate=samples)
+
+    return _run_training(args, config, lists, identity, prepare=prepare, job=job, worker=worker)
+
+
+def _latentsync_weights(args, config) -> dict:
+    """The files `curate train latentsync` needs, verified: the VAE and Whisper (the `latentsync` models), and
+    for the pixel losses the stage uses, the expert (--syncnet, else `stable-syncnet`), LPIPS and TREPA. All the
+    missing ones are named in one error, each with its folder and the command that fetches it."""
+    from curate.config import load_config
+    from curate.models import LATENTSYNC_UNET_FILE, ModelError, require
+
+    settings = load_config(None).models
+    terms = () if args.prepare else config.loss.pixel_terms
+    needs = [("latentsync", (LATENTSYNC_UNET_FILE, "config.json", "diffusion_pytorch_model.safetensors")
+              if args.prepare else (LATENTSYNC_UNET_FILE,))]
+    needs += [(name, ()) for name in ("lpips", "trepa") if name in terms]
+    if "sync" in terms and args.syncnet is None:
+        needs.append(("stable-syncnet", ()))
+    found, problems = {}, []
+    for name, skip in needs:
+        try:
+            found[name] = require(name, settings, skip=skip)
+        except ModelError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise RunError("; ".join(problems) + (" (or --syncnet EXPERT)" if any("stable_syncnet" in p for p in problems)
+                                              else ""))
+    weights = {"whisper": str(found["latentsync"][0])}
+    if not args.prepare:
+        weights["vae"] = str(found["latentsync"][-1])
+    if "lpips" in found:
+        weights["lpips"] = tuple(str(path) for path in found["lpips"])
+    if "trepa" in found:
+        from generators.trepa import TrepaFileError, config_of, read_videomae_file
+
+        weights["trepa"] = str(found["trepa"][0])
+        try:
+            weights["trepa_config"] = config_of(read_videomae_file(weights["trepa"]), config.trepa.num_heads,
+                                                config.trepa.img_size)
+        except (TrepaFileError, ValueError) as exc:
+            raise RunError(f"trepa: {exc}") from None
+    if "sync" in terms:
+        weights["expert"] = _checked_stable_expert(args.syncnet or found["stable-syncnet"][0])
+    return weights
+
+
+def _checked_stable_expert(path: Path) -> str:
+    """--syncnet: a 16-frame StableSyncNet (stable_syncnet.pt, or ours: a file, checkpoint or run folder)."""
+    from syncnet.experts import framing_of, load_expert, read_checkpoint
+
+    if not Path(path).exists():
+        raise RunError(f"--syncnet: {path} does not exist (the official expert is fetched with `curate models "
+                       "download stable-syncnet`)")
+    path = expert_file(path)
+    try:
+        load_expert(path, arch="stable")
+        frames = framing_of("stable", read_checkpoint(path).config).num_frames
+    except Exception as exc:  # noqa: BLE001 - whatever stops it loading, it is not the expert this needs
+        raise RunError(f"--syncnet: cannot load {path} as a StableSyncNet: {str(exc).splitlines()[0]}") from None
+    if frames != 16:
+        raise RunError(f"--syncnet: {path} looks at {frames} frames; LatentSync's sync loss takes 16")
+    return str(Path(path).resolve())
+
+
+def _checked_unet_init(init: Path, unet, stage) -> str:
+    """--init: a U-Net file (or a checkpoint or run folder of ours) that fits the stage's U-Net, checked on the
+    meta device before any work; what the stage drops or starts afresh is said."""
+    import torch
+
+    from generators.latentsync_train import starting_weights
+    from generators.latentsync_unet import LatentSyncUNet, UNetFileError
+
+    if not Path(init).exists():
+        raise RunError(f"--init: {init} does not exist (the official U-Net is fetched with `curate models download "
+                       "latentsync`)")
+    path = expert_file(init)
+    with torch.device("meta"):
+        model = LatentSyncUNet(unet)
+    try:
+        _, dropped, fresh = starting_weights(path, model)
+    except UNetFileError as exc:
+        raise RunError(f"--init: {exc}") from None
+    if dropped:
+        print(f"--init: {len(dropped)} motion-module tensors of {path.name} are not used: stage {stage.name} builds "
+              f"{'none' if not stage.motion_modules else 'them in the decoder only'}")
+    if fresh:
+        print(f"--init: {len(fresh)} motion-module tensors are not in {path.name}: they start afresh (their output "
+              "at zero, so the U-Net starts as the file's)")
+    return str(path.resolve())
+
+
+def _trainable_line(unet, stage) -> str:
+    import torch
+
+    from generators.latentsync_train import mark_trainable
+    from generators.latentsync_unet import LatentSyncUNet
+
+    with torch.device("meta"):
+        model = LatentSyncUNet(unet)
+    mark_trainable(model, stage)
+    total = sum(p.numel() for p in model.parameters())
+    learns = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    which = "all of it" if stage.trainable is None else "weights named " + " or ".join(
+        repr(part.rstrip(".")) for part in stage.trainable)
+    return (f"stage {stage.name}: {learns / 1e6:.2f} M of the U-Net's {total / 1e6:.2f} M parameters train "
+            f"({which})")
+
+
+def attach_whisper(train: list, val: list, settings, whisper: str, run=None) -> tuple[list, list]:
+    """The clips with their Whisper features, computed once per clip (by `run`, a Ray map, when given); clips
+    whose audio fails are skipped with the reason."""
+    from curate.models import sha256_of
+    from training.latent_windows import AudioFeatureCache, whisper_features_in
+    from training.windows import FeatureCache, cache_dir, describe_skipped
+
+    folder = cache_dir(settings)
+    entries = FeatureCache(folder).entries
+    cache = AudioFeatureCache(folder, whisper, sha256_of(Path(whisper)))
+    mapped = None
+    if run is not None:
+        mapped = lambda items, encoder: run(items, encoder, work=whisper_features_in, desc="whisper")  # noqa: E731
+    out = []
+    for what, clips in (("training", train), ("validation", val)):
+        kept, skipped = cache.attach(clips, {c.path: entries[c.path]["sha256"] for c in clips}, mapped)
+        if skipped:
+            print(f"curate: warning: {describe_skipped(skipped, what)}", file=sys.stderr)
+        out.append(kept)
+    if train and not out[0]:
+        raise RunError("no usable training clips: the Whisper features of all of them failed")
+    return out[0], out[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSyncRenderer:
+    """SampleVideos' renderer for a U-Net in training: LatentSync's sampler over it (a copy on a GPU, where the
+    sampler runs it in fp16), with the VAE and Whisper loaded from their files."""
+    vae: str
+    whisper: str
+    resolution: int
+    steps: int
+    guidance: float
+    seed: int
+
+    def __call__(self, model, device):
+        import copy
+
+        from generators.latentsync import load_vae
+        from generators.whisper import load_whisper_encoder
+        from lipsync.models import LatentSyncModel
+
+        unet = copy.deepcopy(model) if device.type == "cuda" else model
+        return LatentSyncModel(unet, load_vae(self.vae), load_whisper_encoder(self.whisper), self.resolution, device,
+                               steps=self.steps, guidance=self.guidance, seed=self.seed)
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleVideos:
     """`curate train wav2lip`'s on_validate (rank 0, after each validation): self-reenactment videos of the
@@ -83,6 +281,9 @@ class SampleVideos:
     size: int
     seconds: float
     syncnet: str | None = None       # syncnet_v2.model, verified
+    renderer: object = None          # (model, device) -> a lipsync.models renderer (None: Wav2Lip's)
+    region: tuple[float, float, float, float] = (0.5, 1.0, 0.0, 1.0)   # what the model remakes: top, bottom,
+                                                                     # left, right, as fractions of the clip
 
     def __call__(self, model, step: int) -> dict:
         import warnings
@@ -94,8 +295,9 @@ class SampleVideos:
         folder = Path(self.run_dir) / "samples" / f"step-{step:09d}"
         folder.mkdir(parents=True, exist_ok=True)
         device = next(model.parameters()).device
-        renderer = Wav2LipModel(model, TemplateFraming(self.size), device, batch_size=16)
-        written = []
+        renderer = (self.renderer(model, device) if self.renderer is not None else
+                    Wav2LipModel(model, TemplateFraming(self.size), device, batch_size=16))
+        written, scores = [], []
         for number, clip in enumerate(self.clips):
             name = f"{number:02d}_{Path(clip).parent.name}_{Path(clip).stem}"
             speech = folder / f"{name}.wav"
@@ -103,17 +305,47 @@ class SampleVideos:
                 _write_speech(Path(clip), speech, self.seconds)
                 lipsync(Path(clip), speech, folder / f"{name}.mp4", renderer, Options())
                 written.append(str(folder / f"{name}.mp4"))
+                scores.append(region_scores(folder / f"{name}.mp4", Path(clip), self.region))
             except Exception as exc:  # noqa: BLE001 - a sample is a look at the model, never worth the run
                 warnings.warn(f"no sample of {clip} at step {step}: {type(exc).__name__}: {exc}")
             finally:
                 speech.unlink(missing_ok=True)
         numbers: dict = {"samples": len(written)}
+        if scores:
+            numbers["mouth_psnr"] = sum(psnr for psnr, _ in scores) / len(scores)
+            numbers["mouth_ssim"] = sum(value for _, value in scores) / len(scores)
         if self.syncnet and written:
             try:
                 numbers.update(_lse(written, self.syncnet, device))
             except Exception as exc:  # noqa: BLE001 - as above
                 warnings.warn(f"no LSE of the samples at step {step}: {type(exc).__name__}: {exc}")
         return numbers
+
+
+def region_scores(made: Path, truth: Path, region: tuple[float, float, float, float]) -> tuple[float, float]:
+    """PSNR (dB) and SSIM of `region` (fractions of the frame: top, bottom, left, right) of a self-reenactment
+    sample against the clip it remade, over the sample's frames (each against the clip's frame of that time)."""
+    import av
+    import torch
+
+    from generators.train import ssim
+
+    def frames(path: Path):
+        with av.open(str(path)) as container:
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24")
+
+    psnrs, ssims = [], []
+    for ours, theirs in zip(frames(made), frames(truth)):
+        h, w = theirs.shape[:2]
+        top, bottom, left, right = int(region[0] * h), int(region[1] * h), int(region[2] * w), int(region[3] * w)
+        a, b = (torch.from_numpy(np.ascontiguousarray(x[top:bottom, left:right])).permute(2, 0, 1)[None].float() / 255
+                for x in (ours, theirs))
+        psnrs.append(float(-10 * torch.log10((a - b).pow(2).mean().clamp_min(1e-10))))
+        ssims.append(float(ssim(a, b)[0]))
+    if not psnrs:
+        raise ValueError(f"{made} has no frames")
+    return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
 
 
 def _write_speech(clip: Path, target: Path, seconds: float) -> None:
@@ -313,17 +545,18 @@ def prepare_clips(lists, settings, framing, run=None, keep=None) -> tuple[list, 
     return out[0], out[1]
 
 
-def ray_map(paths: list[str], folder: str, chunk: int = 16) -> list[dict]:
-    """prepare_clip over `paths` as Ray tasks of `chunk` clips each, in order, with a progress bar."""
+def ray_map(paths: list, folder: str, chunk: int = 16, work=None, desc: str = "features") -> list:
+    """`work(items, folder)` (default prepare_clips_in: the mel features) over `paths` as Ray tasks of `chunk`
+    items each, in order, with a progress bar."""
     import ray
     from tqdm import tqdm
 
     from training.windows import prepare_clips_in
 
-    task = ray.remote(num_cpus=1, max_retries=2)(prepare_clips_in)
+    task = ray.remote(num_cpus=1, max_retries=2)(work or prepare_clips_in)
     refs = [task.remote(paths[i:i + chunk], folder) for i in range(0, len(paths), chunk)]
     results: dict = {}
-    with tqdm(total=len(paths), desc="features", unit="clip", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+    with tqdm(total=len(paths), desc=desc, unit="clip", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -363,12 +596,23 @@ def summary(run_dir: Path) -> str:
     if steps:
         last = steps[-1]
         acc = f", accuracy {last['accuracy']:.3f}" if "accuracy" in last else ""
-        parts = "".join(f", {name} {last[key]:.4f}" for key, name in (("l1", "L1"), ("sync", "sync")) if key in last)
+        parts = "".join(f", {name} {last[key]:.4f}" for key, name in (("l1", "L1"), ("recon", "noise MSE"),
+                                                                       ("sync", "sync"), ("lpips", "LPIPS"),
+                                                                       ("trepa", "TREPA")) if key in last)
         out.append(f"trained: step {last['step']}, loss {last['loss']:.4f}{acc}{parts}, "
                    f"{last['samples_per_s']:.1f} samples/s")
     if vals:
         last = vals[-1]
-        if "val_l1" in last:   # a generator
+        if "val_recon" in last:   # LatentSync's U-Net
+            pixel = "".join(f", {name} {last['val_' + key]:.4f}" for key, name in
+                            (("lpips", "LPIPS"), ("sync", "sync"), ("trepa", "TREPA")) if "val_" + key in last)
+            truth = f" (real frames: {last['val_sync_truth']:.3f})" if "val_sync_truth" in last else ""
+            mouth = (f"; samples' mouth: PSNR {last['val_mouth_psnr']:.2f} dB, SSIM {last['val_mouth_ssim']:.3f}"
+                     if "val_mouth_psnr" in last else "")
+            out.append(f"val:     loss {last['val_loss']:.4f}; noise MSE {last['val_recon']:.4f} (predicting none: "
+                       f"{last['val_zero_recon']:.4f}){pixel}{truth}{mouth} (step {last['step']}, "
+                       f"{last['val_windows']} windows)")
+        elif "val_l1" in last:   # a generator
             out.append(f"val:     loss {last['val_loss']:.4f}; lower half: L1 {last['val_l1']:.4f} (copying the "
                        f"reference: {last['val_copy_l1']:.4f}), PSNR {last['val_psnr']:.2f} dB, SSIM "
                        f"{last['val_ssim']:.3f}; expert's sync loss {last['val_sync']:.3f} (real frames: "

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curate.config import ConfigError, validate_config
+from generators.latentsync_train import LatentSyncLoss
 from generators.train import GanSettings, Wav2LipLoss
 from syncnet.stable import GROUPS, LATENTSYNC_16_PIXEL_ATTN
 from training.face_windows import FaceWindowSettings
@@ -222,3 +223,106 @@ def _merge(base: dict, extra: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+# -- LatentSync's U-Net (curate train latentsync) ----------------------------------------------------------------
+
+LATENTSYNC_STAGES = ("1", "2", "2-efficient")
+_STAGE_KEYS = ("use_motion_module", "motion_module_decoder_only")
+
+
+class LatentSyncModelSection(_Strict):
+    resolution: int = 256        # the faces' side: 256 (LatentSync 1.5), 512 (1.6); latents are an eighth of it
+    unet: dict = {}              # U-Net keys over stage2.yaml's model section (generators.latentsync_unet.UNetConfig)
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, resolution: int) -> int:
+        if resolution < 64 or resolution % 64:
+            raise ValueError(f"{resolution} is not a multiple of 64 of at least 64 (the U-Net halves the "
+                             "latents three times)")
+        return resolution
+
+    @field_validator("unet")
+    @classmethod
+    def _unet(cls, unet: dict) -> dict:
+        from generators.latentsync_unet import UNetConfig
+
+        fixed = sorted(set(unet) & set(_STAGE_KEYS))
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: set by --stage (1: no motion modules; 2: everywhere; "
+                             "2-efficient: in the decoder)")
+        UNetConfig.from_config_dict(unet)          # raises, naming the key, for anything it cannot build
+        return unet
+
+
+class LatentSyncSamples(_Strict):
+    clips: int = Field(2, ge=0)          # validation clips (the first by path) remade at each validation; 0: none
+    seconds: float = Field(2.0, gt=0)    # how much of each: its first seconds, with its own audio
+    steps: int = Field(20, ge=1)         # DDIM steps (inference's)
+    guidance: float = Field(1.5, ge=1)   # classifier-free guidance (inference's)
+
+
+class TrepaNetwork(_Strict):
+    """What TREPA's VideoMAE-v2 file cannot say of itself (its other sizes are read from its shapes)."""
+    num_heads: int = Field(16, ge=1)     # ViT-g/14's
+    img_size: int = Field(224, ge=14)    # frames are resized to this
+
+
+class LatentSyncTraining(_Strict):
+    model: LatentSyncModelSection = LatentSyncModelSection()
+    data: FaceWindowSettings = FaceWindowSettings()
+    loss: LatentSyncLoss = LatentSyncLoss()
+    train: LoopSettings = LoopSettings()
+    samples: LatentSyncSamples = LatentSyncSamples()
+    trepa: TrepaNetwork = TrepaNetwork()
+    resources: TrainResources = TrainResources()
+
+    @model_validator(mode="after")
+    def _batches(self) -> "LatentSyncTraining":
+        if self.train.micro_batch % self.data.clips_per_batch:
+            raise ValueError(f"a micro-batch of {self.train.micro_batch} samples (train.batch_size / grad_accum) "
+                             f"does not split evenly over data.clips_per_batch = {self.data.clips_per_batch} clips")
+        return self
+
+    def run_identity(self) -> dict:
+        data = self.model_dump(mode="json")
+        data.pop("resources")
+        data.pop("samples")
+        data["train"].pop("max_steps")
+        return data
+
+
+# LatentSync's configs/unet/stage1.yaml, stage2.yaml and stage2_efficient.yaml (one GPU's batch: the yamls'
+# commented values; the U-Net's model section is stage2.yaml's in all three, the stage sets its motion modules)
+_LATENTSYNC_TRAIN = {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 0.01, "betas": (0.9, 0.999),
+                     "max_grad_norm": 1.0, "precision": "fp16", "gradient_checkpointing": True, "seed": 1247,
+                     "validate_every": 10000, "checkpoint_every": 10000}
+LATENTSYNC_DEFAULTS = {
+    "1": {"data": {"clips_per_batch": 8, "batches_per_clip": 4},
+          "train": {**_LATENTSYNC_TRAIN, "batch_size": 24},
+          "loss": {"pixel_space": False, "sync_weight": 0.0, "lpips_weight": 0.0, "trepa_weight": 0.0}},
+    "2": {"data": {"clips_per_batch": 4, "batches_per_clip": 4},
+          "train": {**_LATENTSYNC_TRAIN, "batch_size": 4},
+          "loss": {"pixel_space": True, "sync_weight": 0.05, "lpips_weight": 0.1, "trepa_weight": 10.0}},
+    "2-efficient": {"data": {"clips_per_batch": 4, "batches_per_clip": 4},
+                    "train": {**_LATENTSYNC_TRAIN, "batch_size": 4},
+                    "loss": {"pixel_space": True, "sync_weight": 0.05, "lpips_weight": 0.1, "trepa_weight": 0.0}},
+}
+
+
+def latentsync_documented_defaults(stage: str) -> Path:
+    return ROOT / "configs" / f"latentsync-stage{stage}.yaml"
+
+
+def load_latentsync_config(stage: str, path: str | Path | None = None,
+                           overrides: dict | None = None) -> LatentSyncTraining:
+    """The defaults of `stage`, then the file at `path`, then `overrides` (the command line's flags)."""
+    if stage not in LATENTSYNC_DEFAULTS:
+        raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(LATENTSYNC_STAGES)}")
+    data = copy.deepcopy(LATENTSYNC_DEFAULTS[stage])
+    source = f"the latentsync stage {stage} defaults"
+    if path is not None:
+        data = _merge(data, _read_yaml(Path(path)))
+        source = str(path)
+    return validate_config(LatentSyncTraining, _merge(data, overrides or {}), source)

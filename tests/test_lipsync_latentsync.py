@@ -144,7 +144,10 @@ def test_missing_latentsync_weights_stop_before_any_work(models_dir, work, tmp_p
         (models_dir / "latentsync-1.5" / "latentsync_unet.pt").read_bytes())
     out = tmp_path / "out.mp4"
     err = refused(empty, monkeypatch, capsys, work / "kitchen.mp4", work / "speech.wav", "-o", out)
-    assert f"tiny.pt is missing in {empty / 'whisper'}; get it with `curate models download latentsync`" in err
+    # every missing file at once, with one command for them all
+    assert (f"tiny.pt is missing in {empty / 'whisper'}, config.json is missing in {empty / 'sd-vae-ft-mse'}, "
+            f"diffusion_pytorch_model.safetensors is missing in {empty / 'sd-vae-ft-mse'}; get them with `curate "
+            "models download latentsync`") in err
     err = refused(tmp_path / "nothing", monkeypatch, capsys, work / "kitchen.mp4", work / "speech.wav", "-o", out,
                   "--resolution", "512")
     assert "latentsync_unet.pt is missing in" in err and "latentsync-1.6" in err and "download latentsync-512" in err

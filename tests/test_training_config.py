@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from curate.config import ConfigError
-from curate.training_config import (documented_defaults, load_training_config, load_wav2lip_config,
-                                    wav2lip_documented_defaults)
+from curate.training_config import (documented_defaults, latentsync_documented_defaults, load_latentsync_config,
+                                    load_training_config, load_wav2lip_config, wav2lip_documented_defaults)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,44 @@ def test_model_and_training_step_code_import_only_torch():
     pydantic."""
     code = ("import sys; import syncnet.stable, syncnet.wav2lip_expert, syncnet.experts, syncnet.mel, "
             "syncnet.train, training.loop, generators.wav2lip, generators.train, generators.latentsync_unet, "
-            "generators.whisper, generators.latentsync, generators.trepa, generators.lpips; "
+            "generators.whisper, generators.latentsync, generators.trepa, generators.lpips, generators.latentsync_train; "
             "print(sorted(m for m in ('ray', 'av', 'pydantic', 'cv2') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("stage", ["1", "2", "2-efficient"])
+def test_the_latentsync_stages_documented_defaults_are_the_codes(stage):
+    assert load_latentsync_config(stage, latentsync_documented_defaults(stage)) == load_latentsync_config(stage)
+
+
+def test_the_latentsync_stages_are_the_references_configs():
+    """configs/unet/stage1.yaml, stage2.yaml, stage2_efficient.yaml: AdamW at 1e-5, clipping at 1.0, fp16 with
+    gradient checkpointing, seed 1247, mixed noise alpha 1; stage 1 the noise loss alone, stage 2 with sync 0.05,
+    LPIPS 0.1 and TREPA 10, 2-efficient the same without TREPA."""
+    one, two, efficient = (load_latentsync_config(stage) for stage in ("1", "2", "2-efficient"))
+    for config in (one, two, efficient):
+        assert (config.train.optimizer, config.train.lr, config.train.max_grad_norm, config.train.precision,
+                config.train.gradient_checkpointing, config.train.seed) == ("adamw", 1e-5, 1.0, "fp16", True, 1247)
+        assert config.loss.mixed_noise and config.loss.mixed_noise_alpha == 1 and config.loss.recon_weight == 1
+        assert config.model.resolution == 256 and config.model.unet == {}
+    assert one.loss.pixel_terms == () and not one.loss.pixel_space
+    assert (two.loss.sync_weight, two.loss.lpips_weight, two.loss.trepa_weight) == (0.05, 0.1, 10.0)
+    assert efficient.loss.pixel_terms == ("sync", "lpips") and efficient.loss.trepa_weight == 0
+    assert (one.train.batch_size, two.train.batch_size) == (24, 4)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model:\n  unet:\n    use_motion_module: true\n", "'model.unet': use_motion_module: set by --stage"),
+    ("model:\n  unet:\n    block_out_chanels: [32]\n", "unknown U-Net config keys ['block_out_chanels']"),
+    ("model:\n  resolution: 100\n", "100 is not a multiple of 64"),
+    ("loss:\n  pixel_space: false\n", "need pixel_space: true"),
+    ("loss:\n  lpips_wieght: 1\n", "unknown key 'loss.lpips_wieght' (did you mean 'loss.lpips_weight'?)"),
+    ("train:\n  batch_size: 6\n", "a micro-batch of 6 samples"),
+])
+def test_bad_latentsync_settings_are_named(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_latentsync_config("2", path)
+    assert message in str(caught.value) and str(path) in str(caught.value)

@@ -140,11 +140,14 @@ class MetricsProgress:
             shown["loss"] = f"{last['loss']:.3f}"
             if "accuracy" in last:
                 shown["acc"] = f"{last['accuracy']:.2f}"
-            shown["samples/s"] = f"{last['samples_per_s']:.0f}"
+            rate = last["samples_per_s"]
+            shown["samples/s"] = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
         if vals:
             last = vals[-1]
             if "val_copy_l1" in last:   # a generator: its lower halves' L1, and copying the reference's
                 shown["val"] = f"{last['val_l1']:.3f}/{last['val_copy_l1']:.3f}"
+            elif "val_zero_recon" in last:   # LatentSync: the noise MSE, and predicting no noise's
+                shown["val"] = f"{last['val_recon']:.3f}/{last['val_zero_recon']:.3f}"
             else:
                 shown["val"] = "/".join(f"{last[k]:.2f}" for k in ("val_loss", "val_accuracy", "val_offset_accuracy")
                                         if k in last)
