@@ -165,7 +165,26 @@ class GeneratorSamples(_Strict):
     seconds: float = Field(4.0, gt=0)    # how much of each: its first seconds, with its own audio
 
 
-class Wav2LipTraining(_Strict):
+class _GeneratorTraining(_Strict):
+    """What the generators' configs share: a micro-batch split evenly over the clips a batch draws from, and a
+    run's identity (everything but how long it goes on, where it runs and what samples it writes)."""
+
+    @model_validator(mode="after")
+    def _batches(self):
+        if self.train.micro_batch % self.data.clips_per_batch:
+            raise ValueError(f"a micro-batch of {self.train.micro_batch} samples (train.batch_size / grad_accum) "
+                             f"does not split evenly over data.clips_per_batch = {self.data.clips_per_batch} clips")
+        return self
+
+    def run_identity(self) -> dict:
+        data = self.model_dump(mode="json")
+        data.pop("resources")
+        data.pop("samples")
+        data["train"].pop("max_steps")
+        return data
+
+
+class Wav2LipTraining(_GeneratorTraining):
     model: GeneratorModel = GeneratorModel()
     data: FaceWindowSettings = FaceWindowSettings()
     loss: Wav2LipLoss = Wav2LipLoss()
@@ -173,22 +192,6 @@ class Wav2LipTraining(_Strict):
     train: LoopSettings = LoopSettings()
     samples: GeneratorSamples = GeneratorSamples()
     resources: TrainResources = TrainResources()
-
-    @model_validator(mode="after")
-    def _batches(self) -> "Wav2LipTraining":
-        if self.train.micro_batch % self.data.clips_per_batch:
-            raise ValueError(f"a micro-batch of {self.train.micro_batch} samples (train.batch_size / grad_accum) "
-                             f"does not split evenly over data.clips_per_batch = {self.data.clips_per_batch} clips")
-        return self
-
-    def run_identity(self) -> dict:
-        """What makes a run the run it is: everything but how long it goes on, where it runs and what samples
-        it writes."""
-        data = self.model_dump(mode="json")
-        data.pop("resources")
-        data.pop("samples")
-        data["train"].pop("max_steps")
-        return data
 
 
 # Wav2Lip's hparams.py and wav2lip_train.py (the gan: and loss: sections' defaults are hq_wav2lip_train.py's)
@@ -269,7 +272,7 @@ class TrepaNetwork(_Strict):
     img_size: int = Field(224, ge=14)    # frames are resized to this
 
 
-class LatentSyncTraining(_Strict):
+class LatentSyncTraining(_GeneratorTraining):
     model: LatentSyncModelSection = LatentSyncModelSection()
     data: FaceWindowSettings = FaceWindowSettings()
     loss: LatentSyncLoss = LatentSyncLoss()
@@ -277,20 +280,6 @@ class LatentSyncTraining(_Strict):
     samples: LatentSyncSamples = LatentSyncSamples()
     trepa: TrepaNetwork = TrepaNetwork()
     resources: TrainResources = TrainResources()
-
-    @model_validator(mode="after")
-    def _batches(self) -> "LatentSyncTraining":
-        if self.train.micro_batch % self.data.clips_per_batch:
-            raise ValueError(f"a micro-batch of {self.train.micro_batch} samples (train.batch_size / grad_accum) "
-                             f"does not split evenly over data.clips_per_batch = {self.data.clips_per_batch} clips")
-        return self
-
-    def run_identity(self) -> dict:
-        data = self.model_dump(mode="json")
-        data.pop("resources")
-        data.pop("samples")
-        data["train"].pop("max_steps")
-        return data
 
 
 # LatentSync's configs/unet/stage1.yaml, stage2.yaml and stage2_efficient.yaml (one GPU's batch: the yamls'

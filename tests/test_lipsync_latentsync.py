@@ -47,13 +47,21 @@ def _filled(model: torch.nn.Module) -> torch.nn.Module:
 def models_dir(tmp_path_factory) -> Path:
     """A models folder as `curate models download latentsync latentsync-512` makes it: the U-Nets in a folder
     per version, Whisper's tiny.pt (the official layout; stand-in weights), the VAE's config and weights."""
-    from safetensors.torch import save_file
 
     folder = tmp_path_factory.mktemp("models")
     for version in ("1.5", "1.6"):
         (folder / f"latentsync-{version}").mkdir()
         torch.save(official_layout(_filled(LatentSyncUNet(SMALL_UNET)), 0),
                    folder / f"latentsync-{version}" / "latentsync_unet.pt")
+    write_whisper_and_vae(folder)
+    return folder
+
+
+def write_whisper_and_vae(folder: Path) -> None:
+    """Whisper's tiny.pt (the official layout) and the small VAE's config and weights, stand-in weights, in the
+    models folder's layout (whisper/, sd-vae-ft-mse/)."""
+    from safetensors.torch import save_file
+
     (folder / "whisper").mkdir()
     encoder = _filled(WhisperEncoder())
     torch.save({"dims": {**TINY_DIMS, "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 384, "n_text_head": 6,
@@ -64,7 +72,6 @@ def models_dir(tmp_path_factory) -> Path:
     vae.mkdir()
     (vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **SMALL_VAE}))
     save_file(_filled(build_vae(SMALL_VAE)).state_dict(), vae / "diffusion_pytorch_model.safetensors")
-    return folder
 
 
 def refused(models: Path, monkeypatch, capsys, *args) -> str:

@@ -17,18 +17,17 @@ import numpy as np
 import pytest
 import torch
 from golden import stand_in_state_dict
-from test_lipsync_latentsync import SMALL_VAE, _filled
+from test_lipsync_latentsync import _filled, write_whisper_and_vae
 
 from curate.cli import main
 from curate.training_config import load_latentsync_config, load_training_config
-from generators.latentsync import build_vae
 from generators.latentsync_train import (STAGES, LatentSyncJob, mark_trainable, train_latentsync,
                                          unet_config)
 from generators.latentsync_unet import LatentSyncUNet
 from generators.lpips import LPIPS
 from generators.trepa import SMALL, VideoMAEv2
 from generators.trepa import official_layout as trepa_layout
-from generators.whisper import TINY_DIMS, WhisperEncoder, chunk_rows, load_whisper_encoder, whisper_features
+from generators.whisper import chunk_rows, load_whisper_encoder, whisper_features
 from syncnet.experts import official_layout as expert_layout
 from syncnet.mel import mel_start
 from syncnet.stable import StableSyncNet
@@ -48,19 +47,8 @@ def models(tmp_path_factory) -> Path:
     """A models folder as `curate models download latentsync lpips trepa stable-syncnet` leaves it, with small
     networks of the official layouts (stand-in weights): the SD VAE, Whisper tiny, LPIPS (VGG-16 features and
     heads), TREPA's ViT (SMALL) and a StableSyncNet of configs/syncnet-stable-small.yaml (64 x 64 faces)."""
-    from safetensors.torch import save_file
-
     folder = tmp_path_factory.mktemp("models")
-    (folder / "whisper").mkdir()
-    encoder = _filled(WhisperEncoder())
-    torch.save({"dims": {**TINY_DIMS, "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 384, "n_text_head": 6,
-                         "n_text_layer": 4},
-                "model_state_dict": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}},
-               folder / "whisper" / "tiny.pt")
-    vae = folder / "sd-vae-ft-mse"
-    vae.mkdir()
-    (vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **SMALL_VAE}))
-    save_file(_filled(build_vae(SMALL_VAE)).state_dict(), vae / "diffusion_pytorch_model.safetensors")
+    write_whisper_and_vae(folder)
     (folder / "lpips").mkdir()
     lpips = LPIPS()
     state = stand_in_state_dict(lpips)
