@@ -222,9 +222,13 @@ class Config(_Strict):
 
 def with_skipped(config: Config, stages: list[str]) -> Config:
     """`config` with more stages skipped (the --skip flag)."""
+    for stage in stages:
+        if stage not in SKIPPABLE:
+            near = difflib.get_close_matches(stage, SKIPPABLE, n=1)
+            raise ConfigError(f"--skip {stage}: not a stage that can be left out; choose from {', '.join(SKIPPABLE)}"
+                              + (f" (did you mean '{near[0]}'?)" if near else ""))
     data = config.model_dump(mode="json")
-    data["run"]["skip"] = sorted(set(data["run"]["skip"]) | set(stages), key=STAGE_ORDER.index
-                                 if all(s in STAGE_ORDER for s in stages) else str)
+    data["run"]["skip"] = sorted(set(data["run"]["skip"]) | set(stages), key=STAGE_ORDER.index)
     return config_from_dict(data, source="--skip")
 
 
@@ -265,8 +269,10 @@ def _describe(err: dict, schema: type[BaseModel]) -> str:
     key = ".".join(loc) or "(top level)"
     # pydantic's word for an unknown key: extra_forbidden in a model, unexpected_keyword_argument in a dataclass
     if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        hint = _suggest(loc, schema)
-        return f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
+        hints = _suggest(loc, schema)
+        if len(hints) > 1 and isinstance(err.get("input"), dict):   # the section whose keys were given
+            hints = [h for h in hints if set(err["input"]) <= set(_fields(_type_at(h.split("."), schema)) or [])] or hints
+        return f"unknown key '{key}'" + (f" (did you mean {' or '.join(repr(h) for h in hints)}?)" if hints else "")
     message = err["msg"].removeprefix("Value error, ")
     return f"'{key}': {message}"
 
@@ -292,13 +298,23 @@ def _section_type(kind, name: str):
     return None
 
 
-def _suggest(loc: list[str], schema: type[BaseModel] = Config) -> str | None:
-    """The nearest valid key for a misspelt one, e.g. stages.shots.treshold -> stages.shots.threshold."""
+def _type_at(loc: list[str], schema: type[BaseModel]):
     kind = schema
-    for part in loc[:-1]:
-        kind = _section_type(kind, part)
-        if kind is None:
-            return None
-    names = _fields(kind)
-    match = difflib.get_close_matches(loc[-1], names or [], n=1)
-    return ".".join(loc[:-1] + match) if match else None
+    for part in loc:
+        kind = _section_type(kind, part) if kind is not None else None
+    return kind
+
+
+def _suggest(loc: list[str], schema: type[BaseModel] = Config) -> list[str]:
+    """The nearest valid keys for a misspelt one, e.g. stages.shots.treshold -> stages.shots.threshold, and a
+    section's own key written one level too high, e.g. write -> stages.write."""
+    kind = _type_at(loc[:-1], schema)
+    if kind is None:
+        return []
+    names = _fields(kind) or []
+    match = difflib.get_close_matches(loc[-1], names, n=1)
+    if match:
+        return [".".join(loc[:-1] + match)]
+    # the key of a section inside one of these sections (`write:` at the top level is `stages.write`)
+    return [".".join(loc[:-1] + [name, loc[-1]]) for name in names
+            if loc[-1] in (_fields(_section_type(kind, name)) or [])]

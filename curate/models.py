@@ -381,7 +381,12 @@ def download(url: str, target: Path, chunk: int = 1 << 20, timeout: float = 60.0
                 out.flush()
                 os.fsync(out.fileno())
     except (OSError, http.client.HTTPException) as exc:  # URLError, a reset, a body cut short
-        raise ModelError(f"downloading {url} failed ({exc}); run the same command again to resume") from None
+        size = partial.stat().st_size if partial.exists() else 0
+        if not size:   # nothing arrived (offline, refused, not found): nothing to resume
+            partial.unlink(missing_ok=True)
+            raise ModelError(f"downloading {url} failed ({exc}); nothing was downloaded") from None
+        raise ModelError(f"downloading {url} failed ({exc}) after {size} bytes; run the same command again to "
+                         "resume") from None
     size = partial.stat().st_size
     if total is not None and size != total:
         raise ModelError(f"downloading {url} stopped at {size} of {total} bytes; run the same command again to resume")

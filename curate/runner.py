@@ -105,20 +105,24 @@ def check_output(output_dir: Path, create: bool = True) -> None:
 
 def check_models(config: Config, fetch: bool = True) -> dict[str, list[str]]:
     """Every enabled stage's code and weights must be here, verified, before any work starts. Files with a
-    public location are fetched on first use (unless `fetch` is off, as in a dry run); if that fails, the run
-    stops with the file, the folder it belongs in and the command that gets it. Returns the weight paths the
-    workers load, per model."""
+    public location are fetched on first use (unless `fetch` is off, as in a dry run); what is still missing
+    then stops the run with one message naming every file, the folder it belongs in, the command that gets
+    it, and the one --skip that does without all of them. Returns the weight paths the workers load, per
+    model."""
     from curate.models import MODELS, ModelError, download_model, require
     from stages.face_landmarks import BackendUnavailable, check_backend
 
+    problems: list[tuple[str, str]] = []   # (stage, what is wrong)
     needed = []
     if not config.skipped("face"):
         try:
             check_backend(config.stages.face.backend)  # the code; the weights are checked next
+            needed.append((config.stages.face.backend, "face"))
         except BackendUnavailable as exc:
             if config.stages.face.backend != "fan":
-                raise RunError(f"{exc}; or run without the face stage: --skip face") from None
-        needed.append((config.stages.face.backend, "face"))
+                problems.append(("face", str(exc)))
+            else:   # FAN's files are models too: require() names what is missing of them
+                needed.append((config.stages.face.backend, "face"))
     if not config.skipped("sync"):
         needed.append(("syncnet", "sync"))
     if not config.skipped("quality"):
@@ -137,7 +141,14 @@ def check_models(config: Config, fetch: bool = True) -> dict[str, list[str]]:
                 continue
             except ModelError as exc:
                 print(f"curate: {exc}", file=sys.stderr)
-        raise RunError(f"{problem}; or run without the {stage} stage: --skip {stage}")
+        problems.append((stage, str(problem)))
+    if problems:
+        stages = [stage for stage, _ in problems]
+        # without the face stage there are no clip stages either, so --skip face alone gets past everything
+        skip = "face" if "face" in stages else ",".join(stages)
+        label = "stage" if "," not in skip else "stages"
+        raise RunError("; ".join(text for _, text in problems) + f"; or run without the {skip.replace(',', ' and ')} "
+                       f"{label}: --skip {skip}")
     return paths
 
 

@@ -41,18 +41,24 @@ def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys, talking_hea
     assert not out.exists()
 
 
-def test_missing_syncnet_weights_stop_the_run_before_any_work(tmp_path, capsys, monkeypatch):
+def test_missing_weights_are_named_at_once_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CURATE_MODELS_DIR", str(tmp_path / "models"))
     (tmp_path / "raw").mkdir()
     out = tmp_path / "out"
     assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert f"syncnet_v2.model is missing in {tmp_path / 'models'}" in err
-    assert "curate models download syncnet" in err and "--skip sync" in err
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    # every missing file in one message, and the one --skip that gets past all of them
+    assert error.startswith("curate: error: ")
+    assert f"syncnet_v2.model is missing in {tmp_path / 'models'}" in error
+    assert f"koniq_pretrained.pkl is missing in {tmp_path / 'models'}" in error
+    assert "curate models download syncnet" in error and "curate models download hyperiqa" in error
+    assert error.endswith("--skip sync,quality")
     assert not out.exists()
     # a dry run says so too, and still lists the work
     assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out), "--dry-run"]) == 0
     assert "a run would stop: syncnet_v2.model is missing" in capsys.readouterr().out
+    # and the --skip it names gets past all of them
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(out), "--skip", "sync,quality"]) == 0
 
 
 def test_second_run_on_the_same_output_is_refused(tmp_path, capsys):

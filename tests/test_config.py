@@ -29,6 +29,10 @@ def test_pipeline_yaml_lists_stages_in_run_order():
     ({"stages": {"resample": {"fps": 24}}}, ["stages.resample", "whole number of samples per frame"]),
     ({"inputs": {"extensions": ["mp4"]}}, ["inputs", ".mp4"]),
     ([1, 2], ["top level must be a mapping"]),
+    # a stage's section written at the top level, as a shorthand might: the full key is suggested
+    ({"write": {"crf": 20}}, ["unknown key 'write'", "did you mean 'stages.write'?"]),
+    ({"quality": {"min_score": 30}}, ["did you mean 'stages.quality'?"]),
+    ({"quality": {"batch_frames": 4}}, ["did you mean 'resources.quality'?"]),
 ])
 def test_bad_values_are_named(data, words):
     with pytest.raises(ConfigError) as error:
@@ -76,3 +80,26 @@ def test_changing_a_stage_changes_its_fingerprint_and_later_ones_only():
     # and a quality threshold the quality stage alone
     stricter = config_from_dict({"stages": {"quality": {"min_score": 50}}}).stage_fingerprints()
     assert [stage for stage in STAGE_ORDER if base[stage] != stricter[stage]] == ["quality"]
+
+
+def test_the_readmes_config_keys_and_example_are_valid():
+    """A key the README names (`stages.clips.max_seconds`, `resources.sync`...) is one a config file takes,
+    and its example file loads."""
+    import re
+
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration"):]
+    section = section[:section.index("\n## ", 1)]
+    keys = set(re.findall(r"`((?:stages|resources|run|inputs|models)(?:\.[a-z_]+)+)", section))
+    assert "stages.clips.max_seconds" in keys and "stages.quality.min_score" in keys
+    defaults = Config().model_dump()
+    for key in keys:
+        node = defaults
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"README names {key}, which a config does not take"
+            node = node[part]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    config = config_from_dict(yaml.safe_load(example))
+    assert config.stages.clips.max_seconds == 8 and config.stages.quality.min_score == 45

@@ -81,9 +81,11 @@ def test_server_ignoring_the_range_restarts_cleanly(server, tmp_path):
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path):
-    with pytest.raises(models.ModelError, match="failed"):
+    with pytest.raises(models.ModelError, match="failed") as caught:
         models.download("http://127.0.0.1:9/nothing.pth", tmp_path / "x.pth", timeout=2)
-    assert not (tmp_path / "x.pth").exists()
+    # nothing arrived, so there is nothing to resume: the message does not promise it, and no .partial is left
+    assert "nothing was downloaded" in str(caught.value) and "resume" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_models_list_shows_each_file_and_whether_it_is_verified(tmp_path, monkeypatch, capsys):

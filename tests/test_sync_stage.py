@@ -1,6 +1,5 @@
 """The sync stage: SyncNet on the aligned clips in an actor pool, the audio shifted sample-exactly, skip and fill."""
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
