@@ -83,40 +83,92 @@ def _hours(seconds: pd.Series) -> float:
 
 def distributions(results: Results) -> list[tuple[str, str | None]]:
     """(title, PNG data URI or None when there are no values) for each score, threshold lines drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    config = results.config.stages
-    clips = results.clips
-    specs = [
-        ("SyncNet confidence (LSE-C)", clips.sync_conf, [config.sync.min_confidence], "keep at or above"),
-        ("|A/V offset| (frames)", clips.sync_offset.abs(), [config.sync.max_offset], "keep at or below"),
-        ("HyperIQA score", clips.quality_score, [config.quality.min_score], "keep at or above"),
-        ("face width (median px)", clips.face_size_px, [config.face.min_face_px], "keep at or above"),
-        ("face detection rate", clips.face_detection_rate, [config.face.min_detection_rate], "keep at or above"),
-        ("clip duration (s)", clips.duration_s, [config.clips.min_seconds, config.clips.max_seconds], "keep between"),
-    ]
+    plt = _pyplot()
     out = []
-    for title, values, thresholds, rule in specs:
-        values = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
-        if len(values) == 0:
+    for title, figure in figures(results):
+        if figure is None:
             out.append((title, None))
             continue
-        figure, axes = plt.subplots(figsize=(4.2, 2.4), dpi=80)
-        axes.hist(values, bins=min(50, max(5, int(np.sqrt(len(values))))), color="#4a78b0")
-        for threshold in thresholds:
-            axes.axvline(threshold, color="#c0392b", linestyle="--", linewidth=1.5)
-        axes.set_title(f"{title}  (n = {len(values)})", fontsize=9)
-        axes.set_xlabel(f"red: threshold ({rule} {', '.join(f'{t:g}' for t in thresholds)})", fontsize=8)
-        axes.tick_params(labelsize=7)
-        figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         plt.close(figure)
         out.append((title, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()))
     return out
+
+
+def figures(results: Results) -> list[tuple[str, object]]:
+    """(title, matplotlib figure or None when there are no values) for each score; the caller closes them."""
+    config = results.config.stages
+    clips = results.clips
+    positive = (0.0, np.inf)
+    specs = [
+        ("SyncNet confidence (LSE-C)", clips.sync_conf, [config.sync.min_confidence], "keep at or above", None),
+        ("|A/V offset| (frames)", clips.sync_offset.abs(), [config.sync.max_offset], "keep at or below", positive),
+        ("HyperIQA score", clips.quality_score, [config.quality.min_score], "keep at or above", None),
+        ("face width (median px)", clips.face_size_px, [config.face.min_face_px], "keep at or above", positive),
+        ("face detection rate", clips.face_detection_rate, [config.face.min_detection_rate], "keep at or above",
+         (0.0, 1.0)),
+        ("clip duration (s)", clips.duration_s, [config.clips.min_seconds, config.clips.max_seconds], "keep between",
+         positive),
+    ]
+    out = []
+    for title, values, thresholds, rule, bounds in specs:
+        values = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+        out.append((title, histogram(values, thresholds, title, rule, bounds) if len(values) else None))
+    return out
+
+
+def x_range(values: np.ndarray, thresholds: list[float], bounds=None) -> tuple[tuple[float, float], list[float]]:
+    """The x range to draw and the thresholds that lie off it. The range is the data's with a margin, widened to
+    each threshold within one data width of the data; one further off would squeeze the bars to slivers, so it
+    is left out and marked at the edge instead. `bounds` (lowest, highest possible value) clip the margin."""
+    low, high = float(values.min()), float(values.max())
+    width = high - low or abs(high) * 0.1 or 1.0  # a single value: a tenth of it (1 for a 0)
+    near = [t for t in thresholds if low - width <= t <= high + width]
+    left, right = min([low, *near]), max([high, *near])
+    margin = 0.05 * (right - left) if right > left else width / 2
+    left, right = left - margin, right + margin
+    if bounds is not None:
+        left, right = max(left, bounds[0]), min(right, bounds[1])
+    return (left, right), [t for t in thresholds if t not in near]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def histogram(values: np.ndarray, thresholds: list[float], title: str, rule: str, bounds=None):
+    plt = _pyplot()
+    (left, right), off = x_range(values, thresholds, bounds)
+    figure, axes = plt.subplots(figsize=(4.2, 2.4), dpi=80)
+    # bins over the data only; one distinct value gets bins over the drawn range (matplotlib's own is +-0.5)
+    span = (values.min(), values.max()) if values.max() > values.min() else (left, right)
+    axes.hist(values, bins=min(50, max(5, int(np.sqrt(len(values))))), range=span, color="#4a78b0")
+    axes.set_xlim(left, right)
+    for threshold in thresholds:
+        if threshold not in off:
+            axes.axvline(threshold, color="#c0392b", linestyle="--", linewidth=1.5)
+    for below in (True, False):  # those off the range: drawn at the edge they lie beyond, with their values
+        side = [f"{t:g}" for t in off if (t < left) == below]
+        if not side:
+            continue
+        edge = axes.spines["left" if below else "right"]
+        edge.set(color="#c0392b", linestyle="--", linewidth=2)
+        axes.set_ylim(top=axes.get_ylim()[1] * 1.2)  # room for the label over the bars
+        label = f"threshold {', '.join(side)} (off the range)"
+        axes.text(0.02 if below else 0.98, 0.95, f"← {label}" if below else f"{label} →", transform=axes.transAxes,
+                  ha="left" if below else "right", va="top", fontsize=7, color="#c0392b",
+                  bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
+    axes.set_title(f"{title}  (n = {len(values)})", fontsize=9)
+    axes.set_xlabel(f"red: threshold ({rule} {', '.join(f'{t:g}' for t in thresholds)})", fontsize=8)
+    axes.tick_params(labelsize=7)
+    figure.tight_layout()
+    return figure
 
 
 # -- thumbnails -----------------------------------------------------------------------------------
@@ -203,6 +255,11 @@ def _fmt(value, digits: int = 2) -> str:
     return f"{float(value):.{digits}f}"
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 clip', '2 clips'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def section_id(kind: str, stage: str, reason: str) -> str:
     return f"reject-{kind}-{stage}-{reason}"
 
@@ -220,16 +277,18 @@ def render(results: Results, samples: int = 6, seed: int = 0) -> str:
         parts.append(f"<figure><img alt='{_e(title)}' src='{uri}'></figure>" if uri
                      else f"<figure><p>{_e(title)}: no values in this run</p></figure>")
     parts.append("</div>")
-    parts.append("<h2 id='samples'>Samples per reject reason</h2>")
+    if not counts.empty:  # with no rejects the rejects section says so; no empty heading here
+        parts.append("<h2 id='samples'>Samples per reject reason</h2>")
     for row in counts.itertuples():
         table = results.sources if row.kind == "source" else results.clips
         chosen = table[(table.status == "rejected") & (table.reject_stage == row.reject_stage)
                        & (table.reject_reason == row.reject_reason)]
         parts += _sheet(results, chosen, row.kind, samples, seed, section_id(row.kind, row.reject_stage, row.reject_reason),
-                        f"{row.reject_stage} / {row.reject_reason} ({row.kind}s, {row.count})")
+                        f"{row.reject_stage} / {row.reject_reason} ({counted(row.count, row.kind)})")
     kept = results.clips[results.clips.status == "kept"]
     parts.append("<h2 id='kept'>Kept clips</h2>")
-    parts += _sheet(results, kept, "clip", 2 * samples, seed, "kept-sample", f"a sample of the {len(kept)} kept clips")
+    parts += _sheet(results, kept, "clip", 2 * samples, seed, "kept-sample",
+                    f"a sample of the {counted(len(kept), 'kept clip')}")
     parts += _run_html(results)
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -248,8 +307,12 @@ def _funnel_html(results: Results) -> list[str]:
 
 
 def _rejects_html(counts: pd.DataFrame) -> list[str]:
-    out = ["<h2 id='rejects'>Rejects by stage and reason</h2><table id='rejects-table'><tr><th>kind</th><th>stage</th>"
-           "<th>reason</th><th>count</th><th>share</th><th>hours</th></tr>"]
+    out = ["<h2 id='rejects'>Rejects by stage and reason</h2>"]
+    if counts.empty:
+        return out + ["<p id='no-rejects'>Nothing was rejected: every source found was readable and every clip span "
+                      "was kept.</p>"]
+    out.append("<table id='rejects-table'><tr><th>kind</th><th>stage</th>"
+               "<th>reason</th><th>count</th><th>share</th><th>hours</th></tr>")
     for row in counts.itertuples():
         anchor = section_id(row.kind, row.reject_stage, row.reject_reason)
         out.append(f"<tr><td>{_e(row.kind)}</td><td>{_e(row.reject_stage)}</td>"
@@ -257,8 +320,6 @@ def _rejects_html(counts: pd.DataFrame) -> list[str]:
                    f"<td class='num' data-count='{row.count}'>{row.count}</td><td class='num'>{row.share:.1%}</td>"
                    f"<td class='num'>{row.hours:.3f}</td></tr>")
     out.append("</table>")
-    if counts.empty:
-        out.append("<p>Nothing was rejected.</p>")
     return out
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from curate.cli import main
 from curate.config import config_from_dict
-from media import KITCHEN, TALKING_HEADS, downscaled, ffmpeg, synthetic
+from media import KITCHEN, TALKING_HEADS, downscaled, synthetic
 
 SOFA = TALKING_HEADS / "man_sofa_1080x1920_30fps.mp4"
 GARDEN = TALKING_HEADS / "woman_garden_1080x1920_25fps.mp4"
@@ -201,3 +201,90 @@ def test_speakers_from_voxceleb_folders_or_the_source_file():
 def test_report_of_a_folder_without_a_run_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "has no finished run" in capsys.readouterr().err
+
+
+def test_report_of_a_run_without_rejects_says_so(run):
+    """No empty rejects table and no empty heading over the samples when nothing was rejected."""
+    from curate.report import render
+    from curate.results import load_results
+
+    results = load_results(run)
+    results.sources = results.sources[results.sources.status == "ok"]
+    results.clips = results.clips[results.clips.status == "kept"]
+    page = render(results, samples=1)
+    assert "Nothing was rejected" in page
+    assert "rejects-table" not in page and "id='samples'" not in page and "<section id='reject-" not in page
+    assert f"a sample of the {len(results.clips)} kept clips" in page
+
+
+def test_report_counts_are_singular_or_plural(run):
+    from curate.report import render
+    from curate.results import load_results
+
+    sources, clips = manifests(run)
+    page = render(load_results(run), samples=0)
+    assert (sources.reject_reason == "too_short").sum() == 1
+    assert "probe / too_short (1 source)" in page  # the 1 s file
+    for kind, table in (("source", sources), ("clip", clips)):
+        for (stage, reason), n in table.groupby(["reject_stage", "reject_reason"]).size().items():
+            assert f"{stage} / {reason} ({n} {kind if n == 1 else kind + 's'})" in page
+    assert "1 clips" not in page and "1 sources" not in page
+
+
+def _plots(results):
+    from curate.report import figures
+
+    return {title: figure.axes[0] for title, figure in figures(results) if figure is not None}
+
+
+def _bars_inside(axes):
+    left, right = axes.get_xlim()
+    bars = [bar for bar in axes.patches if bar.get_height() > 0]
+    assert bars
+    for bar in bars:
+        assert left - 1e-9 <= bar.get_x() and bar.get_x() + bar.get_width() <= right + 1e-9
+
+
+def test_histogram_zooms_to_the_data_and_marks_a_far_threshold_at_the_edge(run):
+    from matplotlib import pyplot as plt
+
+    from curate.results import load_results
+
+    results = load_results(run)
+    threshold = results.config.stages.quality.min_score
+    # the run's own scores lie on both sides of its threshold: drawn as before, with the red line inside
+    axes = _plots(results)["HyperIQA score"]
+    left, right = axes.get_xlim()
+    assert left < threshold < right
+    assert any(line.get_xdata()[0] == threshold for line in axes.get_lines())
+    assert not [text for text in axes.texts if "off the range" in text.get_text()]
+    _bars_inside(axes)
+    # scores far above it: the range is the data's, with the threshold marked at the left edge
+    clips = results.clips.copy()
+    scored = clips.quality_score.notna()
+    clips.loc[scored, "quality_score"] = threshold + 100 + np.linspace(0, 20, scored.sum())
+    results.clips = clips
+    axes = _plots(results)["HyperIQA score"]
+    left, right = axes.get_xlim()
+    assert threshold + 98 <= left < threshold + 100 and threshold + 120 < right <= threshold + 122
+    labels = [text.get_text() for text in axes.texts]
+    assert labels == [f"← threshold {threshold:g} (off the range)"]
+    _bars_inside(axes)
+    plt.close("all")
+
+
+def test_detection_rate_axis_ends_at_one(run):
+    """Every frame with a face (rate 1 for every clip) used to stretch the axis to 1.5."""
+    from matplotlib import pyplot as plt
+
+    from curate.results import load_results
+
+    results = load_results(run)
+    clips = results.clips.copy()
+    clips.loc[clips.face_detection_rate.notna(), "face_detection_rate"] = 1.0
+    results.clips = clips
+    axes = _plots(results)["face detection rate"]
+    left, right = axes.get_xlim()
+    assert 0.8 <= left < 1.0 <= right <= 1.05
+    _bars_inside(axes)
+    plt.close("all")
