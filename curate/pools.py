@@ -24,6 +24,17 @@ class ClipWork:
     generation: str      # the source record the clip belongs to; a result for another one is stale
     video: str           # absolute paths
     landmarks: str | None  # None for a clip written without the face stage
+    duration_s: float = 0.0
+
+
+def timed(process):
+    """A worker's batch method that also returns its CPU seconds (the actor's process: every torch thread)
+    and wall seconds, so that a run can report what each clip stage cost."""
+    def run(self, work: list[ClipWork]) -> tuple[list[dict], float, float]:
+        cpu, wall = time.process_time(), time.perf_counter()
+        rows = process(self, work)
+        return rows, time.process_time() - cpu, time.perf_counter() - wall
+    return run
 
 
 class SyncWorker:
@@ -42,6 +53,7 @@ class SyncWorker:
         self.device = device
         self.stage = SyncStage(config.stages.sync, SyncScorer(load_syncnet(weights, device), device, batch))
 
+    @timed
     def process(self, work: list[ClipWork]) -> list[dict]:
         from stages.sync import SyncJob
 
@@ -65,6 +77,7 @@ class QualityWorker:
         batch = config.resources.quality.batch_frames
         self.stage = QualityStage(config.stages.quality, QualityScorer(load_hyperiqa(weights, device), device, batch))
 
+    @timed
     def process(self, work: list[ClipWork]) -> list[dict]:
         return self.stage.process([(w.clip_id, w.video) for w in work])
 
@@ -113,8 +126,8 @@ class ClipStagePool:
     def refs(self) -> list:
         return list(self.in_flight)
 
-    def collect(self, ref) -> tuple[list[ClipWork], list[dict] | Exception]:
-        """The batch behind `ref` and its rows, or the exception it ended with."""
+    def collect(self, ref) -> tuple[list[ClipWork], tuple[list[dict], float, float] | Exception]:
+        """The batch behind `ref` and its (rows, CPU seconds, wall seconds), or the exception it ended with."""
         import ray
 
         actor, batch = self.in_flight.pop(ref)

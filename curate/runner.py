@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -71,6 +71,8 @@ class RunSummary:
     rejects: Counter = field(default_factory=Counter)   # (kind, stage, reason) -> count
     skipped_paths: list = field(default_factory=list)
     clips_staged: dict = field(default_factory=dict)    # clip stage -> clips it ran for in this run
+    stage_timings: list = field(default_factory=list)   # per stage, in run order: what it cost in this run
+    planned_clips: dict = field(default_factory=dict)   # dry run: clip stage -> Counter of why, for its clips
     warnings: list = field(default_factory=list)        # dry run: what would stop a real run
     planned: dict = field(default_factory=dict)          # dry run: source_id -> why it would be processed
 
@@ -191,7 +193,8 @@ def clip_work(record: dict, output_dir: Path) -> list:
 
     root = output_dir.resolve()
     return [ClipWork(record["source_id"], clip["clip_id"], record.get("generation", ""), str(root / clip["path"]),
-                     str(root / clip["landmarks_path"]) if clip.get("landmarks_path") else None)
+                     str(root / clip["landmarks_path"]) if clip.get("landmarks_path") else None,
+                     clip.get("duration_s") or 0.0)
             for clip in record["clips"] if clip["status"] == "kept" and clip.get("path")]
 
 
@@ -206,6 +209,35 @@ def next_clip_stage(stage_records: dict, work, config: Config) -> str | None:
         if result["row"].get("status") == "rejected":
             return None
     return None
+
+
+def clip_stage_plan(plan: Plan, config: Config, output_dir: Path) -> dict[str, Counter]:
+    """What each clip stage would do, for the dry run: per stage, a Counter of why, over the clips of the
+    unchanged sources ("no result yet", "stages.sync settings changed"; a stage after the first one a clip
+    owes runs only if that one keeps it: "if sync keeps them"), and "clips of N sources processed first" for
+    the sources the plan processes, whose clips are not known yet."""
+    fingerprints = config.stage_fingerprints()
+    owed = {stage: Counter() for stage in config.clip_stages()}
+    for record in plan.reused.values():
+        for work in clip_work(record, output_dir):
+            first = None
+            for stage in config.clip_stages():
+                if first is not None:
+                    owed[stage][f"if {first} keeps them"] += 1
+                    continue
+                result = _stage_result(plan.stage_records, work, stage, fingerprints[stage])
+                if result is None:
+                    # the stages before it hold valid results, so a stale one means its own settings changed
+                    recorded = plan.stage_records.get((work.clip_id, stage))
+                    stale = recorded is not None and recorded["generation"] == work.generation
+                    owed[stage][f"stages.{stage} settings changed" if stale else f"no {stage} result yet"] += 1
+                    first = stage
+                elif result["row"].get("status") == "rejected":
+                    break
+    if plan.todo:
+        for stage in owed:
+            owed[stage][f"clips of the {len(plan.todo)} sources processed first"] = 0   # counted once written
+    return {stage: why for stage, why in owed.items() if why}
 
 
 def _stage_result(stage_records: dict, work, stage: str, fingerprint: str) -> dict | None:
@@ -226,7 +258,7 @@ def _why(record: dict | None, unchanged: bool, source: ScannedSource, fingerprin
         return "input moved"
     for stage, fingerprint in fingerprints.items():
         if record["fingerprints"].get(stage) != fingerprint:
-            return f"{stage} settings changed"
+            return f"stages.{stage} settings changed"
     return "settings changed"
 
 
@@ -236,7 +268,9 @@ def run(options: RunOptions) -> RunSummary:
     check_input(options.input_dir, options.output_dir)
     if options.dry_run:
         check_output(options.output_dir, create=False)
-        summary = _dry_summary(make_plan(options))
+        plan = make_plan(options)
+        summary = _dry_summary(plan)
+        summary.planned_clips = clip_stage_plan(plan, options.config, options.output_dir)
         try:
             check_models(options.config, fetch=False)
         except RunError as exc:
@@ -262,7 +296,21 @@ class _State:
     stage_records: dict                # (clip_id, stage) -> clip-stage record
     processed: set = field(default_factory=set)       # sources whose pass ran in this run
     staged: Counter = field(default_factory=Counter)  # stage -> clips it ran for in this run
+    stage_cost: defaultdict = field(default_factory=lambda: defaultdict(_Cost))  # clip stage -> what it cost
     cluster_cpus: float | None = None
+
+
+@dataclass
+class _Cost:
+    """What a clip stage's batches took, summed: CPU and wall seconds of its actors, seconds of clips."""
+
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    clip_s: float = 0.0
+
+    def __iadd__(self, batch: tuple[float, float, float]) -> "_Cost":
+        self.cpu_s, self.wall_s, self.clip_s = (a + b for a, b in zip((self.cpu_s, self.wall_s, self.clip_s), batch))
+        return self
 
 
 def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
@@ -381,9 +429,9 @@ def _source_event(generator, running: dict, plan: Plan, state: _State, journal: 
 def _stage_results(pool, ref, pools: dict, config: Config, state: _State, journal: mio.Journal,
                    progress: Progress) -> None:
     """File what a clip stage found for a batch of clips; send the clips it kept on to the next stage."""
-    batch, rows = pool.collect(ref)
-    if isinstance(rows, Exception):
-        cause = getattr(rows, "cause", None) or rows
+    batch, result = pool.collect(ref)
+    if isinstance(result, Exception):
+        cause = getattr(result, "cause", None) or result
         if isinstance(cause, OutputError):
             raise RunError(f"{cause}; stopping. Free space or fix permissions, then rerun to continue.") from None
         text = (str(cause).strip().splitlines() or [type(cause).__name__])[-1][:500]
@@ -391,6 +439,9 @@ def _stage_results(pool, ref, pools: dict, config: Config, state: _State, journa
                  "reject_stage": pool.stage, "reject_reason": f"{pool.stage}_error",
                  "reject_detail": f"the {pool.stage} worker failed: {text}"}
                 for work in batch]
+    else:
+        rows, cpu_s, wall_s = result
+        state.stage_cost[pool.stage] += (cpu_s, wall_s, sum(work.duration_s for work in batch))
     fingerprint = config.stage_fingerprints()[pool.stage]
     for work, row in zip(batch, rows):
         record = {"kind": "stage", "stage": pool.stage, "source_id": work.source_id, "clip_id": work.clip_id,
@@ -576,6 +627,7 @@ def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime
     summary = _summarise(plan, source_rows, clip_rows, state.processed)
     summary.wall_s, summary.cluster_cpus = wall_s, state.cluster_cpus
     summary.clips_staged = dict(state.staged)
+    summary.stage_timings = _stage_timings(state, config)
     out = options.output_dir
     fingerprints = config.stage_fingerprints()
     try:
@@ -655,12 +707,6 @@ def _summarise(plan: Plan, source_rows: list[dict], clip_rows: list[dict], proce
 def _append_run(options: RunOptions, plan: Plan, summary: RunSummary, records: dict, processed: set[str],
                 started_at: datetime) -> None:
     config = options.config
-    cpu: Counter = Counter()
-    for source_id in processed:
-        for stage, seconds in (records[source_id]["source"].get("cpu_s") or {}).items():
-            cpu[stage] += seconds
-    timings = [{"stage": stage, "cpu_s": round(cpu.get(stage, 0.0), 4), "sources_computed": _computed(stage, processed, records)}
-               for stage in schema.TIMED_STAGES]
     row = {
         "run_id": uuid.uuid4().hex, "started_at": started_at, "finished_at": datetime.now(timezone.utc),
         "wall_s": round(summary.wall_s, 3), "command": options.command,
@@ -673,11 +719,34 @@ def _append_run(options: RunOptions, plan: Plan, summary: RunSummary, records: d
         "sources_reused": summary.sources_reused, "sources_rejected": summary.sources_rejected,
         "clips_kept": summary.clips_kept, "clips_rejected": summary.clips_rejected,
         "hours_in": summary.seconds_in / 3600, "hours_out": summary.seconds_out / 3600,
-        "stage_timings": timings, "clips_synced": summary.clips_staged.get("sync", 0),
+        "stage_timings": summary.stage_timings, "clips_synced": summary.clips_staged.get("sync", 0),
         "clips_quality_scored": summary.clips_staged.get("quality", 0),
     }
     path = mio.manifest_path(options.output_dir, "runs")
     mio.write_table(path, mio.read_rows(path) + [row], schema.RUNS)
+
+
+def _stage_timings(state: _State, config: Config) -> list[dict]:
+    """What each stage cost in this run, in run order: the source pass's stages (CPU seconds summed over the
+    sources processed; they run fused in one pass, so wall seconds are the pass's, not a stage's) and the clip
+    stages (CPU and wall seconds of their actors' batches), each with the seconds of video it worked on."""
+    cpu: Counter = Counter()
+    seconds: Counter = Counter()
+    for source_id in state.processed:
+        source = state.records[source_id]["source"]
+        for stage, spent in (source.get("cpu_s") or {}).items():
+            cpu[stage] += spent
+            seconds[stage] += source.get("duration_s") or 0.0
+    rows = [{"stage": stage, "cpu_s": round(cpu.get(stage, 0.0), 4), "wall_s": None,
+             "sources_computed": _computed(stage, state.processed, state.records), "clips_computed": None,
+             "media_s": round(seconds.get(stage, 0.0), 3)}
+            for stage in schema.TIMED_STAGES]
+    for stage in config.clip_stages():
+        cost = state.stage_cost.get(stage, _Cost())
+        rows.append({"stage": stage, "cpu_s": round(cost.cpu_s, 4), "wall_s": round(cost.wall_s, 4),
+                     "sources_computed": None, "clips_computed": state.staged.get(stage, 0),
+                     "media_s": round(cost.clip_s, 3)})
+    return rows
 
 
 def _computed(stage: str, processed: set[str], records: dict) -> int:

@@ -109,8 +109,12 @@ CLIPS = pa.schema([
 
 STAGE_TIMING = pa.struct([
     pa.field("stage", pa.string()),
-    pa.field("cpu_s", pa.float64()),
-    pa.field("sources_computed", pa.int64()),
+    pa.field("cpu_s", pa.float64()),                # CPU seconds it took in this run
+    pa.field("wall_s", pa.float64()),               # clip stages: wall seconds of their batches (source-pass
+                                                    # stages run fused: their wall time is the sources' wall_s)
+    pa.field("sources_computed", pa.int64()),       # source-pass stages: sources it ran for
+    pa.field("clips_computed", pa.int64()),         # clip stages: clips it ran for
+    pa.field("media_s", pa.float64()),              # seconds of video it worked on (sources', or clips')
 ])
 
 RUNS = pa.schema([
@@ -135,7 +139,8 @@ RUNS = pa.schema([
     _field("clips_rejected", pa.int64(), "clip spans rejected (all runs' results)"),
     _field("hours_in", pa.float64(), "hours of source video found"),
     _field("hours_out", pa.float64(), "hours of kept clips"),
-    _field("stage_timings", pa.list_(STAGE_TIMING), "CPU seconds per stage over the sources processed in this run"),
+    _field("stage_timings", pa.list_(STAGE_TIMING), "per stage, in run order: CPU (and, for the clip stages, wall) "
+                                                      "seconds in this run, and the seconds of video it worked on"),
     _field("clips_synced", pa.int64(), "clips the sync stage scored in this run"),
     _field("clips_quality_scored", pa.int64(), "clips the quality stage scored in this run"),
 ])

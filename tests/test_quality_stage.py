@@ -6,6 +6,7 @@ import pytest
 
 from curate.cli import main
 from curate.config import config_from_dict
+from curate.summary import format_dry_run, format_summary
 from hyperiqa.model import load_hyperiqa
 from hyperiqa.score import QualityScorer
 from media import KITCHEN, downscaled
@@ -63,15 +64,33 @@ def test_quality_follows_the_sync_stage(raw, tmp_path, curate, stand_in_models):
     assert summary.clips_staged == {"sync": 1}
     clip = only_clip(out)
     assert clip.reject_stage == "sync" and pd.isna(clip.quality_status) and pd.isna(clip.quality_score)
-    # one it keeps goes on to the quality stage in the same run
-    summary = curate(raw, out, settings(stand_in_models, skip=(), min_confidence=0, max_offset=15))
+    # one it keeps goes on to the quality stage in the same run; a dry run says so first
+    keep = settings(stand_in_models, skip=(), min_confidence=0, max_offset=15)
+    planned = curate(raw, out, keep, dry_run=True).planned_clips
+    assert planned == {"sync": {"stages.sync settings changed": 1}, "quality": {"if sync keeps them": 1}}
+    printed = " ".join(format_dry_run(curate(raw, out, keep, dry_run=True)).split())
+    assert "1 source found, 1 unchanged, 0 would be processed" in printed
+    assert "sync 1 clip (stages.sync settings changed: 1) quality 1 clip (if sync keeps them: 1)" in printed
+    summary = curate(raw, out, keep)
     assert summary.clips_staged == {"sync": 1, "quality": 1}
     clip = only_clip(out)
     assert (clip.status, clip.sync_status, clip.quality_status) == ("kept", "done", "done")
+    # what each clip stage cost, in the summary and the runs manifest: its actors' CPU and wall seconds, and
+    # the seconds of clip it scored
+    timings = {t["stage"]: t for t in pd.read_parquet(out / "manifests/runs.parquet").stage_timings.iloc[-1]}
+    assert [t["stage"] for t in summary.stage_timings][-2:] == ["sync", "quality"]
+    for stage in ("sync", "quality"):
+        assert timings[stage]["clips_computed"] == 1 and timings[stage]["media_s"] == pytest.approx(clip.duration_s)
+        assert 0 < timings[stage]["cpu_s"] and 0 < timings[stage]["wall_s"]
+    assert timings["decode"]["sources_computed"] == 0   # the source pass did not run again
+    printed = format_summary(summary, out).splitlines()
+    assert any(line.split()[0] == "sync" and line.endswith("s of 1 clip") for line in printed)
     # a new quality threshold leaves the sync result alone
     summary = curate(raw, out, settings(stand_in_models, skip=(), min_score=40, min_confidence=0, max_offset=15))
     assert summary.clips_staged == {"quality": 1}
     assert only_clip(out).reject_reason == "low_visual_quality"
+    assert curate(raw, out, settings(stand_in_models, skip=(), min_score=40, min_confidence=0, max_offset=15),
+                  dry_run=True).planned_clips == {}
 
 
 def test_missing_hyperiqa_weights_stop_the_run_before_any_work(tmp_path, capsys, monkeypatch):
