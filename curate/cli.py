@@ -18,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError) as exc:
         print(f"curate: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:   # a file or folder the command cannot use: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"curate: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("curate: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
         return 130
@@ -100,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("output", type=Path, metavar="OUT_DIR")
     report.add_argument("-o", "--out", type=Path, metavar="HTML", help="where to write it (default: OUT_DIR/report.html)")
     report.add_argument("--samples", type=int, default=6, metavar="N", help="sample clips per reject reason (default 6)")
-    report.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    report.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     report.set_defaults(handler=_report)
 
     rejected = commands.add_parser(
@@ -108,9 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         description="List what OUT_DIR's run rejected: sources (kind 'source') and clip spans (kind 'clip'), with "
                     "stage, reason, detail and scores.")
     rejected.add_argument("output", type=Path, metavar="OUT_DIR")
-    rejected.add_argument("--stage", help="only this stage's rejects (probe, face, sync, quality, ...)")
-    rejected.add_argument("--reason", help="only this reason (e.g. no_face)")
-    rejected.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rejected.add_argument("--stage", help="only this stage's rejects: scan, worker, probe, face, sync, quality, ... "
+                          "(default: all)")
+    rejected.add_argument("--reason", help="only this reason, e.g. no_face (default: all)")
+    rejected.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                          help="a table to read (default), or CSV / JSON with every column, the clip path included")
     rejected.set_defaults(handler=_rejects)
 
     lists = commands.add_parser(
@@ -120,11 +126,15 @@ def _parser() -> argparse.ArgumentParser:
                     "split is by speaker (VoxCeleb2's idNNNNN folder, otherwise the source file), so no speaker is "
                     "on both sides; the same seed gives the same split.")
     lists.add_argument("output", type=Path, metavar="OUT_DIR")
-    lists.add_argument("--out", type=Path, required=True, metavar="DIR")
-    lists.add_argument("--val-fraction", type=float, default=0.05, metavar="F", help="share of speakers for validation")
-    lists.add_argument("--seed", type=int, default=0)
-    lists.add_argument("--min-confidence", type=float, metavar="X", help="keep only clips with SyncNet confidence >= X")
-    lists.add_argument("--min-quality", type=float, metavar="Y", help="keep only clips with HyperIQA score >= Y")
+    lists.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for train.txt, val.txt and "
+                       "split.parquet (made if missing; the files are replaced)")
+    lists.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
+                       help="share of speakers for validation (default 0.05; at least one speaker when there are two)")
+    lists.add_argument("--seed", type=int, default=0, help="seed of the speaker split (default 0)")
+    lists.add_argument("--min-confidence", type=float, metavar="X", help="keep only clips with SyncNet confidence >= X "
+                       "(default: every kept clip; the run's own threshold already applied)")
+    lists.add_argument("--min-quality", type=float, metavar="Y", help="keep only clips with HyperIQA score >= Y "
+                       "(default: every kept clip; the run's own threshold already applied)")
     lists.add_argument("--speaker-pattern", metavar="REGEX",
                        help="the speaker is this regex's first group, searched in the source path relative to the "
                             "input (HDTF: '([^/]+)_[0-9]+[.][^.]+$' groups WDA_BarackObama_000 and _001)")
@@ -301,6 +311,9 @@ def _run(args: argparse.Namespace) -> int:
         command=command_line(),
     )
     summary = run(options)
+    if not summary.sources_found:
+        print(f"curate: warning: no videos in {args.input} (looked for {' '.join(config.inputs.extensions)}, in "
+              "every subfolder)", file=sys.stderr)
     print(format_dry_run(summary) if args.dry_run else format_summary(summary, options.output_dir))
     return 0
 
@@ -414,6 +427,7 @@ def _rejects(args: argparse.Namespace) -> int:
 
 def _filelist(args: argparse.Namespace) -> int:
     from curate.results import file_lists, load_results, write_file_lists
+    from curate.words import counted
 
     if not 0 <= args.val_fraction < 1:
         raise RunError("--val-fraction must be at least 0 and below 1")
@@ -424,12 +438,18 @@ def _filelist(args: argparse.Namespace) -> int:
             re.compile(args.speaker_pattern)
         except re.error as exc:
             raise RunError(f"--speaker-pattern is not a valid regular expression: {exc}") from None
-    table = file_lists(load_results(args.output), args.val_fraction, args.seed, args.min_confidence,
-                       args.min_quality, args.speaker_pattern)
+    results = load_results(args.output)
+    table = file_lists(results, args.val_fraction, args.seed, args.min_confidence, args.min_quality,
+                       args.speaker_pattern)
     written = write_file_lists(table, args.out)
+    if table.empty:   # empty lists are written (a trainer reading them must not see stale ones), with the why
+        kept = int((results.clips.status == "kept").sum())
+        why = (f"the run kept no clips (`curate rejects {args.output}` says why)" if not kept else
+               f"none of the {kept} kept clips passes --min-confidence / --min-quality")
+        print(f"curate: warning: the file lists are empty: {why}", file=sys.stderr)
     for split in ("train", "val"):
         mine = table[table.split == split]
-        print(f"{split}: {len(mine)} clips, {mine.speaker.nunique()} speakers, "
+        print(f"{split}: {counted(len(mine), 'clip')}, {counted(mine.speaker.nunique(), 'speaker')}, "
               f"{mine.duration_s.sum() / 3600:.3f} h -> {written[split]}")
     print(f"split:  {written['split']}")
     return 0

@@ -23,6 +23,7 @@ import pandas as pd
 
 from curate.config import STAGE_ORDER, SKIPPABLE
 from curate.results import Results, load_results
+from curate.words import counted
 
 SOURCE_STAGES = {"probe", "worker"}   # a clip span rejected here went with its whole source
 THUMB_HEIGHT = 112
@@ -253,11 +254,6 @@ def _e(value) -> str:
 
 def _fmt(value, digits: int = 2) -> str:
     return f"{float(value):.{digits}f}"
-
-
-def counted(n: int, noun: str) -> str:
-    """'1 clip', '2 clips'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def section_id(kind: str, stage: str, reason: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from curate.config import Config
+from curate.config import STAGE_ORDER, Config
 from curate.errors import RunError
 from manifests import io as mio
 
@@ -39,6 +39,10 @@ class Results:
 
 
 def load_results(output_dir: Path) -> Results:
+    if not output_dir.exists():
+        raise RunError(f"output folder {output_dir} does not exist")
+    if not output_dir.is_dir():
+        raise RunError(f"{output_dir} is a file, not an output folder")
     manifests = {name: mio.manifest_path(output_dir, name) for name in ("sources", "clips", "runs")}
     missing = [str(path) for path in manifests.values() if not path.is_file()]
     if missing:
@@ -54,8 +58,14 @@ REJECT_COLUMNS = ["kind", "source_id", "clip_id", "start_s", "end_s", "reject_st
                   "quality_score", "path"]
 
 
+# where a row's reject_stage comes from: the scan, a source task that failed as a whole, or a stage
+REJECT_STAGES = ("scan", "worker", *STAGE_ORDER)
+
+
 def rejects(results: Results, stage: str | None = None, reason: str | None = None) -> pd.DataFrame:
     """Every rejected source (kind 'source') and clip span (kind 'clip'), optionally of one stage or reason."""
+    if stage is not None and stage not in REJECT_STAGES:
+        raise RunError(f"--stage {stage}: no such stage; the stages that reject are {', '.join(REJECT_STAGES)}")
     sources = results.sources[results.sources.status == "rejected"].assign(kind="source", clip_id=None)
     sources = sources.rename(columns={"path": "source_path"})
     clips = results.clips[results.clips.status == "rejected"].assign(kind="clip")
@@ -102,10 +112,15 @@ def file_lists(results: Results, val_fraction: float = 0.05, seed: int = 0, min_
                min_quality: float | None = None, speaker_pattern: str | None = None) -> pd.DataFrame:
     """The kept clips that pass the optional stricter filters, with `speaker`, `split` and `abs_path`."""
     kept = results.clips[results.clips.status == "kept"].copy()
-    if min_confidence is not None:
-        kept = kept[kept.sync_conf.notna() & (kept.sync_conf >= min_confidence)]
-    if min_quality is not None:
-        kept = kept[kept.quality_score.notna() & (kept.quality_score >= min_quality)]
+    # a stricter filter on a score the run never computed would leave nothing, silently: say so instead
+    for flag, threshold, column, stage in (("--min-confidence", min_confidence, "sync_conf", "sync"),
+                                           ("--min-quality", min_quality, "quality_score", "quality")):
+        if threshold is None:
+            continue
+        if len(kept) and kept[column].isna().all():
+            raise RunError(f"{flag}: none of the {len(kept)} kept clips has a {stage} score (the run left out the "
+                           f"{stage} stage); run `curate run` with it first, or drop {flag}")
+        kept = kept[kept[column].notna() & (kept[column] >= threshold)]
     pattern = re.compile(speaker_pattern) if speaker_pattern else None
     kept["speaker"] = [speaker_of(source_id, pattern) for source_id in kept.source_id]
     val = split_speakers(list(kept.speaker), val_fraction, seed)
@@ -117,7 +132,12 @@ def file_lists(results: Results, val_fraction: float = 0.05, seed: int = 0, min_
 
 def write_file_lists(table: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     """train.txt and val.txt (one absolute path a line, as LatentSync's trainers read them) and split.parquet."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"--out {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot make folder {out_dir}: {exc.strerror or exc}") from None
     written = {}
     for split in ("train", "val"):
         path = out_dir / f"{split}.txt"

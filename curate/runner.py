@@ -91,6 +91,8 @@ def check_input(input_dir: Path, output_dir: Path) -> None:
 
 def check_output(output_dir: Path, create: bool = True) -> None:
     """Fail early on an output folder that cannot be written; make it when `create`."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RunError(f"output {output_dir} is a file, not a folder")
     if not create:
         existing = next((p for p in [output_dir, *output_dir.parents] if p.exists()), None)
         if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):

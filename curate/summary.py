@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from curate.runner import RunSummary
+from curate.words import counted
 
 
 def _hours(seconds: float) -> str:
@@ -18,7 +19,7 @@ def format_summary(summary: RunSummary, output_dir: Path) -> str:
         f"sources in: {summary.sources_found} ({_hours(summary.seconds_in)}), "
         f"{summary.sources_processed} processed now, {summary.sources_reused} unchanged since the last run",
         f"clips out:  {summary.clips_kept} ({_hours(summary.seconds_out)})",
-        f"rejected:   {_plural(summary.sources_rejected, 'source')}, {_plural(summary.clips_rejected, 'clip span')}",
+        f"rejected:   {counted(summary.sources_rejected, 'source')}, {counted(summary.clips_rejected, 'clip span')}",
     ]
     if summary.rejects:
         lines.append("rejects by stage and reason:")
@@ -42,10 +43,6 @@ def format_summary(summary: RunSummary, output_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 def _timings(timings: list[dict]) -> list[str]:
     """The stages that ran in this run, in run order, as aligned columns: CPU seconds, wall seconds (the clip
     stages'; the source pass's stages run fused in one task), CPU seconds per second of the video they
@@ -57,15 +54,15 @@ def _timings(timings: list[dict]) -> list[str]:
     for t in ran:
         wall = "-" if t["wall_s"] is None else f"{t['wall_s']:.1f}"
         per = t["cpu_s"] / t["media_s"] if t["media_s"] else 0.0
-        what = (_plural(t["sources_computed"], "source") if t["clips_computed"] is None
-                else _plural(t["clips_computed"], "clip"))
+        what = (counted(t["sources_computed"], "source") if t["clips_computed"] is None
+                else counted(t["clips_computed"], "clip"))
         lines.append(f"  {t['stage']:<12}{t['cpu_s']:>9.1f} {wall:>9} {per:>8.3f}  {t['media_s']:.1f} s of {what}")
     return lines
 
 
 def format_dry_run(summary: RunSummary) -> str:
     lines = [
-        f"dry run: {_plural(summary.sources_found, 'source')} found, {summary.sources_reused} unchanged, "
+        f"dry run: {counted(summary.sources_found, 'source')} found, {summary.sources_reused} unchanged, "
         f"{len(summary.planned)} would be processed"
     ]
     for why, count in Counter(summary.planned.values()).most_common():
@@ -77,9 +74,9 @@ def format_dry_run(summary: RunSummary) -> str:
     if summary.planned_clips:
         lines.append("clip stages would score:")
     for stage, why in summary.planned_clips.items():
-        counted = ", ".join(f"{reason}: {count}" for reason, count in why.most_common() if count)
+        known = ", ".join(f"{reason}: {count}" for reason, count in why.most_common() if count)
         later = [f"the {reason}" for reason, count in why.items() if not count]   # not known until written
-        text = f"{_plural(sum(why.values()), 'clip'):>10}  ({counted})" if counted else ""
+        text = f"{counted(sum(why.values()), 'clip'):>10}  ({known})" if known else ""
         lines.append(f"  {stage:<8} " + ", and ".join(part for part in [text] + later if part))
     for path, why in summary.skipped_paths[:10]:
         lines.append(f"not looked at: {path}: {why}")

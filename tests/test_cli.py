@@ -20,6 +20,18 @@ def test_output_that_cannot_be_written(tmp_path, capsys):
     blocker.write_text("a file where a folder should be")
     assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(blocker / "out")]) == 2
     assert "cannot write to output folder" in capsys.readouterr().err
+    # the output itself a file: said so, and the file is left as it was
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(blocker)]) == 2
+    assert capsys.readouterr().err == f"curate: error: output {blocker} is a file, not a folder\n"
+    assert blocker.read_text() == "a file where a folder should be"
+
+
+def test_skip_of_a_stage_that_does_not_exist_names_the_flag_and_the_value(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()
+    assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--skip", "synk"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("curate: error: --skip synk: not a stage that can be left out") and "did you mean 'sync'" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_bad_config_names_the_key(tmp_path, capsys):
@@ -84,5 +96,20 @@ def test_empty_input_folder_is_a_clean_run(tmp_path, capsys, ray_cluster):
     (tmp_path / "raw").mkdir()
     assert main(["run", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "out"), "--no-progress",
                  "--skip", "sync", "--skip", "quality"]) == 0
-    assert "sources in: 0" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "sources in: 0" in printed.out
+    assert f"curate: warning: no videos in {tmp_path / 'raw'} (looked for .mp4 .mkv" in printed.err
     assert (tmp_path / "out" / "manifests" / "sources.parquet").exists()
+
+
+@pytest.mark.parametrize("command", ["rejects", "filelist", "report"])
+def test_every_option_of_the_results_commands_says_what_it_does(command, capsys):
+    """`curate COMMAND --help` explains each option (defaults included where there is one)."""
+    from curate.cli import _parser
+
+    sub = _parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"curate {command} {action.option_strings[0]} has no help text"
+            if action.default not in (None, False) and action.dest not in ("format",):
+                assert "default" in action.help, f"curate {command} {action.option_strings[0]} hides its default"

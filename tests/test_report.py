@@ -201,6 +201,31 @@ def test_speakers_from_voxceleb_folders_or_the_source_file():
 def test_report_of_a_folder_without_a_run_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "has no finished run" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"curate: error: output folder {tmp_path / 'nope'} does not exist\n"
+
+
+def test_results_commands_fail_in_one_line_and_say_why_a_list_is_empty(run, tmp_path, capsys):
+    def error(*argv):
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("curate: error: ") and len(err.splitlines()) == 1, err
+        return err
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    assert "is a file, not a folder" in error("filelist", str(run), "--out", str(blocker))
+    assert blocker.read_text() == "mine"
+    assert "is a file, not an output folder" in error("rejects", str(blocker))
+    assert "the stages that reject are scan, worker, probe" in error("rejects", str(run), "--stage", "bogus")
+    # the run left the sync stage out: a sync threshold would silently empty the lists
+    assert "has a sync score (the run left out the sync stage)" in error("filelist", str(run), "--out",
+                                                                         str(tmp_path / "l"), "--min-confidence", "0")
+    # a threshold no clip reaches: empty lists are written, and the warning says why
+    assert main(["filelist", str(run), "--out", str(tmp_path / "l"), "--min-quality", "1e9"]) == 0
+    printed = capsys.readouterr()
+    assert "the file lists are empty: none of the" in printed.err and "train: 0 clips, 0 speakers" in printed.out
+    assert (tmp_path / "l" / "train.txt").read_text() == ""
 
 
 def test_report_of_a_run_without_rejects_says_so(run):
