@@ -187,3 +187,21 @@ def test_run_fetches_missing_weights_on_first_use(server, tmp_path, monkeypatch,
         assert file.path(None).read_bytes() == server.files["/" + file.name]
     assert "fan: fetching" in capsys.readouterr().err
     assert [status for *_, status in models.state("fan", models.ModelSettings(dir=str(tmp_path / "models")))] == ["ok", "ok"]
+
+
+def test_a_file_copied_in_by_hand_is_verified_offline_by_download(syncnet_payload, tmp_path, monkeypatch, capsys):
+    """The README's offline way: copy the file into the models folder, then `curate models download NAME`
+    checks it without fetching anything (the location here is unreachable)."""
+    file = models.MODELS["syncnet"][1][0]
+    monkeypatch.setitem(models.MODELS, "syncnet", (models.MODELS["syncnet"][0],
+                                                   [models.ModelFile(file.name, "http://127.0.0.1:9/x", file.folder,
+                                                                     file.verify)]))
+    monkeypatch.setenv("CURATE_MODELS_DIR", str(tmp_path))
+    (tmp_path / "syncnet_v2.model").write_bytes(syncnet_payload)
+    assert main(["models", "download", "syncnet"]) == 0
+    assert f"syncnet: {tmp_path / 'syncnet_v2.model'} ok" in capsys.readouterr().out
+    assert [status for *_, status in models.state("syncnet", models.ModelSettings())] == ["ok"]
+    # a wrong file copied in is refused with the reason, in one line
+    (tmp_path / "syncnet_v2.model").write_bytes(b"not a model")
+    assert main(["models", "download", "syncnet"]) == 2
+    assert "is not a valid syncnet_v2.model" in capsys.readouterr().err
