@@ -25,7 +25,7 @@ from curate.errors import RunError
 from curate.lock import OutputLock
 from curate.progress import Progress
 from curate.scan import ScanResult, ScannedSource, scan_inputs
-from curate.source_pass import SourceTask, process_source
+from curate.source_pass import SourceTask, TransientSourceError, source_pass
 from manifests import io as mio
 from manifests import schema
 from stages.write import OutputError
@@ -457,10 +457,6 @@ def _stage_results(pool, ref, pools: dict, config: Config, state: _State, journa
             pools[following].add([work])
 
 
-class TransientSourceError(RuntimeError):
-    """An unexpected error in a source task: Ray retries it; if it persists, the source is rejected with it."""
-
-
 _REMOTE = None
 
 
@@ -469,14 +465,6 @@ def _remote_source_pass():
     global _REMOTE
     if _REMOTE is None:
         import ray
-
-        def source_pass(task: SourceTask, config: Config):
-            try:
-                yield from process_source(task, config)
-            except OutputError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise TransientSourceError(f"{type(exc).__name__}: {exc}") from exc
 
         _REMOTE = ray.remote(source_pass)
     return _REMOTE

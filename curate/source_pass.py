@@ -35,10 +35,12 @@ from stages.face import FaceStage
 from stages.face_landmarks import get_backend
 from stages.resample import AudioTrack, FrameRateConverter, samples_per_frame, timeline_seconds
 from stages.shots import KnownShots, ShotDetector
-from stages.sync import CONTEXT_FRAMES
 from stages.write import ClipWriter, OutputError, scaled_size, write_arrays
 
 CLIPS_DIR = "clips"
+# audio kept beyond each end of a clip: the largest offset SyncNet can report (syncnet.score.VSHIFT); defined
+# here, not in stages.sync, whose import pulls in torch and scipy, which a source-pass worker does not need
+CONTEXT_FRAMES = 15
 
 
 @dataclass
@@ -115,21 +117,36 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
     _remove_partials(Path(task.output_dir) / CLIPS_DIR / task.out_key)
     yield {"event": "probed", "source_id": task.source_id, "duration_s": facts.duration_s}
 
-    source_pass = _Pass(task, config, facts, clock, row["sha256"])
+    the_pass = _Pass(task, config, facts, clock, row["sha256"])
     try:
-        yield from source_pass.run()
+        yield from the_pass.run()
     except av.error.FFmpegError as exc:  # the file could be probed but not opened again for decoding
-        row.update(source_pass.summary())
+        row.update(the_pass.summary())
         yield _source_event(row, clock, started, probe_stage.decode_error(exc, 0.0))
         return
     except Rejected as rejected:
-        row.update(source_pass.summary())
+        row.update(the_pass.summary())
         yield _source_event(row, clock, started, rejected)
         return
     finally:
-        source_pass.close()
-    row.update(source_pass.summary())
+        the_pass.close()
+    row.update(the_pass.summary())
     yield _source_event(row, clock, started, None)
+
+
+class TransientSourceError(RuntimeError):
+    """An unexpected error in a source task: Ray retries it; if it persists, the source is rejected with it."""
+
+
+def source_pass(task: SourceTask, config: Config) -> Iterator[dict]:
+    """The body of the Ray task (curate.runner makes it remote). Defined here, not in the runner, so that a
+    worker loads it by reference and imports this module only, not the driver's (the journal, Parquet)."""
+    try:
+        yield from process_source(task, config)
+    except OutputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise TransientSourceError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _remove_partials(folder: Path) -> None:

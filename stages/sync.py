@@ -29,7 +29,6 @@ from syncnet.crops import boxes_from_landmarks, crops
 from syncnet.score import SAMPLES_PER_FRAME, SyncResult, SyncScorer
 
 STAGE = "sync"
-CONTEXT_FRAMES = 15  # audio kept beyond each end of a clip: the largest offset SyncNet can report
 
 
 @dataclass(frozen=True)
