@@ -257,11 +257,15 @@ def _remember(settings: ModelSettings, path: Path, sha256: str) -> None:
     os.replace(partial, target)
 
 
-def _check(file: ModelFile, path: Path, settings: ModelSettings, sha256: str) -> None:
-    """Raise unless `path` loads into our network strictly and matches a pinned hash."""
+def _check_pin(file: ModelFile, path: Path, settings: ModelSettings, sha256: str) -> None:
     pinned = settings.sha256.get(file.name)
     if pinned and pinned.lower() != sha256:
         raise ModelError(f"{path} has sha256 {sha256}, not the pinned {pinned} (models.sha256)")
+
+
+def _check(file: ModelFile, path: Path, settings: ModelSettings, sha256: str) -> None:
+    """Raise unless `path` loads into our network strictly and matches a pinned hash."""
+    _check_pin(file, path, settings, sha256)
     try:
         file.verify(path)
     except Exception as exc:  # noqa: BLE001 - any failure to load means it is not the model
@@ -306,8 +310,10 @@ def require(name: str, settings: ModelSettings, skip: tuple[str, ...] = ()) -> l
         if status == "changed":
             raise ModelError(f"{path} changed since it was verified (sha256 now {sha256}); "
                              f"run `curate models download {name}` to check it again")
-        _check(file, path, settings, sha256)
-        if status == "unverified":
+        if status == "ok":   # this very file (its sha256) loaded strictly before: only a pin is checked again
+            _check_pin(file, path, settings, sha256)
+        else:
+            _check(file, path, settings, sha256)
             _remember(settings, path, sha256)
         paths.append(path)
     return paths
