@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from curate.config import STAGE_ORDER, Config
-from curate.errors import RunError
+from curate.errors import RunError, writable_folder
 from manifests import io as mio
 
 
@@ -132,12 +132,7 @@ def file_lists(results: Results, val_fraction: float = 0.05, seed: int = 0, min_
 
 def write_file_lists(table: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     """train.txt and val.txt (one absolute path a line, as LatentSync's trainers read them) and split.parquet."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunError(f"--out {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot make folder {out_dir}: {exc.strerror or exc}") from None
+    writable_folder(out_dir, "--out")
     written = {}
     for split in ("train", "val"):
         path = out_dir / f"{split}.txt"

@@ -216,8 +216,8 @@ def next_clip_stage(stage_records: dict, work, config: Config) -> str | None:
 def clip_stage_plan(plan: Plan, config: Config, output_dir: Path) -> dict[str, Counter]:
     """What each clip stage would do, for the dry run: per stage, a Counter of why, over the clips of the
     unchanged sources ("no result yet", "stages.sync settings changed"; a stage after the first one a clip
-    owes runs only if that one keeps it: "if sync keeps them"), and "clips of N sources processed first" for
-    the sources the plan processes, whose clips are not known yet."""
+    owes runs only if that one keeps it: "if sync keeps them"). The clips of the sources the plan processes
+    are not known yet; every clip stage runs on them too."""
     fingerprints = config.stage_fingerprints()
     owed = {stage: Counter() for stage in config.clip_stages()}
     for record in plan.reused.values():
@@ -236,10 +236,7 @@ def clip_stage_plan(plan: Plan, config: Config, output_dir: Path) -> dict[str, C
                     first = stage
                 elif result["row"].get("status") == "rejected":
                     break
-    if plan.todo:
-        for stage in owed:
-            owed[stage][f"clips of the {len(plan.todo)} sources processed first"] = 0   # counted once written
-    return {stage: why for stage, why in owed.items() if why}
+    return owed
 
 
 def _stage_result(stage_records: dict, work, stage: str, fingerprint: str) -> dict | None:
@@ -310,9 +307,10 @@ class _Cost:
     wall_s: float = 0.0
     clip_s: float = 0.0
 
-    def __iadd__(self, batch: tuple[float, float, float]) -> "_Cost":
-        self.cpu_s, self.wall_s, self.clip_s = (a + b for a, b in zip((self.cpu_s, self.wall_s, self.clip_s), batch))
-        return self
+    def add(self, cpu_s: float, wall_s: float, clip_s: float) -> None:
+        self.cpu_s += cpu_s
+        self.wall_s += wall_s
+        self.clip_s += clip_s
 
 
 def _execute(options: RunOptions, plan: Plan, models: dict) -> _State:
@@ -443,7 +441,7 @@ def _stage_results(pool, ref, pools: dict, config: Config, state: _State, journa
                 for work in batch]
     else:
         rows, cpu_s, wall_s = result
-        state.stage_cost[pool.stage] += (cpu_s, wall_s, sum(work.duration_s for work in batch))
+        state.stage_cost[pool.stage].add(cpu_s, wall_s, sum(work.duration_s for work in batch))
     fingerprint = config.stage_fingerprints()[pool.stage]
     for work, row in zip(batch, rows):
         record = {"kind": "stage", "stage": pool.stage, "source_id": work.source_id, "clip_id": work.clip_id,
@@ -637,7 +635,7 @@ def _finish(options: RunOptions, plan: Plan, state: _State, started_at: datetime
                         if result is not None:
                             current.append(result)
             mio.Journal(out).rewrite(current)
-        _append_run(options, plan, summary, state.records, state.processed, started_at)
+        _append_run(options, summary, started_at)
     except OSError as exc:
         raise RunError(f"cannot write manifests in {out}: {exc.strerror or exc}. Rerun to retry; "
                        "finished sources are kept in the journal.") from None
@@ -694,8 +692,7 @@ def _summarise(plan: Plan, source_rows: list[dict], clip_rows: list[dict], proce
     return summary
 
 
-def _append_run(options: RunOptions, plan: Plan, summary: RunSummary, records: dict, processed: set[str],
-                started_at: datetime) -> None:
+def _append_run(options: RunOptions, summary: RunSummary, started_at: datetime) -> None:
     config = options.config
     row = {
         "run_id": uuid.uuid4().hex, "started_at": started_at, "finished_at": datetime.now(timezone.utc),

@@ -71,13 +71,15 @@ def format_dry_run(summary: RunSummary) -> str:
         lines.append(f"  {source_id}  ({why})")
     if len(summary.planned) > 20:
         lines.append(f"  ... and {len(summary.planned) - 20} more")
-    if summary.planned_clips:
+    owed = {stage: why for stage, why in summary.planned_clips.items() if why or summary.planned}
+    if owed:
         lines.append("clip stages would score:")
-    for stage, why in summary.planned_clips.items():
-        known = ", ".join(f"{reason}: {count}" for reason, count in why.most_common() if count)
-        later = [f"the {reason}" for reason, count in why.items() if not count]   # not known until written
-        text = f"{counted(sum(why.values()), 'clip'):>10}  ({known})" if known else ""
-        lines.append(f"  {stage:<8} " + ", and ".join(part for part in [text] + later if part))
+    for stage, why in owed.items():
+        parts = [f"{counted(sum(why.values()), 'clip'):>10}  ("
+                 + ", ".join(f"{reason}: {count}" for reason, count in why.most_common()) + ")"] if why else []
+        if summary.planned:   # their clips are not known until the source pass writes them
+            parts.append(f"the clips of the {counted(len(summary.planned), 'source')} processed first")
+        lines.append(f"  {stage:<8} " + ", and ".join(parts))
     for path, why in summary.skipped_paths[:10]:
         lines.append(f"not looked at: {path}: {why}")
     for warning in summary.warnings:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.errors import RunError
+from curate.errors import RunError, writable_folder
 
 RUN_FILE = "run.json"
 
@@ -435,7 +435,7 @@ def _run_training(args, config, lists, identity: dict, prepare, job, worker) -> 
         print(f"prepared: {len(train_clips)} training and {len(val_clips)} validation clips; "
               f"features in {_cache(config.data)}")
         return 0
-    _writable(run_dir)
+    writable_folder(run_dir, "--out")
 
     with OutputLock(run_dir):
         _claim(run_dir, identity, args.reconfigure)
@@ -727,17 +727,6 @@ def _checked_generator(path: Path, size: int) -> str:
     if generator.size != size:
         raise RunError(f"--init: {path} is a generator of size {generator.size}, not model.size {size}")
     return str(Path(path).resolve())
-
-
-def _writable(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"--out {run_dir} is a file, not a folder")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot create the run folder {run_dir}: {exc.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise RunError(f"the run folder {run_dir} is not writable")
 
 
 def _cache(settings) -> Path:

@@ -111,5 +111,5 @@ def test_every_option_of_the_results_commands_says_what_it_does(command, capsys)
     for action in sub._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, f"curate {command} {action.option_strings[0]} has no help text"
-            if action.default not in (None, False) and action.dest not in ("format",):
+            if action.default not in (None, False):
                 assert "default" in action.help, f"curate {command} {action.option_strings[0]} hides its default"

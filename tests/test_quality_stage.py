@@ -89,8 +89,9 @@ def test_quality_follows_the_sync_stage(raw, tmp_path, curate, stand_in_models):
     summary = curate(raw, out, settings(stand_in_models, skip=(), min_score=40, min_confidence=0, max_offset=15))
     assert summary.clips_staged == {"quality": 1}
     assert only_clip(out).reject_reason == "low_visual_quality"
-    assert curate(raw, out, settings(stand_in_models, skip=(), min_score=40, min_confidence=0, max_offset=15),
-                  dry_run=True).planned_clips == {}
+    settled = curate(raw, out, settings(stand_in_models, skip=(), min_score=40, min_confidence=0, max_offset=15),
+                     dry_run=True)
+    assert settled.planned_clips == {"sync": {}, "quality": {}} and "clip stages" not in format_dry_run(settled)
 
 
 def test_missing_hyperiqa_weights_stop_the_run_before_any_work(tmp_path, capsys, monkeypatch):
