@@ -57,16 +57,31 @@ def stand_in_models(tmp_path_factory) -> Path:
 def readme_run(talking_heads, tmp_path_factory):
     """The README's main job, run once as a newcomer runs it: `curate run` on the shared videos, defaults but
     for the sync and quality stages, whose official weights cannot be fetched on this machine (they have tests
-    of their own)."""
+    of their own). Made once for the whole session: under pytest-xdist the other worker waits for it and reads
+    it, instead of running it again beside it."""
+    import json
+    import os
     import subprocess
     import sys
 
-    out = tmp_path_factory.mktemp("readme") / "out"
-    command = [sys.executable, "-m", "curate.cli", "run", "--input", str(talking_heads), "--output", str(out),
-               "--skip", "sync,quality"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr
-    return {"out": out, "stdout": result.stdout, "command": command}
+    from filelock import FileLock
+
+    # each xdist worker has its own basetemp; their parent is the session's, shared by all of them
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, record = root / "readme", root / "readme.json"
+    with FileLock(root / "readme.lock"):
+        if record.is_file():
+            run = json.loads(record.read_text())
+            return {"out": Path(run["out"]), "stdout": run["stdout"], "command": run["command"]}
+        out = folder / "out"
+        command = [sys.executable, "-m", "curate.cli", "run", "--input", str(talking_heads), "--output",
+                   str(out), "--skip", "sync,quality"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+        assert result.returncode == 0, result.stderr
+        record.write_text(json.dumps({"out": str(out), "stdout": result.stdout, "command": command}))
+        return {"out": out, "stdout": result.stdout, "command": command}
 
 
 def pytest_terminal_summary(terminalreporter):
