@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from curate.config import ModelSettings
-from curate.source_pass import file_sha256 as sha256_of
+from curate.source_task import file_sha256 as sha256_of
 from stages import face_landmarks
 
 

@@ -21,14 +21,13 @@ from pathlib import Path
 
 from curate.cluster import connect_ray
 from curate.config import CLIP_STAGES, Config
-from curate.errors import RunError
+from curate.errors import OutputError, RunError
 from curate.lock import OutputLock
 from curate.progress import Progress
 from curate.scan import ScanResult, ScannedSource, scan_inputs
-from curate.source_pass import SourceTask, TransientSourceError, source_pass
+from curate.source_task import SourceTask, TransientSourceError, source_pass
 from manifests import io as mio
 from manifests import schema
-from stages.write import OutputError
 
 
 @dataclass

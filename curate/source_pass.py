@@ -15,11 +15,9 @@ error partway, a truncated file) ends with a rejected ``source`` event; the runn
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +26,7 @@ import cv2
 import numpy as np
 
 from curate.config import Config
+from curate.source_task import SourceTask, TransientSourceError, file_sha256  # noqa: F401 (the pass's names)
 from stages import probe as probe_stage
 from stages.base import Rejected
 from stages.clips import ClipSplitter, Span
@@ -41,21 +40,6 @@ CLIPS_DIR = "clips"
 # audio kept beyond each end of a clip: the largest offset SyncNet can report (syncnet.score.VSHIFT); defined
 # here, not in stages.sync, whose import pulls in torch and scipy, which a source-pass worker does not need
 CONTEXT_FRAMES = 15
-
-
-@dataclass
-class SourceTask:
-    """What the driver hands a worker for one source."""
-
-    source_id: str                     # the path relative to the input folder (posix); unique in a run
-    path: str                          # absolute path to read (never written)
-    out_key: str                       # the source's folder under <output>/clips
-    output_dir: str
-    size_bytes: int
-    mtime_ns: int
-    fingerprints: dict[str, str]
-    sha256: str | None = None          # known from an earlier run when the file's stat is unchanged
-    known_cuts: list[int] | None = None  # shot cuts an earlier run found for this content and shot settings
 
 
 # columns a clip has only once written (or once the face stage looked at it)
@@ -85,14 +69,6 @@ class StageClock:
         finally:
             self.cpu[stage] += time.thread_time() - c0
             self.wall[stage] += time.perf_counter() - w0
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
@@ -134,13 +110,9 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
     yield _source_event(row, clock, started, None)
 
 
-class TransientSourceError(RuntimeError):
-    """An unexpected error in a source task: Ray retries it; if it persists, the source is rejected with it."""
-
-
 def source_pass(task: SourceTask, config: Config) -> Iterator[dict]:
-    """The body of the Ray task (curate.runner makes it remote). Defined here, not in the runner, so that a
-    worker loads it by reference and imports this module only, not the driver's (the journal, Parquet)."""
+    """The source pass as the Ray task runs it (through curate.source_task.source_pass): an unexpected
+    error becomes a TransientSourceError, which Ray retries."""
     try:
         yield from process_source(task, config)
     except OutputError:

@@ -17,12 +17,9 @@ import av
 import numpy as np
 
 from curate.config import WriteParams
+from curate.errors import OutputError
 
 STAGE = "write"
-
-
-class OutputError(OSError):
-    """Writing to the output directory failed (disk full, read-only, permissions): the run must stop."""
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:

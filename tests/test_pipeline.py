@@ -205,3 +205,21 @@ def test_clip_files_are_exactly_the_kept_rows(result):
     on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "clips").rglob("*") if p.is_file())
     kept = sorted(result["clips"][result["clips"].status == "kept"].path)
     assert on_disk == kept
+
+
+def test_the_driver_and_a_source_pass_worker_import_only_what_they_use():
+    """Every process pays for what it imports (Ray's fixed cost, benchmark 8): the driver of `curate run` needs
+    Ray and Parquet, not the pass's decoders and face models; a source-pass worker needs those, not torch or
+    scipy (the sync stage's). Each in a fresh interpreter, as Ray starts them."""
+    import subprocess
+    import sys
+
+    def loaded(statement: str, modules: tuple[str, ...]) -> list[str]:
+        code = f"import sys; {statement}; print(sorted(m for m in {modules!r} if m in sys.modules))"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return eval(result.stdout.strip().splitlines()[-1])
+
+    heavy = ("av", "cv2", "scenedetect", "dlib", "torch", "scipy", "pandas")
+    assert loaded("import curate.cli, curate.runner, curate.models, curate.source_task", heavy) == []
+    assert loaded("import curate.source_pass", heavy) == ["av", "cv2", "scenedetect"]

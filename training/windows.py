@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 import torch
 
-from curate.source_pass import file_sha256
+from curate.source_task import file_sha256
 from stages import probe as probe_stage
 from stages.base import Rejected
 from stages.resample import AudioTrack
