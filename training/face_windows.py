@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import cv2
@@ -34,7 +34,7 @@ import torch
 
 from syncnet.experts import Framing
 from syncnet.mel import mel_start
-from training.windows import SAMPLES_PER_FRAME, Clip, ClipUnreadable, WindowStream
+from training.windows import SAMPLES_PER_FRAME, Clip, ClipUnreadable, WindowStream, in_batches
 
 NUM_FRAMES = 5          # frames of a window (Wav2Lip's syncnet_T)
 MEL_COLUMNS = 16        # mel columns of one frame's window, and of the expert's 5-frame window
@@ -181,6 +181,22 @@ class FaceStream(WindowStream):
                 "index": index}
 
 
+def target_reference_plan(clips: list, last_start_of: Callable, frames: int, settings: FaceWindowSettings,
+                          seed: int) -> tuple[list, list[tuple]]:
+    """The generators' fixed validation windows: the first `val_clips` clips (by path) with room for a window of
+    `frames` frames and a reference that does not overlap it, and for each `(clip, targets, references)`:
+    `val_windows_per_clip` seeded target starts and their references' starts."""
+    usable = [c for c in sorted(clips, key=lambda c: c.path) if last_start_of(c) >= 2 * frames - 1]
+    usable = usable[:settings.val_clips]
+    plan = []
+    for number, clip in enumerate(usable):
+        rng = np.random.default_rng([seed, 3, number])
+        last = last_start_of(clip)
+        targets = np.sort(rng.integers(0, last + 1, settings.val_windows_per_clip))
+        plan.append((clip, targets, references_for(rng, targets, last, frames)))
+    return usable, plan
+
+
 class FaceValWindows:
     """The fixed validation set: `val_windows_per_clip` seeded (target, reference) windows of each of the first
     `val_clips` clips (by path), for self-reenactment: the generator remakes the target's lower half from its
@@ -188,21 +204,16 @@ class FaceValWindows:
 
     def __init__(self, clips: list[Clip], size: int, settings: FaceWindowSettings, seed: int):
         self.size, self.settings = size, settings
-        self.clips = [c for c in sorted(clips, key=lambda c: c.path) if last_start(c) >= 2 * NUM_FRAMES - 1]
-        self.clips = self.clips[:settings.val_clips]
-        self.plan = []
-        for number, clip in enumerate(self.clips):
-            rng = np.random.default_rng([seed, 3, number])
-            last = last_start(clip)
-            targets = np.sort(rng.integers(0, last + 1, settings.val_windows_per_clip))
-            self.plan.append((clip, targets, references_for(rng, targets, last)))
+        self.clips, self.plan = target_reference_plan(clips, last_start, NUM_FRAMES, settings, seed)
 
     def __len__(self) -> int:
         return len(self.clips) * self.settings.val_windows_per_clip
 
     def batches(self, batch_size: int = 16) -> Iterator[dict]:
         """Batches as FaceStream's (without `index`); `clip` is an index into `self.clips`."""
-        pending: list[tuple] = []
+        return in_batches(self._windows(), batch_size, _val_batch)
+
+    def _windows(self) -> Iterator[tuple]:
         for number, (clip, targets, refs) in enumerate(self.plan):
             try:
                 pictures = decode_faces(clip.path, self.size, int(max(targets.max(), refs.max())) + NUM_FRAMES)
@@ -211,13 +222,7 @@ class FaceValWindows:
                 warnings.warn(f"skipping {clip.path} in validation: {exc}")
                 continue
             for t, r in zip(targets.tolist(), refs.tolist()):
-                pending.append((pictures[t:t + NUM_FRAMES], pictures[r:r + NUM_FRAMES], *_mels(spectrogram, t),
-                                number, t, r))
-                if len(pending) == batch_size:
-                    yield _val_batch(pending)
-                    pending = []
-        if pending:
-            yield _val_batch(pending)
+                yield pictures[t:t + NUM_FRAMES], pictures[r:r + NUM_FRAMES], *_mels(spectrogram, t), number, t, r
 
 
 def _val_batch(items: list[tuple]) -> dict:

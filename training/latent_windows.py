@@ -43,8 +43,8 @@ import torch
 from stages.base import Rejected
 from syncnet.experts import Framing
 from syncnet.mel import mel_columns, mel_start
-from training.face_windows import FaceStream, FaceWindowSettings, decode_faces, references_for
-from training.windows import Clip, ClipUnreadable, clip_audio
+from training.face_windows import FaceStream, FaceWindowSettings, decode_faces, references_for, target_reference_plan
+from training.windows import Clip, ClipUnreadable, clip_audio, in_batches
 
 NUM_FRAMES = 16                          # LatentSync's num_frames
 EXPERT_COLUMNS = mel_columns(NUM_FRAMES)  # 52: StableSyncNet's mel window
@@ -204,20 +204,16 @@ class LatentValWindows:
 
     def __init__(self, clips: list[LatentClip], resolution: int, settings: FaceWindowSettings, seed: int):
         self.resolution, self.settings = resolution, settings
-        self.clips = [c for c in sorted(clips, key=lambda c: c.path) if c.last_start(NUM_FRAMES) >= 2 * NUM_FRAMES - 1]
-        self.clips = self.clips[:settings.val_clips]
-        self.plan = []
-        for number, clip in enumerate(self.clips):
-            rng = np.random.default_rng([seed, 3, number])
-            last = clip.last_start(NUM_FRAMES)
-            targets = np.sort(rng.integers(0, last + 1, settings.val_windows_per_clip))
-            self.plan.append((clip, targets, references_for(rng, targets, last, NUM_FRAMES)))
+        self.clips, self.plan = target_reference_plan(clips, lambda clip: clip.last_start(NUM_FRAMES), NUM_FRAMES,
+                                                      settings, seed)
 
     def __len__(self) -> int:
         return len(self.clips) * self.settings.val_windows_per_clip
 
     def batches(self, batch_size: int = 4) -> Iterator[dict]:
-        pending: list[tuple] = []
+        return in_batches(self._windows(), batch_size, _val_batch)
+
+    def _windows(self) -> Iterator[tuple]:
         sample = 0
         for number, (clip, targets, refs) in enumerate(self.plan):
             try:
@@ -231,15 +227,10 @@ class LatentValWindows:
                 continue
             for t, r in zip(targets.tolist(), refs.tolist()):
                 column = mel_start(t)
-                pending.append((pictures[t:t + NUM_FRAMES], pictures[r:r + NUM_FRAMES],
-                                np.asarray(spectrogram[None, :, column:column + EXPERT_COLUMNS], np.float32),
-                                audio_chunks(features, t), number, t, r, sample))
+                yield (pictures[t:t + NUM_FRAMES], pictures[r:r + NUM_FRAMES],
+                       np.asarray(spectrogram[None, :, column:column + EXPERT_COLUMNS], np.float32),
+                       audio_chunks(features, t), number, t, r, sample)
                 sample += 1
-                if len(pending) == batch_size:
-                    yield _val_batch(pending)
-                    pending = []
-        if pending:
-            yield _val_batch(pending)
 
 
 def _val_batch(items: list[tuple]) -> dict:

@@ -539,8 +539,10 @@ class ValWindows:
     def batches(self, batch_size: int = 16) -> Iterator[dict]:
         """`frames` (n, N, h, w, 3) uint8, `mels` (n, 31, 1, 80, C), `negative` (n,) index of the negative shift,
         and where each window is: `clip` (an index into `self.clips`) and `start` (its first frame)."""
+        return in_batches(self._windows(), batch_size, _val_batch)
+
+    def _windows(self) -> Iterator[tuple]:
         n_frames, columns = self.framing.num_frames, mel_columns(self.framing.num_frames)
-        pending: list[tuple] = []
         for number, (clip, starts, negatives) in enumerate(self.plan):
             try:
                 pictures = decode_lower_halves(clip.path, self.framing, int(starts.max()) + n_frames)
@@ -551,12 +553,20 @@ class ValWindows:
             for start, negative in zip(starts, negatives):
                 shifted = np.stack([mel[:, mel_start(int(start + d)):mel_start(int(start + d)) + columns]
                                     for d in range(-VAL_SHIFT, VAL_SHIFT + 1)])
-                pending.append((pictures[start:start + n_frames], shifted, negative, number, start))
-                if len(pending) == batch_size:
-                    yield _val_batch(pending)
-                    pending = []
-        if pending:
-            yield _val_batch(pending)
+                yield pictures[start:start + n_frames], shifted, negative, number, start
+
+
+def in_batches(items: Iterable[tuple], batch_size: int, collate: Callable[[list[tuple]], dict]) -> Iterator[dict]:
+    """The validation sets' batching: `items` taken `batch_size` at a time (the last batch may be short), each
+    batch made by `collate`."""
+    pending: list[tuple] = []
+    for item in items:
+        pending.append(item)
+        if len(pending) == batch_size:
+            yield collate(pending)
+            pending = []
+    if pending:
+        yield collate(pending)
 
 
 def _val_batch(items: list[tuple]) -> dict:
