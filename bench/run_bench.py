@@ -170,7 +170,7 @@ def memory_vs_length(source: Path, work: Path, copies: int) -> dict:
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "concat",
                     "-safe", "0", "-i", str(listing), "-c", "copy", str(long_source)], check=True)
     script = (
-        "import os,sys; from curate.config import Config; from curate.source_pass import SourceTask, process_source\n"
+        "import os,sys; from curate.config import Config; from curate.source_pass import process_source; from curate.source_task import SourceTask\n"
         "p=sys.argv[1]; c=Config(); st=os.stat(p)\n"
         "t=SourceTask(source_id='s', path=p, out_key='s', output_dir=sys.argv[2], size_bytes=st.st_size,"
         " mtime_ns=st.st_mtime_ns, fingerprints=c.stage_fingerprints())\n"

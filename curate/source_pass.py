@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 
 from curate.config import Config
-from curate.source_task import SourceTask, TransientSourceError, file_sha256  # noqa: F401 (the pass's names)
+from curate.errors import OutputError
+from curate.source_task import SourceTask, TransientSourceError, file_sha256
 from stages import probe as probe_stage
 from stages.base import Rejected
 from stages.clips import ClipSplitter, Span
@@ -34,7 +35,7 @@ from stages.face import FaceStage
 from stages.face_landmarks import get_backend
 from stages.resample import AudioTrack, FrameRateConverter, samples_per_frame, timeline_seconds
 from stages.shots import KnownShots, ShotDetector
-from stages.write import ClipWriter, OutputError, scaled_size, write_arrays
+from stages.write import ClipWriter, scaled_size, write_arrays
 
 CLIPS_DIR = "clips"
 # audio kept beyond each end of a clip: the largest offset SyncNet can report (syncnet.score.VSHIFT); defined

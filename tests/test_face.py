@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from curate.source_pass import SourceTask, process_source
+from curate.source_pass import process_source
+from curate.source_task import SourceTask
 from media import GARDEN, KITCHEN, SOFA, downscaled, ffmpeg, ffmpeg_exe, hard_cut, read_clip, synthetic
 from stages import face_align
 from stages.face_landmarks import BackendUnavailable, DlibBackend, check_backend

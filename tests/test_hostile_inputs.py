@@ -200,7 +200,8 @@ MEMORY_LIMIT_MB = 1024
 _PASS = r"""
 import json, os, sys
 from curate.config import config_from_dict
-from curate.source_pass import SourceTask, process_source
+from curate.source_pass import process_source
+from curate.source_task import SourceTask
 
 config = config_from_dict({"run": {"skip": ["face"]}})
 for path in sys.argv[2:]:
@@ -232,7 +233,8 @@ _UNREADABLE = r"""
 import json, sys
 from curate.config import InputSettings, config_from_dict
 from curate.scan import scan_inputs
-from curate.source_pass import SourceTask, process_source
+from curate.source_pass import process_source
+from curate.source_task import SourceTask
 from pathlib import Path
 
 raw = Path(sys.argv[1])

@@ -211,14 +211,15 @@ def test_the_driver_and_a_source_pass_worker_import_only_what_they_use():
     """Every process pays for what it imports (Ray's fixed cost, benchmark 8): the driver of `curate run` needs
     Ray and Parquet, not the pass's decoders and face models; a source-pass worker needs those, not torch or
     scipy (the sync stage's). Each in a fresh interpreter, as Ray starts them."""
+    import json
     import subprocess
     import sys
 
     def loaded(statement: str, modules: tuple[str, ...]) -> list[str]:
-        code = f"import sys; {statement}; print(sorted(m for m in {modules!r} if m in sys.modules))"
+        code = f"import json, sys; {statement}; print(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
-        return eval(result.stdout.strip().splitlines()[-1])
+        return json.loads(result.stdout.strip().splitlines()[-1])
 
     heavy = ("av", "cv2", "scenedetect", "dlib", "torch", "scipy", "pandas")
     assert loaded("import curate.cli, curate.runner, curate.models, curate.source_task", heavy) == []

@@ -32,6 +32,7 @@ shift of one frame, which is label noise: 40 ms of a 640 ms window).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -558,15 +559,10 @@ class ValWindows:
 
 def in_batches(items: Iterable[tuple], batch_size: int, collate: Callable[[list[tuple]], dict]) -> Iterator[dict]:
     """The validation sets' batching: `items` taken `batch_size` at a time (the last batch may be short), each
-    batch made by `collate`."""
-    pending: list[tuple] = []
-    for item in items:
-        pending.append(item)
-        if len(pending) == batch_size:
-            yield collate(pending)
-            pending = []
-    if pending:
-        yield collate(pending)
+    batch made by `collate` (itertools.batched, from Python 3.12 only)."""
+    items = iter(items)
+    while chunk := list(itertools.islice(items, batch_size)):
+        yield collate(chunk)
 
 
 def _val_batch(items: list[tuple]) -> dict:
