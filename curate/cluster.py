@@ -30,7 +30,24 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> bool:
     # ray.init() would attach to that one, and then refuse num_cpus)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              logging_level=logging.ERROR, log_to_driver=False)
+    _stop_idle_monitors()
     return True
+
+
+def _stop_idle_monitors() -> None:
+    """Stop the embedded Ray's autoscaler and log monitors, as `ray start --no-monitor
+    --include-log-monitor=false` would not start them (ray.init has no such settings). One machine has nothing
+    to autoscale, and no logs are forwarded to the driver (log_to_driver=False): the two are about 100 MB of the
+    run's memory (bench/bench_ray_overhead.py). Ray's reaper still takes down the rest if this process dies.
+    Best effort: a Ray without these methods keeps its monitors."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    for stop in ("kill_monitor", "kill_log_monitor"):
+        try:
+            getattr(node, stop)(check_alive=False)
+        except (AttributeError, KeyError, OSError):
+            pass
 
 
 def _check_reachable(address: str) -> None:
