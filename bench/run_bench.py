@@ -16,8 +16,9 @@ output folder; its whole-process CPU includes starting and stopping the embedded
 comes from the manifests. A second part decodes a short and a long source (the same video concatenated
 without re-encoding) through the source pass alone, to show that memory does not grow with length.
 
-Part 2 runs the whole chain with the face stage (dlib backend) and reports its CPU per source-second next to
-the cost of decoding the sources once, and the face stage's frames per CPU-second with tracking and with a
+Part 2 runs the chain through the face stage (dlib backend, `--skip sync,quality`: the clip stages need their
+weights and are benchmarked apart) and reports its CPU per source-second next to the cost of decoding the
+sources once, and the face stage's frames per CPU-second with tracking and with a
 detection on every frame (`track: false`).
 
 Results: tables on stdout and bench/results/latest.json.
@@ -129,11 +130,13 @@ def reference(sources: list[Path], work: Path, workers: int) -> dict:
     return result
 
 
-def ours(input_dir: Path, out: Path, cpus: int, *extra: str) -> dict:
+def ours(input_dir: Path, out: Path, cpus: int, *extra: str, skip: str = "sync,quality") -> dict:
+    """`curate run` through the face stage by default: the clip stages (sync, quality) need their weights and
+    have their own benchmarks (bench_sync.py, bench_quality.py)."""
     curate = shutil.which("curate", path=str(Path(sys.executable).parent)) or "curate"
     busy = machine_busy_s()
     whole = timed([curate, "run", "--input", str(input_dir), "--output", str(out), "--num-cpus", str(cpus),
-                   "--no-progress", *extra])
+                   "--no-progress", "--skip", skip, *extra])
     whole["machine_cpu_s"] = machine_busy_s() - busy
     sources = pd.read_parquet(out / "manifests" / "sources.parquet")
     clips = pd.read_parquet(out / "manifests" / "clips.parquet")
@@ -206,7 +209,7 @@ def main() -> int:
         busy = machine_busy_s()
         ref = reference(sources, work / "ref", args.cpus)
         ref["machine_cpu_s"] = machine_busy_s() - busy
-        steps_only = ours(inputs, work / "ours_steps", args.cpus, "--skip", "face")
+        steps_only = ours(inputs, work / "ours_steps", args.cpus, skip="face,sync,quality")
         full = ours(inputs, work / "ours_full", args.cpus)
         untracked = face_without_tracking(originals[0], work)
         decode_s = decode_only(sources)
