@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from generators.latentsync import STEPS, WINDOW, build_vae  # noqa: E402
-from generators.latentsync_unet import LatentSyncUNet  # noqa: E402
-from generators.whisper import WhisperEncoder, feature_chunks, whisper_features  # noqa: E402
+from networks.latentsync import STEPS, WINDOW, build_vae  # noqa: E402
+from networks.latentsync_unet import LatentSyncUNet  # noqa: E402
+from networks.whisper import WhisperEncoder, feature_chunks, whisper_features  # noqa: E402
 
 
 DEVICE = torch.device("cpu")

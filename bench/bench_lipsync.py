@@ -4,7 +4,7 @@ against the length of the input, next to what holding every decoded frame in mem
     python bench/bench_lipsync.py [--quick] [--long-s 120] [--preset medium] [--memory-preset veryfast]
                                   [--batch-size 16] [--threads 1]
 
-The model is Wav2Lip's official 96 x 96 generator (`generators.wav2lip.Wav2Lip`, 36 M parameters) with seeded
+The model is Wav2Lip's official 96 x 96 generator (`networks.wav2lip.Wav2Lip`, 36 M parameters) with seeded
 random weights (torch.manual_seed(0)), saved as an official-layout checkpoint and loaded with
 `Wav2LipModel.from_file(..., cpu, batch_size)`: the model `curate lipsync --device cpu` runs (batch 16, the CLI's
 CPU default). The speed does not depend on the weights' values. Torch runs one thread (`--threads`), as in the other
@@ -230,7 +230,7 @@ def main() -> int:
 
     import torch
 
-    from generators.wav2lip import Wav2Lip, official_layout
+    from networks.wav2lip import Wav2Lip, official_layout
 
     short_s, long_s = (2.0, 6.0) if args.quick else (10.0, args.long_s)
     started = time.perf_counter()

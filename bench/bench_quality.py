@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "data" / "talking-heads" / "man_kitchen_1080x1920_25fps.mp4"
 sys.path.insert(0, str(ROOT))
 
-from hyperiqa.model import HyperIQA  # noqa: E402
-from hyperiqa.score import QualityScorer, key_frames  # noqa: E402
+from networks.hyperiqa import HyperIQA  # noqa: E402
+from stages.quality_score import QualityScorer, key_frames  # noqa: E402
 
 
 def make_clip(source: Path, target: Path) -> None:

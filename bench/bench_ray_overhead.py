@@ -62,7 +62,7 @@ PARTS = [("Ray, imported (each worker and Python daemon starts with it)", "impor
          ("the source pass's modules, imported", "import curate.source_pass"),
          ("the sync stage's module (torch, scipy), imported", "import stages.sync"),
          ("dlib imported and its face model loaded (once per worker)",
-          "from stages.face_landmarks import get_backend; get_backend('dlib')")]
+          "from faces.landmarks import get_backend; get_backend('dlib')")]
 # a library counts as loaded when its file is mapped
 LIBRARIES = {"torch": "libtorch", "scipy": "/scipy/", "pyarrow": "libarrow", "pandas": "/pandas/",
              "dlib": "_dlib_pybind11", "cv2": "/cv2/"}

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT.parent / "shared" / "golden" / "syncnet"
 sys.path.insert(0, str(ROOT))
 
-from syncnet.model import SyncNet  # noqa: E402
-from syncnet.score import SyncScorer  # noqa: E402
+from networks.syncnet.syncnet_v2 import SyncNet  # noqa: E402
+from stages.sync_score import SyncScorer  # noqa: E402
 
 
 def stand_in(model: torch.nn.Module) -> None:

@@ -40,12 +40,12 @@ sys.path.insert(0, str(ROOT))
 
 from curate.results import file_lists, load_results  # noqa: E402
 from curate.training_config import load_training_config  # noqa: E402
-from syncnet.experts import framing_of  # noqa: E402
-from syncnet.mel import mel_start  # noqa: E402
-from syncnet.train import ExpertJob, train_expert  # noqa: E402
-from syncnet.experts import official_layout  # noqa: E402
-from syncnet.wav2lip_expert import Wav2LipExpert  # noqa: E402
-from generators.train import Wav2LipJob, train_wav2lip  # noqa: E402
+from networks.syncnet.experts import framing_of  # noqa: E402
+from media.mel import mel_start  # noqa: E402
+from training.expert import ExpertJob, train_expert  # noqa: E402
+from networks.syncnet.experts import official_layout  # noqa: E402
+from networks.syncnet.wav2lip_expert import Wav2LipExpert  # noqa: E402
+from training.wav2lip import Wav2LipJob, train_wav2lip  # noqa: E402
 from curate.training_config import load_wav2lip_config  # noqa: E402
 from training.loop import read_metrics  # noqa: E402
 from training.windows import FeatureCache, WindowSettings, WindowStream, loader  # noqa: E402

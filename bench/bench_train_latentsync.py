@@ -47,7 +47,7 @@ def curated(out: Path | None, work: Path) -> list[str]:
 
 def prepare(paths: list[str], work: Path) -> list:
     """The clips with their mel and (stand-in) Whisper features, as `curate train latentsync --prepare`."""
-    from generators.whisper import TINY_DIMS, WhisperEncoder
+    from networks.whisper import TINY_DIMS, WhisperEncoder
     from training.latent_windows import AudioFeatureCache, usable_latent
     from training.windows import FeatureCache
 
@@ -67,10 +67,10 @@ def prepare(paths: list[str], work: Path) -> list:
 def networks(full: bool):
     """VAE, StableSyncNet (and its resolution), LPIPS, TREPA: full-size or the small config's, random weights."""
     from curate.training_config import load_training_config
-    from generators.latentsync import VAE_CONFIG, build_vae
-    from generators.lpips import LPIPS
-    from generators.trepa import OFFICIAL, SMALL, TrepaLoss, VideoMAEv2
-    from syncnet.stable import StableSyncNet
+    from networks.latentsync import VAE_CONFIG, build_vae
+    from networks.lpips import LPIPS
+    from networks.trepa import OFFICIAL, SMALL, TrepaLoss, VideoMAEv2
+    from networks.syncnet.stable import StableSyncNet
 
     torch.manual_seed(0)
     vae = build_vae(VAE_CONFIG if full else {**VAE_CONFIG, **SMALL_VAE})
@@ -89,7 +89,7 @@ def measure(stage: str, full: bool, device: str, steps: int, clips_file: Path, w
     import pickle
 
     from curate.training_config import load_latentsync_config
-    from generators.latentsync_train import STAGES, LatentSyncRecipe, unet_config
+    from training.latentsync import STAGES, LatentSyncRecipe, unet_config
     from training.latent_windows import LatentStream
     from training.loop import Placement, fit, precision_of, read_metrics
     from training.windows import loader

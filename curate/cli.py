@@ -341,10 +341,10 @@ def _scorer(args: argparse.Namespace, config, model: str, label: str, build):
 def _eval_sync(args: argparse.Namespace) -> int:
     import json
 
-    from stages.base import Rejected
-    from syncnet.evaluate import evaluate
-    from syncnet.model import load_syncnet
-    from syncnet.score import SyncScorer
+    from manifests.rejected import Rejected
+    from stages.sync_eval import evaluate
+    from networks.syncnet.syncnet_v2 import load_syncnet
+    from stages.sync_score import SyncScorer
 
     config = load_config(args.config)
     scorer = _scorer(args, config, "syncnet", "SyncNet",
@@ -372,8 +372,8 @@ def _eval_sync(args: argparse.Namespace) -> int:
 def _eval_quality(args: argparse.Namespace) -> int:
     import json
 
-    from hyperiqa.model import load_hyperiqa
-    from hyperiqa.score import QualityScorer
+    from networks.hyperiqa import load_hyperiqa
+    from stages.quality_score import QualityScorer
 
     scorer = _scorer(args, load_config(args.config), "hyperiqa", "HyperIQA",
                      lambda weights, device: QualityScorer(load_hyperiqa(weights, device), device))

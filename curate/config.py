@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from faces.settings import FaceParams
+from manifests.settings import StrictSettings
+from stages.settings import (
+    ClipParams, ProbeParams, QualityParams, ResampleParams, ShotParams, SyncParams, WriteParams,
+)
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the bad key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # stages a run may leave out (`--skip`); without `face` the clips are written unaligned, and the clip stages
@@ -32,7 +34,7 @@ class _Strict(BaseModel):
 SKIPPABLE = ("shots", "face", "sync", "quality")
 
 
-class RunSettings(_Strict):
+class RunSettings(StrictSettings):
     num_cpus: int | None = Field(None, ge=1)
     address: str | None = None
     max_in_flight: int | None = Field(None, ge=1)
@@ -41,7 +43,7 @@ class RunSettings(_Strict):
     skip: tuple[Literal[SKIPPABLE], ...] = ()
 
 
-class InputSettings(_Strict):
+class InputSettings(StrictSettings):
     extensions: tuple[str, ...] = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".flv", ".m4v")
     follow_symlinks: bool = True
 
@@ -53,7 +55,7 @@ class InputSettings(_Strict):
         return self
 
 
-class Resources(_Strict):
+class Resources(StrictSettings):
     num_cpus: float = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0)
     memory_mb: int = Field(1024, ge=64)
@@ -72,95 +74,18 @@ class QualityResources(PoolResources):
     batch_frames: int = Field(6, ge=1)       # network batch size (3 key frames per clip)
 
 
-class ResourceSettings(_Strict):
+class ResourceSettings(StrictSettings):
     source_pass: Resources = Resources()
     sync: SyncResources = SyncResources(memory_mb=2048)
     quality: QualityResources = QualityResources(memory_mb=2048, batch_clips=8)
 
 
-class ModelSettings(_Strict):
+class ModelSettings(StrictSettings):
     dir: str | None = None                   # null: $CURATE_MODELS_DIR, else ~/.cache/lipsync-curate/models
     sha256: dict[str, str] = {}              # pinned sha256 per file name; a file that differs is refused
 
 
-class ProbeParams(_Strict):
-    truncation_tolerance_s: float = Field(1.0, ge=0)
-
-
-class ResampleParams(_Strict):
-    fps: int = Field(25, ge=1, le=240)
-    sample_rate: int = Field(16000, ge=8000, le=192000)
-
-    @model_validator(mode="after")
-    def _whole_samples_per_frame(self) -> "ResampleParams":
-        if self.sample_rate % self.fps:
-            raise ValueError(
-                f"sample_rate {self.sample_rate} is not a whole number of samples per frame at fps {self.fps}"
-            )
-        return self
-
-
-class ShotParams(_Strict):
-    adaptive_threshold: float = Field(2.0, gt=0)
-    min_scene_len_s: float = Field(0.6, ge=0)
-    window_width: int = Field(2, ge=1)
-    min_content_val: float = Field(15.0, ge=0)
-    luma_only: bool = False
-    analysis_width: int = Field(256, ge=32)
-
-
-class ClipParams(_Strict):
-    min_seconds: float = Field(5.0, gt=0)
-    max_seconds: float = Field(10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "ClipParams":
-        if self.max_seconds < self.min_seconds:
-            raise ValueError(f"max_seconds ({self.max_seconds}) is below min_seconds ({self.min_seconds})")
-        return self
-
-
-class FaceParams(_Strict):
-    backend: Literal["dlib", "fan"] = "dlib"
-    resolution: int = Field(256, ge=64, le=2048)
-    track: bool = True
-    detect_every: int = Field(50, ge=1)
-    search_every: int = Field(10, ge=1)
-    shape_tolerance: float = Field(0.08, gt=0)
-    min_face_px: int = Field(96, ge=8)
-    min_detection_rate: float = Field(0.9, ge=0, le=1)
-    max_multi_face_share: float = Field(0.2, ge=0, le=1)
-    prominent_ratio: float = Field(0.5, gt=0, le=1)
-    max_gap_frames: int = Field(10, ge=0)
-    smooth_sigma_frames: float = Field(2.0, ge=0)
-
-    @model_validator(mode="after")
-    def _even(self) -> "FaceParams":
-        if self.resolution % 2:
-            raise ValueError(f"resolution {self.resolution} must be even (4:2:0 video)")
-        return self
-
-
-class SyncParams(_Strict):
-    min_confidence: float = Field(3.0, ge=0)
-    max_offset: int = Field(6, ge=0, le=15)
-    crop_scale: float = Field(0.4, gt=0)
-
-
-class QualityParams(_Strict):
-    min_score: float = 40.0
-
-
-class WriteParams(_Strict):
-    short_side: int = Field(256, ge=16)
-    crf: int = Field(18, ge=0, le=51)
-    preset: Literal[
-        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
-    ] = "veryfast"
-    audio_codec: Literal["flac", "pcm_s16le", "aac"] = "flac"
-
-
-class StageSettings(_Strict):
+class StageSettings(StrictSettings):
     probe: ProbeParams = ProbeParams()
     resample: ResampleParams = ResampleParams()
     shots: ShotParams = ShotParams()
@@ -178,7 +103,7 @@ SOURCE_PASS = STAGE_ORDER[:STAGE_ORDER.index("write") + 1]
 CLIP_STAGES = STAGE_ORDER[len(SOURCE_PASS):]
 
 
-class Config(_Strict):
+class Config(StrictSettings):
     run: RunSettings = RunSettings()
     inputs: InputSettings = InputSettings()
     resources: ResourceSettings = ResourceSettings()

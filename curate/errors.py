@@ -10,10 +10,6 @@ class RunError(RuntimeError):
     """A run that cannot start or must stop; the message says why and what to do."""
 
 
-class OutputError(OSError):
-    """Writing to the output directory failed (disk full, read-only, permissions): the run must stop."""
-
-
 def writable_folder(folder: Path, what: str) -> None:
     """Make `folder` (the `what`: "--out", "the run folder") if missing; a one-line RunError if it is a file,
     cannot be made or cannot be written."""

@@ -137,7 +137,7 @@ def run_lipsync(args) -> int:
     face_params = config.stages.face
     if args.backend:
         face_params = face_params.model_copy(update={"backend": args.backend})
-    from stages.face_landmarks import BackendUnavailable, check_backend
+    from faces.landmarks import BackendUnavailable, check_backend
 
     try:
         check_backend(face_params.backend)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from curate.config import ModelSettings
-from curate.source_task import file_sha256 as sha256_of
-from stages import face_landmarks
+from manifests.files import file_sha256 as sha256_of
+from faces import landmarks as face_landmarks
 
 
 class ModelError(RuntimeError):
@@ -39,39 +39,39 @@ def models_dir(settings: ModelSettings) -> Path:
 # -- what each file must load into --------------------------------------------------------------------
 
 def _verify_syncnet(path: Path) -> None:
-    from syncnet.model import load_syncnet
+    from networks.syncnet.syncnet_v2 import load_syncnet
 
     load_syncnet(path)
 
 
 def _verify_hyperiqa(path: Path) -> None:
-    from hyperiqa.model import load_hyperiqa
+    from networks.hyperiqa import load_hyperiqa
 
     load_hyperiqa(path)
 
 
 def _verify_expert(arch: str) -> Callable[[Path], None]:
     def verify(path: Path) -> None:
-        from syncnet.experts import load_expert
+        from networks.syncnet.experts import load_expert
 
         load_expert(path, arch=arch)
     return verify
 
 
 def _verify_generator(path: Path) -> None:
-    from generators.wav2lip import load_generator
+    from networks.wav2lip import load_generator
 
     load_generator(path)
 
 
 def _verify_unet(path: Path) -> None:
-    from generators.latentsync_unet import load_unet
+    from networks.latentsync_unet import load_unet
 
     load_unet(path)
 
 
 def _verify_whisper(path: Path) -> None:
-    from generators.whisper import load_whisper_encoder
+    from networks.whisper import load_whisper_encoder
 
     load_whisper_encoder(path)
 
@@ -79,26 +79,26 @@ def _verify_whisper(path: Path) -> None:
 def _verify_vae_config(path: Path) -> None:
     import torch
 
-    from generators.latentsync import build_vae, read_vae_config
+    from networks.latentsync import build_vae, read_vae_config
 
     with torch.device("meta"):    # the config must build the network; no memory spent on it
         build_vae(read_vae_config(path))
 
 
 def _verify_vae(path: Path) -> None:
-    from generators.latentsync import load_vae
+    from networks.latentsync import load_vae
 
     load_vae(path)
 
 
 def _verify_vgg(path: Path) -> None:
-    from generators.lpips import read_vgg_file
+    from networks.lpips import read_vgg_file
 
     read_vgg_file(path)
 
 
 def _verify_trepa(path: Path) -> None:
-    from generators.trepa import config_of, load_videomae, read_videomae_file
+    from networks.trepa import config_of, load_videomae, read_videomae_file
 
     state = read_videomae_file(path)
     width = state["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in state else 1
@@ -107,7 +107,7 @@ def _verify_trepa(path: Path) -> None:
 
 
 def _verify_lpips_heads(path: Path) -> None:
-    from generators.lpips import read_heads_file
+    from networks.lpips import read_heads_file
 
     read_heads_file(path)
 

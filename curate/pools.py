@@ -44,8 +44,8 @@ class SyncWorker:
         import torch
 
         from stages.sync import SyncStage
-        from syncnet.model import load_syncnet
-        from syncnet.score import SyncScorer
+        from networks.syncnet.syncnet_v2 import load_syncnet
+        from stages.sync_score import SyncScorer
 
         torch.set_num_threads(max(1, threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,8 +67,8 @@ class QualityWorker:
     def __init__(self, config: Config, weights: str, threads: int):
         import torch
 
-        from hyperiqa.model import load_hyperiqa
-        from hyperiqa.score import QualityScorer
+        from networks.hyperiqa import load_hyperiqa
+        from stages.quality_score import QualityScorer
         from stages.quality import QualityStage
 
         torch.set_num_threads(max(1, threads))

@@ -190,7 +190,7 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
 
 def clip_frames(path: Path) -> list[np.ndarray]:
     """First, middle and last frame of a written clip."""
-    from hyperiqa.score import key_frames
+    from stages.quality_score import key_frames
 
     return list(key_frames(str(path)))
 

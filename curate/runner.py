@@ -21,13 +21,15 @@ from pathlib import Path
 
 from curate.cluster import connect_ray
 from curate.config import CLIP_STAGES, Config
-from curate.errors import OutputError, RunError
+from curate.errors import RunError
 from curate.lock import OutputLock
 from curate.progress import Progress
 from curate.scan import ScanResult, ScannedSource, scan_inputs
-from curate.source_task import SourceTask, TransientSourceError, source_pass
+from curate.source_entry import source_pass
+from curate.source_task import SourceTask, TransientSourceError
 from manifests import io as mio
 from manifests import schema
+from manifests.files import OutputError
 
 
 @dataclass
@@ -113,7 +115,7 @@ def check_models(config: Config, fetch: bool = True) -> dict[str, list[str]]:
     it, and the one --skip that does without all of them. Returns the weight paths the workers load, per
     model."""
     from curate.models import MODELS, ModelError, download_model, require
-    from stages.face_landmarks import BackendUnavailable, check_backend
+    from faces.landmarks import BackendUnavailable, check_backend
 
     problems: list[tuple[str, str]] = []   # (stage, what is wrong)
     needed = []

@@ -26,19 +26,19 @@ import cv2
 import numpy as np
 
 from curate.config import Config
-from curate.errors import OutputError
-from curate.source_task import SourceTask, TransientSourceError, file_sha256
-from stages import probe as probe_stage
-from stages.base import Rejected
+from curate.source_task import SourceTask, TransientSourceError
+from manifests.files import OutputError, file_sha256
+from media import probe as probe_stage
+from manifests.rejected import Rejected
 from stages.clips import ClipSplitter, Span
 from stages.face import FaceStage
-from stages.face_landmarks import get_backend
-from stages.resample import AudioTrack, FrameRateConverter, samples_per_frame, timeline_seconds
+from faces.landmarks import get_backend
+from media.timeline import AudioTrack, FrameRateConverter, samples_per_frame, timeline_seconds
 from stages.shots import KnownShots, ShotDetector
 from stages.write import ClipWriter, scaled_size, write_arrays
 
 CLIPS_DIR = "clips"
-# audio kept beyond each end of a clip: the largest offset SyncNet can report (syncnet.score.VSHIFT); defined
+# audio kept beyond each end of a clip: the largest offset SyncNet can report (stages.sync_score.VSHIFT); defined
 # here, not in stages.sync, whose import pulls in torch and scipy, which a source-pass worker does not need
 CONTEXT_FRAMES = 15
 
@@ -112,7 +112,7 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
 
 
 def source_pass(task: SourceTask, config: Config) -> Iterator[dict]:
-    """The source pass as the Ray task runs it (through curate.source_task.source_pass): an unexpected
+    """The source pass as the Ray task runs it (through curate.source_entry.source_pass): an unexpected
     error becomes a TransientSourceError, which Ray retries."""
     try:
         yield from process_source(task, config)

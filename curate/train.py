@@ -2,8 +2,8 @@
 
 Training: the config (the defaults, the file, the flags), the run folder (one run at a time, the same settings
 as before unless --reconfigure), the clips' features prepared once (Ray tasks over the cluster), then the
-trainer's worker function (syncnet.train.train_expert, generators.train.train_wav2lip,
-generators.latentsync_train.train_latentsync) on each Ray Train worker, with a progress bar fed by the run's
+trainer's worker function (training.expert.train_expert, training.wav2lip.train_wav2lip,
+training.latentsync.train_latentsync) on each Ray Train worker, with a progress bar fed by the run's
 metrics. Every trainer goes through `_run_training`.
 """
 
@@ -24,8 +24,8 @@ RUN_FILE = "run.json"
 
 def train_syncnet(args) -> int:
     from curate.training_config import load_training_config
-    from syncnet.experts import framing_of
-    from syncnet.train import ExpertJob, train_expert
+    from networks.syncnet.experts import framing_of
+    from training.expert import ExpertJob, train_expert
 
     config = load_training_config(args.arch, args.config, _overrides(args))
     model_config = config.model.model_dump(mode="json") if config.model is not None else None
@@ -48,7 +48,7 @@ def train_wav2lip(args) -> int:
     import dataclasses
 
     from curate.training_config import load_wav2lip_config
-    from generators.train import Wav2LipJob, train_wav2lip as worker
+    from training.wav2lip import Wav2LipJob, train_wav2lip as worker
     from training.face_windows import face_framing, usable_faces
 
     config = load_wav2lip_config(args.config, _overrides(args))
@@ -78,7 +78,7 @@ def train_latentsync(args) -> int:
     """`curate train latentsync`: LatentSync's U-Net, stage 1, 2 or 2-efficient, every file it needs checked
     (and all the missing ones named at once) before any work."""
     from curate.training_config import load_latentsync_config
-    from generators.latentsync_train import STAGES, LatentSyncJob, train_latentsync as worker, unet_config
+    from training.latentsync import STAGES, LatentSyncJob, train_latentsync as worker, unet_config
     from training.face_windows import face_framing
     from training.latent_windows import usable_latent
 
@@ -104,7 +104,7 @@ def train_latentsync(args) -> int:
     def job(train, val, run_dir):
         samples = None
         if config.samples.clips and val:
-            from generators.latentsync import mouth_region
+            from networks.latentsync import mouth_region
 
             renderer = LatentSyncRenderer(weights["vae"], weights["whisper"], resolution, config.samples.steps,
                                           config.samples.guidance, config.train.seed)
@@ -147,7 +147,7 @@ def _latentsync_weights(args, config) -> dict:
     if "lpips" in found:
         weights["lpips"] = tuple(str(path) for path in found["lpips"])
     if "trepa" in found:
-        from generators.trepa import TrepaFileError, config_of, read_videomae_file
+        from networks.trepa import TrepaFileError, config_of, read_videomae_file
 
         weights["trepa"] = str(found["trepa"][0])
         try:
@@ -162,7 +162,7 @@ def _latentsync_weights(args, config) -> dict:
 
 def _checked_stable_expert(path: Path) -> str:
     """--syncnet: a 16-frame StableSyncNet (stable_syncnet.pt, or ours: a file, checkpoint or run folder)."""
-    from syncnet.experts import framing_of, load_expert, read_checkpoint
+    from networks.syncnet.experts import framing_of, load_expert, read_checkpoint
 
     if not Path(path).exists():
         raise RunError(f"--syncnet: {path} does not exist (the official expert is fetched with `curate models "
@@ -183,8 +183,8 @@ def _checked_unet_init(init: Path, unet, stage) -> str:
     meta device before any work; what the stage drops or starts afresh is said."""
     import torch
 
-    from generators.latentsync_train import starting_weights
-    from generators.latentsync_unet import LatentSyncUNet, UNetFileError
+    from training.latentsync import starting_weights
+    from networks.latentsync_unet import LatentSyncUNet, UNetFileError
 
     if not Path(init).exists():
         raise RunError(f"--init: {init} does not exist (the official U-Net is fetched with `curate models download "
@@ -208,8 +208,8 @@ def _checked_unet_init(init: Path, unet, stage) -> str:
 def _trainable_line(unet, stage) -> str:
     import torch
 
-    from generators.latentsync_train import mark_trainable
-    from generators.latentsync_unet import LatentSyncUNet
+    from training.latentsync import mark_trainable
+    from networks.latentsync_unet import LatentSyncUNet
 
     with torch.device("meta"):
         model = LatentSyncUNet(unet)
@@ -260,8 +260,8 @@ class LatentSyncRenderer:
     def __call__(self, model, device):
         import copy
 
-        from generators.latentsync import load_vae
-        from generators.whisper import load_whisper_encoder
+        from networks.latentsync import load_vae
+        from networks.whisper import load_whisper_encoder
         from lipsync.models import LatentSyncModel
 
         unet = copy.deepcopy(model) if device.type == "cuda" else model
@@ -328,7 +328,7 @@ def region_scores(made: Path, truth: Path, region: tuple[float, float, float, fl
     import av
     import torch
 
-    from generators.train import ssim
+    from training.wav2lip import ssim
 
     def frames(path: Path):
         with av.open(str(path)) as container:
@@ -364,10 +364,10 @@ def _write_speech(clip: Path, target: Path, seconds: float) -> None:
 
 def _lse(videos: list[str], weights: str, device) -> dict:
     """Mean LSE-D and LSE-C of the videos, as `curate eval-sync` measures them."""
-    from curate.config import FaceParams
-    from syncnet.evaluate import evaluate
-    from syncnet.model import load_syncnet
-    from syncnet.score import SyncScorer
+    from faces.settings import FaceParams
+    from stages.sync_eval import evaluate
+    from networks.syncnet.syncnet_v2 import load_syncnet
+    from stages.sync_score import SyncScorer
 
     scorer = SyncScorer(load_syncnet(weights, str(device)), str(device))
     results = [found.result for found in evaluate(videos, scorer, precropped=False, face=FaceParams())]
@@ -473,8 +473,8 @@ def eval_syncnet(args) -> int:
     import torch
 
     from curate.training_config import load_training_config
-    from syncnet.experts import CLASSES, framing_of, load_expert, read_checkpoint
-    from syncnet.train import evaluate_expert
+    from networks.syncnet.experts import CLASSES, framing_of, load_expert, read_checkpoint
+    from training.expert import evaluate_expert
     from training.windows import DataError, Lists, ValWindows, read_lists
 
     path = expert_file(args.checkpoint)
@@ -644,7 +644,7 @@ def summary(run_dir: Path) -> str:
 def model_file(checkpoint: Path) -> Path:
     """The trained model of a checkpoint folder: the generator where there is one (not its discriminator),
     else the expert."""
-    from generators.wav2lip import GENERATOR_FILE
+    from networks.wav2lip import GENERATOR_FILE
 
     generator = Path(checkpoint) / GENERATOR_FILE
     return generator if generator.is_file() else expert_file(checkpoint)
@@ -680,7 +680,7 @@ def _differences(before, after, prefix: str = "") -> list[str]:
 
 def _checked_init(init: Path, arch: str) -> str:
     """--init: an expert file of this arch that loads strictly, checked before any work."""
-    from syncnet.experts import load_expert
+    from networks.syncnet.experts import load_expert
 
     if not Path(init).is_file():
         hint = {"stable": "stable-syncnet", "wav2lip": "wav2lip-expert"}[arch]
@@ -696,7 +696,7 @@ def _checked_init(init: Path, arch: str) -> str:
 def _checked_expert(path: Path | None) -> str:
     """--syncnet: Wav2Lip's lip-sync expert (its 5-frame SyncNet_color), loaded strictly before any work: a
     file, a checkpoint folder, or a run folder (its best checkpoint, else its last)."""
-    from syncnet.experts import load_expert
+    from networks.syncnet.experts import load_expert
 
     if path is None:
         raise RunError("--syncnet EXPERT is required: the lip-sync expert the generator learns sync from (Wav2Lip's "
@@ -716,7 +716,7 @@ def _checked_expert(path: Path | None) -> str:
 
 def _checked_generator(path: Path, size: int) -> str:
     """--init: a Wav2Lip generator of the configured size that loads strictly, checked before any work."""
-    from generators.wav2lip import load_generator
+    from networks.wav2lip import load_generator
 
     if not Path(path).is_file():
         raise RunError(f"--init: {path} does not exist")

@@ -5,7 +5,7 @@ The documented defaults are `configs/syncnet-stable.yaml`, `configs/syncnet-wav2
 subset of keys over the defaults of the `--arch` (or trainer) it is used with; unknown keys are errors that
 name the key, as in pipeline.yaml. The `data:`, `train:`, `loss:` and `gan:` sections are the training code's
 own settings classes (training.windows.WindowSettings, training.face_windows.FaceWindowSettings,
-training.loop.LoopSettings, generators.train.Wav2LipLoss and GanSettings), validated here so that the
+training.loop.LoopSettings, training.wav2lip.Wav2LipLoss and GanSettings), validated here so that the
 training code itself needs no pydantic.
 """
 
@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from curate.config import ConfigError, validate_config
-from generators.latentsync_train import LatentSyncLoss
-from generators.train import GanSettings, Wav2LipLoss
-from syncnet.stable import GROUPS, LATENTSYNC_16_PIXEL_ATTN
+from manifests.settings import StrictSettings
+from training.latentsync import LatentSyncLoss
+from training.wav2lip import GanSettings, Wav2LipLoss
+from networks.syncnet.stable import GROUPS, LATENTSYNC_16_PIXEL_ATTN
 from training.face_windows import FaceWindowSettings
 from training.loop import LoopSettings
 from training.windows import WindowSettings
@@ -29,11 +30,7 @@ from training.windows import WindowSettings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EncoderConfig(_Strict):
+class EncoderConfig(StrictSettings):
     """One of StableSyncNet's encoders, as LatentSync's syncnet yaml writes it (docs/syncnet_arch.md there)."""
     in_channels: int = Field(ge=1)
     block_out_channels: list[int]
@@ -51,7 +48,7 @@ class EncoderConfig(_Strict):
         return self
 
 
-class StableModel(_Strict):
+class StableModel(StrictSettings):
     audio_encoder: EncoderConfig
     visual_encoder: EncoderConfig
 
@@ -64,7 +61,7 @@ class StableModel(_Strict):
         return self
 
 
-class TrainResources(_Strict):
+class TrainResources(StrictSettings):
     workers: int = Field(1, ge=1)              # training workers (DDP ranks); --workers
     gpus_per_worker: float = Field(0, ge=0)    # --gpus-per-worker; 0: the CPU (gloo), else NCCL
     cpus_per_worker: float | None = Field(None, gt=0)   # null: data.num_workers + 1, at most a node's CPUs
@@ -72,7 +69,7 @@ class TrainResources(_Strict):
     address: str | None = None                 # a Ray cluster to use; --address (null: an embedded one)
 
 
-class SyncNetTraining(_Strict):
+class SyncNetTraining(StrictSettings):
     model: StableModel | None = None
     data: WindowSettings = WindowSettings()
     train: LoopSettings = LoopSettings()
@@ -148,7 +145,7 @@ def _read_yaml(path: Path) -> dict:
 GENERATOR_SIZES = (64, 96, 128, 192, 256)   # sides the generator's levels halve down to 3 or 2 (at most the clips')
 
 
-class GeneratorModel(_Strict):
+class GeneratorModel(StrictSettings):
     size: int = 96            # 96: the official network (wav2lip.pth's); 256: the HD variant on our 256 faces
 
     @field_validator("size")
@@ -160,12 +157,12 @@ class GeneratorModel(_Strict):
         return size
 
 
-class GeneratorSamples(_Strict):
+class GeneratorSamples(StrictSettings):
     clips: int = Field(2, ge=0)          # validation clips (the first by path) remade at each validation; 0: none
     seconds: float = Field(4.0, gt=0)    # how much of each: its first seconds, with its own audio
 
 
-class _GeneratorTraining(_Strict):
+class _GeneratorTraining(StrictSettings):
     """What the generators' configs share: a micro-batch split evenly over the clips a batch draws from, and a
     run's identity (everything but how long it goes on, where it runs and what samples it writes)."""
 
@@ -234,9 +231,9 @@ LATENTSYNC_STAGES = ("1", "2", "2-efficient")
 _STAGE_KEYS = ("use_motion_module", "motion_module_decoder_only")
 
 
-class LatentSyncModelSection(_Strict):
+class LatentSyncModelSection(StrictSettings):
     resolution: int = 256        # the faces' side: 256 (LatentSync 1.5), 512 (1.6); latents are an eighth of it
-    unet: dict = {}              # U-Net keys over stage2.yaml's model section (generators.latentsync_unet.UNetConfig)
+    unet: dict = {}              # U-Net keys over stage2.yaml's model section (networks.latentsync_unet.UNetConfig)
 
     @field_validator("resolution")
     @classmethod
@@ -249,7 +246,7 @@ class LatentSyncModelSection(_Strict):
     @field_validator("unet")
     @classmethod
     def _unet(cls, unet: dict) -> dict:
-        from generators.latentsync_unet import UNetConfig
+        from networks.latentsync_unet import UNetConfig
 
         fixed = sorted(set(unet) & set(_STAGE_KEYS))
         if fixed:
@@ -259,14 +256,14 @@ class LatentSyncModelSection(_Strict):
         return unet
 
 
-class LatentSyncSamples(_Strict):
+class LatentSyncSamples(StrictSettings):
     clips: int = Field(2, ge=0)          # validation clips (the first by path) remade at each validation; 0: none
     seconds: float = Field(2.0, gt=0)    # how much of each: its first seconds, with its own audio
     steps: int = Field(20, ge=1)         # DDIM steps (inference's)
     guidance: float = Field(1.5, ge=1)   # classifier-free guidance (inference's)
 
 
-class TrepaNetwork(_Strict):
+class TrepaNetwork(StrictSettings):
     """What TREPA's VideoMAE-v2 file cannot say of itself (its other sizes are read from its shapes)."""
     num_heads: int = Field(16, ge=1)     # ViT-g/14's
     img_size: int = Field(224, ge=14)    # frames are resized to this

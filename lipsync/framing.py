@@ -5,7 +5,7 @@
   chin at the bottom, and above the brows by a fifth of the brow-to-chin height, which is about where S3FD
   puts its top edge on frontal faces.
 - `TemplateFraming`: a model trained here on curated clips sees what the curation wrote: LatentSync's
-  three-point template (`stages.face_align`), the same warp at the model's size.
+  three-point template (`faces.align`), the same warp at the model's size.
 
 Either way the crop is `matrix` (frame pixels -> crop pixels), so the paste-back inverts one matrix and the
 generated face is resampled once.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages import face_align
+from faces import align as face_align
 
 JAW = list(range(0, 17))
 BROWS = list(range(17, 27))

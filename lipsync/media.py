@@ -22,8 +22,8 @@ import av
 import cv2
 import numpy as np
 
-from stages import probe as probe_stage
-from stages.resample import FrameRateConverter, timeline_seconds
+from media import probe as probe_stage
+from media.timeline import FrameRateConverter, timeline_seconds
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -42,7 +42,7 @@ def _open(path: Path, what: str):
     try:
         return av.open(str(path))
     except av.error.FFmpegError as exc:
-        raise LipsyncError(f"{what} {path} is not a readable media file ({probe_stage._text(exc)})") from None
+        raise LipsyncError(f"{what} {path} is not a readable media file ({probe_stage.error_text(exc)})") from None
     except OSError as exc:
         raise LipsyncError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
 
@@ -60,7 +60,7 @@ class VideoReader:
             self.width, self.height = video.codec_context.width, video.codec_context.height
             if not self.width or not self.height:
                 raise LipsyncError(f"video {self.path} reports a {self.width}x{self.height} picture")
-            duration = probe_stage._declared_duration(container, video)
+            duration = probe_stage.declared_duration(container, video)
             self.declared_s = duration or 0.0
             rate = video.average_rate or video.guessed_rate
             self.source_fps = float(rate) if rate else float(FPS)
@@ -86,7 +86,7 @@ class VideoReader:
                     break
                 except (av.error.FFmpegError, ValueError) as exc:
                     raise LipsyncError(f"video {self.path} cannot be decoded after {last:.2f} s "
-                                       f"({probe_stage._text(exc)})") from None
+                                       f"({probe_stage.error_text(exc)})") from None
                 t = timeline_seconds(frame)
                 t = count / self.source_fps if t is None else t
                 count += 1
@@ -128,7 +128,7 @@ def read_speech(path: Path) -> np.ndarray:
                 chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
             chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
         except (av.error.FFmpegError, ValueError) as exc:
-            raise LipsyncError(f"audio {path} cannot be decoded ({probe_stage._text(exc)})") from None
+            raise LipsyncError(f"audio {path} cannot be decoded ({probe_stage.error_text(exc)})") from None
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
     if samples.size < SAMPLES_PER_FRAME:
         raise LipsyncError(f"audio {path} holds {samples.size / SAMPLE_RATE:.3f} s of sound, less than one frame")

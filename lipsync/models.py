@@ -50,7 +50,7 @@ def pick_device(name: str | None) -> torch.device:
 
 
 class Wav2LipModel:
-    """Wav2Lip (ours, `generators.wav2lip`): a frame's crop with its lower half blanked, the same crop as the
+    """Wav2Lip (ours, `networks.wav2lip`): a frame's crop with its lower half blanked, the same crop as the
     reference, and the 16 mel columns that start at the frame's time, as the official inference feeds it.
 
     The official checkpoints see BGR box crops at 96; a model trained here records its framing in its file
@@ -70,7 +70,7 @@ class Wav2LipModel:
     @classmethod
     def from_file(cls, path: Path, device: torch.device, batch_size: int = 128,
                   framing: str | None = None) -> "Wav2LipModel":
-        from generators import wav2lip
+        from networks import wav2lip
 
         try:
             generator = wav2lip.load_generator(path)
@@ -81,7 +81,7 @@ class Wav2LipModel:
         return cls(generator, framing_named(chosen, generator.size), device, batch_size)
 
     def prepare_audio(self, samples: np.ndarray) -> np.ndarray:
-        from syncnet.mel import melspectrogram
+        from media.mel import melspectrogram
 
         mel = melspectrogram(samples.astype(np.float32) / 32768.0).astype(np.float32)
         if mel.shape[1] < WINDOW:   # under 0.2 s of speech: silence after it fills the one window
@@ -90,7 +90,7 @@ class Wav2LipModel:
 
     @torch.no_grad()
     def generate(self, crops: np.ndarray, frames: list[int], audio: np.ndarray) -> np.ndarray:
-        from syncnet.mel import mel_start
+        from media.mel import mel_start
 
         # the official inference's windows: 16 columns from the frame's start, the last ones ending at the end
         last = audio.shape[1] - WINDOW
@@ -128,7 +128,7 @@ class _Chunks:
     speech's length; a frame before the last one read starts the stream again."""
 
     def __init__(self, encoder: torch.nn.Module, samples: np.ndarray):
-        from generators.whisper import iter_chunks
+        from networks.whisper import iter_chunks
 
         self._open = lambda: iter_chunks(encoder, samples)
         self._stream, self._next, self._last = self._open(), 0, None
@@ -148,7 +148,7 @@ class _Chunks:
 
 
 class LatentSyncModel:
-    """LatentSync (ours: `generators.latentsync_unet`, `generators.whisper`, `generators.latentsync`): windows of
+    """LatentSync (ours: `networks.latentsync_unet`, `networks.whisper`, `networks.latentsync`): windows of
     up to 16 aligned faces (the curation's template at the checkpoint's resolution, 256 for 1.5, 512 for 1.6)
     and their Whisper chunks through 20 DDIM steps with guidance 1.5; the mouth region of LatentSync's mask is
     remade, the rest of the crop kept. fp16 on a GPU, as the reference runs it; fp32 on the CPU."""
@@ -157,7 +157,7 @@ class LatentSyncModel:
 
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, encoder: torch.nn.Module, resolution: int,
                  device: torch.device, batch_size: int = 16, steps: int = 20, guidance: float = 1.5, seed: int = 1247):
-        from generators.latentsync import LatentSyncSampler
+        from networks.latentsync import LatentSyncSampler
 
         longest = (unet.config.motion_module_kwargs["temporal_position_encoding_max_len"]
                    if unet.config.use_motion_module else 10 ** 6)   # the motion modules' position table
@@ -173,7 +173,9 @@ class LatentSyncModel:
     @classmethod
     def from_files(cls, unet: Path, whisper: Path, vae: Path, device: torch.device, batch_size: int = 16,
                    resolution: int | None = None, **sampling) -> "LatentSyncModel":
-        from generators import latentsync, latentsync_unet, whisper as audio
+        from networks import latentsync
+        from networks import latentsync_unet
+        from networks import whisper as audio
 
         try:
             network = latentsync_unet.load_unet(unet)     # mapped from the file, not read yet

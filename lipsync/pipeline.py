@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.config import FaceParams
+from faces.settings import FaceParams
 from lipsync.faces import FaceFollower, Tracked
 from lipsync.framing import crop
 from lipsync.media import (FPS, SAMPLE_RATE, FrameSpool, LipsyncError, VideoReader, VideoWriter, bounce,
                            frames_for, read_speech)
 from lipsync.models import LipsyncModel
 from lipsync.paste import paste
-from stages.face import FrameView
-from stages.face_landmarks import get_backend
+from faces.tracker import FrameView
+from faces.landmarks import get_backend
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from stages.base import Rejected
+from manifests.rejected import Rejected
 
 STAGE = "clips"
 

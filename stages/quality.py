@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import av
 
-from curate.config import QualityParams
-from hyperiqa.score import QualityScorer, key_frames
-from stages.base import Rejected
+from stages.settings import QualityParams
+from stages.quality_score import QualityScorer, key_frames
+from manifests.rejected import Rejected
 
 STAGE = "quality"
 

@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 from scenedetect import AdaptiveDetector, FrameTimecode
 
-from curate.config import ShotParams
+from stages.settings import ShotParams
 
 STAGE = "shots"
 

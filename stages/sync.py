@@ -22,11 +22,11 @@ from pathlib import Path
 import av
 import numpy as np
 
-from curate.config import SyncParams
-from stages.base import Rejected
+from stages.settings import SyncParams
+from manifests.rejected import Rejected
 from stages.write import write_arrays, write_atomically
-from syncnet.crops import boxes_from_landmarks, crops
-from syncnet.score import SAMPLES_PER_FRAME, SyncResult, SyncScorer
+from stages.sync_crops import boxes_from_landmarks, crops
+from stages.sync_score import SAMPLES_PER_FRAME, SyncResult, SyncScorer
 
 STAGE = "sync"
 

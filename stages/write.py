@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import av
 import numpy as np
 
-from curate.config import WriteParams
-from curate.errors import OutputError
+from stages.settings import WriteParams
+from manifests.files import OutputError
 
 STAGE = "write"
 

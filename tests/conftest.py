@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from media import TALKING_HEADS
+from footage import TALKING_HEADS
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +44,8 @@ def stand_in_models(tmp_path_factory) -> Path:
     import torch
 
     from golden import stand_in_state_dict
-    from hyperiqa.model import HyperIQA
-    from syncnet.model import SyncNet
+    from networks.hyperiqa import HyperIQA
+    from networks.syncnet.syncnet_v2 import SyncNet
 
     folder = tmp_path_factory.mktemp("models")
     torch.save(stand_in_state_dict(SyncNet()), folder / "syncnet_v2.model")
@@ -97,7 +97,7 @@ def pytest_terminal_summary(terminalreporter):
 def work(tmp_path_factory, talking_heads) -> Path:
     """The lip-sync tests' inputs: 2 s of the kitchen speaker at 540x960 (H.264, AAC), and the garden speaker's
     speech as a 1.6 s 44.1 kHz stereo WAV and a 3.2 s AAC file."""
-    from media import GARDEN, KITCHEN, ffmpeg, x264
+    from footage import GARDEN, KITCHEN, ffmpeg, x264
 
     folder = tmp_path_factory.mktemp("lipsync")
     ffmpeg("-i", KITCHEN, "-t", "2", "-vf", "scale=540:960", *x264(12), "-c:a", "aac", folder / "kitchen.mp4")

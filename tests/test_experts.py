@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from golden import golden_dir, stand_in_state_dict
-from syncnet.experts import FRAMING, build_expert, framing_of, load_expert, official_layout, read_checkpoint
-from syncnet.mel import mel_columns, mel_start, mel_window, melspectrogram
-from syncnet.stable import StableSyncNet
-from syncnet.wav2lip_expert import Wav2LipExpert
+from networks.syncnet.experts import FRAMING, build_expert, framing_of, load_expert, official_layout, read_checkpoint
+from media.mel import mel_columns, mel_start, mel_window, melspectrogram
+from networks.syncnet.stable import StableSyncNet
+from networks.syncnet.wav2lip_expert import Wav2LipExpert
 
 SMALL_STABLE = {  # configs/syncnet-stable-small.yaml's network
     "audio_encoder": {"in_channels": 1, "block_out_channels": [32, 32, 64, 64, 128, 256, 512],

@@ -12,9 +12,9 @@ import pytest
 from curate.config import config_from_dict
 from curate.source_pass import process_source
 from curate.source_task import SourceTask
-from media import GARDEN, KITCHEN, SOFA, downscaled, ffmpeg, ffmpeg_exe, hard_cut, read_clip, synthetic
-from stages import face_align
-from stages.face_landmarks import BackendUnavailable, DlibBackend, check_backend
+from footage import GARDEN, KITCHEN, SOFA, downscaled, ffmpeg, ffmpeg_exe, hard_cut, read_clip, synthetic
+from faces import align as face_align
+from faces.landmarks import BackendUnavailable, DlibBackend, check_backend
 
 
 def kept(out, source_id=None):
@@ -179,7 +179,7 @@ def test_fan_backend_runs_through_face_alignment_with_stand_in_weights(tmp_path,
     from face_alignment.detection.sfd.net_s3fd import s3fd
     from face_alignment.models import FAN
 
-    from stages.face_landmarks import FaceBox, FanBackend, fan_weights_dir
+    from faces.landmarks import FaceBox, FanBackend, fan_weights_dir
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     folder = fan_weights_dir()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stages import face_align
+from faces import align as face_align
 
 
 def similarity(angle: float, scale: float, shift) -> np.ndarray:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from media import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, synthetic
+from footage import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, synthetic
 from ray_workers import SignalWorkers, alive
 
 SHORT_CLIPS = {"clips": {"min_seconds": 2, "max_seconds": 4}}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from golden import golden_dir, stand_in
 
-from generators.latentsync_unet import (
+from networks.latentsync_unet import (
     LatentSyncUNet,
     UNetConfig,
     UNetFileError,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from golden import golden_dir, stand_in, stand_in_state_dict
 
-from generators.trepa import (
+from networks.trepa import (
     OFFICIAL,
     SMALL,
     TrepaFileError,
@@ -130,7 +130,7 @@ def test_wrong_files_are_refused_by_name(tmp_path):
     with pytest.raises(TrepaFileError, match=r"keys missing \(first 'blocks\.2\.norm1\.weight'\)"):
         load_videomae(small, config=deeper)
 
-    from generators.wav2lip import Wav2LipDiscriminator
+    from networks.wav2lip import Wav2LipDiscriminator
 
     other = tmp_path / "disc.pth"
     torch.save({"state_dict": Wav2LipDiscriminator().state_dict()}, other)

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from curate import models
-from generators.wav2lip import (DISC_FILE, GAN_FILE, GENERATOR_FILE, GeneratorFileError, Wav2Lip,
+from networks.wav2lip import (DISC_FILE, GAN_FILE, GENERATOR_FILE, GeneratorFileError, Wav2Lip,
                                 Wav2LipDiscriminator, load_discriminator, load_generator, official_layout,
                                 read_checkpoint)
 from golden import golden_dir, stand_in_state_dict
-from syncnet.experts import official_layout as expert_layout
-from syncnet.mel import mel_window_starts
-from syncnet.wav2lip_expert import Wav2LipExpert
+from networks.syncnet.experts import official_layout as expert_layout
+from media.mel import mel_window_starts
+from networks.syncnet.wav2lip_expert import Wav2LipExpert
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,7 +258,7 @@ def test_models_entries_verify_by_a_strict_load(name, file, official_file, tmp_p
 
 
 def test_generator_code_imports_only_torch():
-    code = ("import sys; import generators.wav2lip; "
+    code = ("import sys; import networks.wav2lip; "
             "print(sorted(m for m in ('ray', 'av', 'pydantic', 'cv2') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

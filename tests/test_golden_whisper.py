@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from generators.whisper import (WHISPER_FILE, WINDOW_FRAMES, WhisperEncoder, WhisperFileError, chunk_rows,
+from networks.whisper import (WHISPER_FILE, WINDOW_FRAMES, WhisperEncoder, WhisperFileError, chunk_rows,
                                 feature_chunks, iter_chunks, load_whisper_encoder, log_mel_spectrogram, num_chunks,
                                 num_feature_rows, sinusoids, whisper_features, window_plan)
 from golden import golden_dir, stand_in
@@ -212,7 +212,7 @@ def test_chunks_stream(encoder, long_audio, long_features):
 
 
 def test_code_imports_only_torch_and_numpy():
-    code = ("import sys; import generators.whisper; print(sorted(m for m in ('ray', 'av', 'pydantic', 'cv2', "
+    code = ("import sys; import networks.whisper; print(sorted(m for m in ('ray', 'av', 'pydantic', 'cv2', "
             "'transformers', 'librosa', 'torchaudio') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

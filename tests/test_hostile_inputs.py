@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from media import (audio_jump, mkv_claim_duration, mp4_claim_duration, mp4_picture_size, mp4_stretch_video,
+from footage import (audio_jump, mkv_claim_duration, mp4_claim_duration, mp4_picture_size, mp4_stretch_video,
                    synthetic, tiny_packets)
-from stages import probe as probe_stage
+from media import probe as probe_stage
 
 # a hang fails the module instead of stalling the suite; the run itself takes well under a minute
 pytestmark = pytest.mark.timeout(600)
@@ -174,7 +174,7 @@ def test_links_that_lead_nowhere_or_back_are_skipped_with_a_reason(result):
 def test_an_audio_hole_is_silence_laid_down_only_as_far_as_asked(hostile):
     import av
 
-    from stages.resample import AudioTrack
+    from media.timeline import AudioTrack
 
     path = str(hostile / "audio jumps ten hours.mp4")
     with av.open(path) as container:

@@ -12,9 +12,9 @@ import torch
 from curate import models
 from curate.cli import main
 from golden import GOLDEN, golden_dir, stand_in_state_dict
-from hyperiqa.model import HyperIQA, load_hyperiqa
-from hyperiqa.score import QualityScorer, centre_crop, key_frames
-from syncnet.model import SyncNet
+from networks.hyperiqa import HyperIQA, load_hyperiqa
+from stages.quality_score import QualityScorer, centre_crop, key_frames
+from networks.syncnet.syncnet_v2 import SyncNet
 
 
 @pytest.fixture(scope="module")

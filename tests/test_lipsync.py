@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from media import GARDEN, SOFA, ffmpeg, x264
+from footage import GARDEN, SOFA, ffmpeg, x264
 
 pytestmark = pytest.mark.usefixtures("talking_heads")
 
@@ -26,7 +26,7 @@ SIZE = "540x960"
 
 @pytest.fixture(scope="module")
 def generator_file(tmp_path_factory) -> Path:
-    from generators.wav2lip import Wav2Lip, official_layout
+    from networks.wav2lip import Wav2Lip, official_layout
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "wav2lip.pth"
@@ -63,7 +63,7 @@ def frames_of(path: Path) -> list[np.ndarray]:
 def lower_face_box(frame: np.ndarray, margin: int = 12) -> tuple[slice, slice]:
     """Where the mouth region can be, found independently of the pipeline: dlib on the input frame."""
     from lipsync.paste import LOWER_FACE
-    from stages.face_landmarks import get_backend
+    from faces.landmarks import get_backend
 
     backend = get_backend("dlib")
     grey = frame.mean(2).astype(np.uint8)
@@ -247,7 +247,7 @@ def test_bad_inputs_are_one_clear_error_and_write_nothing(model, work, tmp_path,
 
     # a checkpoint of another model: the expert's layout is not a generator's
     from golden import stand_in_state_dict
-    from syncnet.wav2lip_expert import Wav2LipExpert
+    from networks.syncnet.wav2lip_expert import Wav2LipExpert
 
     expert = tmp_path / "lipsync_expert.pth"
     torch.save({"state_dict": stand_in_state_dict(Wav2LipExpert()), "global_step": 0}, expert)
@@ -297,7 +297,7 @@ def test_the_command_single_and_batch(work, tmp_path, generator_file, monkeypatc
 
 
 def test_a_video_whose_header_overstates_its_length_still_plays_back_and_forth(model, work, tmp_path):
-    from media import mp4_claim_duration
+    from footage import mp4_claim_duration
 
     short = tmp_path / "short.mp4"
     ffmpeg("-i", work / "kitchen.mp4", "-t", "1", "-c:v", "copy", "-c:a", "copy", short)

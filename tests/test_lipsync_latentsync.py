@@ -17,10 +17,10 @@ import torch
 from golden import golden_dir, stand_in_state_dict
 from test_lipsync import assert_only_the_mouth_changed, frames_of
 
-from generators.latentsync import VAE_CONFIG, LatentSyncSampler, build_vae, mouth_mask
-from generators.latentsync_unet import LatentSyncUNet, UNetConfig, official_layout, sinusoid_table
-from generators.whisper import TINY_DIMS, WhisperEncoder, feature_chunks, whisper_features
-from media import ffmpeg
+from networks.latentsync import VAE_CONFIG, LatentSyncSampler, build_vae, mouth_mask
+from networks.latentsync_unet import LatentSyncUNet, UNetConfig, official_layout, sinusoid_table
+from networks.whisper import TINY_DIMS, WhisperEncoder, feature_chunks, whisper_features
+from footage import ffmpeg
 
 pytestmark = pytest.mark.usefixtures("talking_heads")
 
@@ -206,7 +206,7 @@ def test_golden_vae_layout_loads_strictly_and_a_wrong_file_is_refused(tmp_path):
     safetensors, and a file of other weights is one clear error."""
     from safetensors.torch import save_file
 
-    from generators.latentsync import LatentSyncFileError, load_vae
+    from networks.latentsync import LatentSyncFileError, load_vae
 
     shapes = json.loads((golden_dir("latentsync") / "sd_vae_ft_mse_state_dict_shapes.json").read_text())
     with torch.device("meta"):

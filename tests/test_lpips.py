@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from golden import stand_in_state_dict
 
-from generators.lpips import (
+from networks.lpips import (
     CHANNELS,
     LPIPS,
     LinearHead,

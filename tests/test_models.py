@@ -103,7 +103,7 @@ def test_models_list_shows_each_file_and_whether_it_is_verified(tmp_path, monkey
 def syncnet_payload():
     torch = pytest.importorskip("torch")
     from golden import stand_in_state_dict
-    from syncnet.model import SyncNet
+    from networks.syncnet.syncnet_v2 import SyncNet
 
     buffer = io.BytesIO()
     torch.save(stand_in_state_dict(SyncNet()), buffer)

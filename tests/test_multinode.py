@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from media import GARDEN, KITCHEN, assert_same_run, downscaled, tree_hashes
+from footage import GARDEN, KITCHEN, assert_same_run, downscaled, tree_hashes
 from ray_nodes import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 
 from curate.config import config_from_dict
 from manifests import schema
-from media import (GARDEN, KITCHEN, SOFA, av_markers, downscaled, ffmpeg, hard_cut, read_clip, synthetic,
+from footage import (GARDEN, KITCHEN, SOFA, av_markers, downscaled, ffmpeg, hard_cut, read_clip, synthetic,
                    tree_hashes, unseekable_mkv, with_cover_art)
 
 MARKS = [1.0, 3.0, 7.5, 9.0]  # seconds at which the marker videos flash and beep together
@@ -222,5 +222,5 @@ def test_the_driver_and_a_source_pass_worker_import_only_what_they_use():
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     heavy = ("av", "cv2", "scenedetect", "dlib", "torch", "scipy", "pandas")
-    assert loaded("import curate.cli, curate.runner, curate.models, curate.source_task", heavy) == []
+    assert loaded("import curate.cli, curate.runner, curate.models, curate.source_task, curate.source_entry", heavy) == []
     assert loaded("import curate.source_pass", heavy) == ["av", "cv2", "scenedetect"]

@@ -7,9 +7,9 @@ import pytest
 from curate.cli import main
 from curate.config import config_from_dict
 from curate.summary import format_dry_run, format_summary
-from hyperiqa.model import load_hyperiqa
-from hyperiqa.score import QualityScorer
-from media import KITCHEN, downscaled
+from networks.hyperiqa import load_hyperiqa
+from stages.quality_score import QualityScorer
+from footage import KITCHEN, downscaled
 
 SHORT_CLIPS = {"clips": {"min_seconds": 2, "max_seconds": 4}}
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from media import KITCHEN, downscaled
+from footage import KITCHEN, downscaled
 from ray_workers import SignalWorkers, alive, descendants
 
 

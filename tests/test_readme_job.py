@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 
-from media import read_clip
+from footage import read_clip
 
 
 def test_curate_the_shared_talking_heads(readme_run):

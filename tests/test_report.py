@@ -15,7 +15,7 @@ import pytest
 
 from curate.cli import main
 from curate.config import config_from_dict
-from media import KITCHEN, TALKING_HEADS, downscaled, synthetic
+from footage import KITCHEN, TALKING_HEADS, downscaled, synthetic
 
 SOFA = TALKING_HEADS / "man_sofa_1080x1920_30fps.mp4"
 GARDEN = TALKING_HEADS / "woman_garden_1080x1920_25fps.mp4"

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from stages.resample import FrameRateConverter
+from media.timeline import FrameRateConverter
 
 
 def convert(times: list[float], end: float, fps: int = 25) -> list[int]:

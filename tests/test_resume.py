@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from media import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, sha256, synthetic
+from footage import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, sha256, synthetic
 
 
 

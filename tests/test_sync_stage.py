@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from media import KITCHEN, downscaled, read_clip
+from footage import KITCHEN, downscaled, read_clip
 from stages.sync import shifted_audio
 
 

@@ -9,9 +9,9 @@ import torch
 from scipy.io import wavfile
 
 from golden import GOLDEN, golden_dir, stand_in_state_dict
-from syncnet.crops import boxes_from_landmarks, crops
-from syncnet.model import SyncNet, load_syncnet
-from syncnet.score import SyncScorer, mfcc, offsets
+from stages.sync_crops import boxes_from_landmarks, crops
+from networks.syncnet.syncnet_v2 import SyncNet, load_syncnet
+from stages.sync_score import SyncScorer, mfcc, offsets
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_golden_eval_sync_on_precropped_video_gives_the_reference_numbers(golden
 
 def test_eval_sync_tracks_the_face_and_reports_videos_without_one(weights_file, tmp_path, capsys, talking_heads):
     from curate.cli import main
-    from media import GARDEN, downscaled, synthetic
+    from footage import GARDEN, downscaled, synthetic
 
     face = downscaled(tmp_path / "face.mp4", GARDEN, size="540x960", seconds=3)
     pattern = synthetic(tmp_path / "pattern.mp4", 3)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from curate.training_config import load_training_config
-from media import talking_clip
-from syncnet.experts import load_expert
-from syncnet.train import ExpertJob, train_expert
+from footage import talking_clip
+from networks.syncnet.experts import load_expert
+from training.expert import ExpertJob, train_expert
 from training.loop import best_checkpoint, checkpoint_dirs, read_metrics
 from training.windows import FeatureCache
 

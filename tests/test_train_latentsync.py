@@ -21,16 +21,16 @@ from test_lipsync_latentsync import _filled, write_whisper_and_vae
 
 from curate.cli import main
 from curate.training_config import load_latentsync_config, load_training_config
-from generators.latentsync_train import (STAGES, LatentSyncJob, mark_trainable, train_latentsync,
+from training.latentsync import (STAGES, LatentSyncJob, mark_trainable, train_latentsync,
                                          unet_config)
-from generators.latentsync_unet import LatentSyncUNet
-from generators.lpips import LPIPS
-from generators.trepa import SMALL, VideoMAEv2
-from generators.trepa import official_layout as trepa_layout
-from generators.whisper import chunk_rows, load_whisper_encoder, whisper_features
-from syncnet.experts import official_layout as expert_layout
-from syncnet.mel import mel_start
-from syncnet.stable import StableSyncNet
+from networks.latentsync_unet import LatentSyncUNet
+from networks.lpips import LPIPS
+from networks.trepa import SMALL, VideoMAEv2
+from networks.trepa import official_layout as trepa_layout
+from networks.whisper import chunk_rows, load_whisper_encoder, whisper_features
+from networks.syncnet.experts import official_layout as expert_layout
+from media.mel import mel_start
+from networks.syncnet.stable import StableSyncNet
 from training.latent_windows import (NUM_FRAMES, AudioFeatureCache, LatentStream, LatentValWindows, usable_latent,
                                      whisper_features_in)
 from training.loop import read_metrics
@@ -87,7 +87,7 @@ def job_for(clips, models: Path, run_dir: Path, stage: str = "2", init: str | No
     the job."""
     config = load_latentsync_config(stage, SMALL_CONFIG)
     loss_settings = dataclasses.replace(config.loss, **(loss or {}))
-    from generators.trepa import config_of, read_videomae_file
+    from networks.trepa import config_of, read_videomae_file
 
     trepa = models / "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
     return LatentSyncJob(stage, unet_config(config.model.unet, STAGES[stage]), 64,

@@ -16,13 +16,13 @@ import torch
 
 from curate.cli import main
 from curate.training_config import load_wav2lip_config
-from generators.train import GanSettings, Wav2LipJob, Wav2LipRecipe, expert_input, train_wav2lip
-from generators.wav2lip import DISC_FILE, GENERATOR_FILE, load_discriminator, load_generator
-from media import read_clip
-from syncnet.experts import load_expert, official_layout
-from syncnet.mel import mel_start
-from syncnet.stable import StableSyncNet
-from syncnet.wav2lip_expert import Wav2LipExpert
+from training.wav2lip import GanSettings, Wav2LipJob, Wav2LipRecipe, expert_input, train_wav2lip
+from networks.wav2lip import DISC_FILE, GENERATOR_FILE, load_discriminator, load_generator
+from footage import read_clip
+from networks.syncnet.experts import load_expert, official_layout
+from media.mel import mel_start
+from networks.syncnet.stable import StableSyncNet
+from networks.syncnet.wav2lip_expert import Wav2LipExpert
 from training.face_windows import (NUM_FRAMES, FaceStream, FaceValWindows, FaceWindowSettings, last_start,
                                    usable_faces)
 from training.loop import checkpoint_dirs, read_metrics

@@ -114,9 +114,9 @@ def test_the_small_configs_load(arch):
 def test_model_and_training_step_code_import_only_torch():
     """What runs on a bare GPU machine: the networks, the mel, the recipe and the loop load no Ray, PyAV or
     pydantic."""
-    code = ("import sys; import syncnet.stable, syncnet.wav2lip_expert, syncnet.experts, syncnet.mel, "
-            "syncnet.train, training.loop, generators.wav2lip, generators.train, generators.latentsync_unet, "
-            "generators.whisper, generators.latentsync, generators.trepa, generators.lpips, generators.latentsync_train; "
+    code = ("import sys; import networks.syncnet.stable, networks.syncnet.wav2lip_expert, networks.syncnet.experts, media.mel, "
+            "training.expert, training.loop, networks.wav2lip, training.wav2lip, networks.latentsync_unet, "
+            "networks.whisper, networks.latentsync, networks.trepa, networks.lpips, training.latentsync; "
             "print(sorted(m for m in ('ray', 'av', 'pydantic', 'cv2') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

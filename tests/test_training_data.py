@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from media import read_clip, synthetic, talking_clip
-from syncnet.experts import Framing, framing_of
-from syncnet.mel import mel_start
+from footage import read_clip, synthetic, talking_clip
+from networks.syncnet.experts import Framing, framing_of
+from media.mel import mel_start
 from training.windows import (Clip, DataError, FeatureCache, ValWindows, WindowSettings, WindowStream, loader,
                               read_lists, usable)
 

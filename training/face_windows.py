@@ -14,7 +14,7 @@ A sample, for Wav2Lip (`NUM_FRAMES` = 5, its `syncnet_T`):
 - `mel`: the (1, 80, 16) window of the 5 frames, the expert's audio input for the sync loss.
 
 **The audio-window convention.** Frame k's window is the 16 mel columns from column int(80 k / 25)
-(`syncnet.mel.mel_start(k)`), in training as in inference. The reference trains on frames k - 1 .. k + 3
+(`media.mel.mel_start(k)`), in training as in inference. The reference trains on frames k - 1 .. k + 3
 (hq_wav2lip_train.py's get_segmented_mels starts one frame early) but infers with k .. k + 4 (inference.py's
 mel chunks), which is a one-frame (40 ms) shift between what its generator learns and what it is given; here
 both are the latter. A consequence: the 5 frames' expert window is the first frame's own window, so `mel`
@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 import torch
 
-from syncnet.experts import Framing
-from syncnet.mel import mel_start
+from networks.syncnet.experts import Framing
+from media.mel import mel_start
 from training.windows import SAMPLES_PER_FRAME, Clip, ClipUnreadable, WindowStream, in_batches
 
 NUM_FRAMES = 5          # frames of a window (Wav2Lip's syncnet_T)

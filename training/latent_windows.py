@@ -13,7 +13,7 @@ A sample (`NUM_FRAMES` = 16, LatentSync's num_frames):
 - `references`: 16 frames of the same clip whose window does not overlap the target's (at least 16 frames
   away), drawn uniformly from those, as LatentSync's dataset does;
 - `mel`: the expert's (1, 80, 52) mel window from column int(80 t / 25) (StableSyncNet's);
-- `audio`: (16, 50, 384), each frame's Whisper chunk (generators.whisper.chunk_rows: the 10 feature rows
+- `audio`: (16, 50, 384), each frame's Whisper chunk (networks.whisper.chunk_rows: the 10 feature rows
   around the frame, the clip's edges repeated), as LatentSync's `crop_overlap_audio_window`;
 - where it is from: `clip`, `target_start`, `reference_start`, `index` (the global micro-batch) and `sample`
   (the sample's place in that micro-batch, all ranks together): the recipe seeds each sample's noise, timestep
@@ -40,9 +40,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from stages.base import Rejected
-from syncnet.experts import Framing
-from syncnet.mel import mel_columns, mel_start
+from manifests.rejected import Rejected
+from networks.syncnet.experts import Framing
+from media.mel import mel_columns, mel_start
 from training.face_windows import FaceStream, FaceWindowSettings, decode_faces, references_for, target_reference_plan
 from training.windows import Clip, ClipUnreadable, clip_audio, in_batches
 
@@ -70,7 +70,7 @@ def usable_latent(clips: list[Clip], what: str) -> tuple[list[Clip], list[tuple[
 
 def audio_chunks(features: np.ndarray, start: int) -> np.ndarray:
     """(16, 10 x layers, width) float32 Whisper chunks of frames start .. start + 15 of a clip's features."""
-    from generators.whisper import chunk_rows
+    from networks.whisper import chunk_rows
 
     rows = len(features)
     index = np.stack([chunk_rows(k, rows).numpy() for k in range(start, start + NUM_FRAMES)])
@@ -110,14 +110,14 @@ class AudioFeatureCache:
 
 @lru_cache(maxsize=1)
 def _encoder(path: str):
-    from generators.whisper import load_whisper_encoder
+    from networks.whisper import load_whisper_encoder
 
     return load_whisper_encoder(path)
 
 
 def whisper_features_in(items: list[tuple[str, str]], encoder_file: str) -> list[str | None]:
     """For each (clip, target) the clip's Whisper features written to target (None), or why not."""
-    from generators.whisper import whisper_features
+    from networks.whisper import whisper_features
 
     out: list[str | None] = []
     for path, target in items:

@@ -4,7 +4,7 @@ Where it comes from: what `curate filelist` writes (a folder with train.txt, val
 plain list of clip paths, one a line (LatentSync's fileslist), for clips made elsewhere. Clips must be square
 aligned faces at 25 fps with an audio stream.
 
-**Features, once per clip** (`prepare`): the audio is decoded and its mel spectrogram (syncnet.mel) stored in
+**Features, once per clip** (`prepare`): the audio is decoded and its mel spectrogram (media.mel) stored in
 a cache folder under a key made of the clip's absolute path and the sha256 of its bytes, so clips of the same
 name in different folders never collide, and a clip whose audio changes (the sync stage shifts it) gets a
 new entry. `index.jsonl` maps (path, size, mtime) to the entry, so a later start only looks at the files.
@@ -46,12 +46,12 @@ import cv2
 import numpy as np
 import torch
 
-from curate.source_task import file_sha256
-from stages import probe as probe_stage
-from stages.base import Rejected
-from stages.resample import AudioTrack
-from syncnet.experts import Framing
-from syncnet.mel import SAMPLE_RATE, mel_columns, mel_start, melspectrogram
+from manifests.files import file_sha256
+from media import probe as probe_stage
+from manifests.rejected import Rejected
+from media.timeline import AudioTrack
+from networks.syncnet.experts import Framing
+from media.mel import SAMPLE_RATE, mel_columns, mel_start, melspectrogram
 
 FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS

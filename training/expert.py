@@ -25,22 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from syncnet.experts import CLASSES, build_expert, framing_of, load_expert, official_layout
+from networks.syncnet.experts import CLASSES, build_expert, framing_of, load_expert, official_layout
 from training.loop import LoopSettings, Placement, fit
+from training.losses import bce_on_cosine
 
 if TYPE_CHECKING:
     from training.windows import WindowSettings
 
 EXPORT_NAMES = {"stable": "stable_syncnet.pt", "wav2lip": "lipsync_expert.pth"}
 VAL_SHIFT = 15
-
-
-def bce_on_cosine(vision: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample losses and cosines, in fp32 whatever the autocast."""
-    cosine = F.cosine_similarity(vision.float(), audio.float(), dim=1)
-    with torch.autocast(vision.device.type, enabled=False):
-        losses = F.binary_cross_entropy(cosine.clamp(0.0, 1.0), labels.float(), reduction="none")
-    return losses, cosine
 
 
 class ExpertRecipe:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import av
 import numpy as np
 
-from stages import probe as probe_stage
+from media import probe as probe_stage
 
 STAGE = "resample"
 

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import torch
 
-from hyperiqa.model import INPUT_SIZE, HyperIQA
+from networks.hyperiqa import INPUT_SIZE, HyperIQA
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.checkpoint_files import load_tensors
+from networks.checkpoints import load_tensors
 
 VIDEOMAE_FILE = "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
 

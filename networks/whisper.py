@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.checkpoint_files import load_tensors
+from networks.checkpoints import load_tensors
 
 WHISPER_FILE = "tiny.pt"
 SAMPLE_RATE = 16000

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from syncnet.stable import LATENTSYNC_16_PIXEL_ATTN, StableSyncNet
-from syncnet.wav2lip_expert import Wav2LipExpert
+from networks.syncnet.stable import LATENTSYNC_16_PIXEL_ATTN, StableSyncNet
+from networks.syncnet.wav2lip_expert import Wav2LipExpert
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ import av
 import cv2
 import numpy as np
 
-from curate.config import FaceParams
-from stages import probe as probe_stage
-from stages.face import FaceTracker, FrameView
-from stages.face_landmarks import get_backend
-from stages.resample import AudioTrack, FrameRateConverter, timeline_seconds
-from syncnet.crops import SIZE, boxes_from_landmarks, crops
-from syncnet.score import SAMPLES_PER_FRAME, SyncResult, SyncScorer
+from faces.settings import FaceParams
+from media import probe as probe_stage
+from faces.tracker import FaceTracker, FrameView
+from faces.landmarks import get_backend
+from media.timeline import AudioTrack, FrameRateConverter, timeline_seconds
+from stages.sync_crops import SIZE, boxes_from_landmarks, crops
+from stages.sync_score import SAMPLES_PER_FRAME, SyncResult, SyncScorer
 
 FPS = 25
 SAMPLE_RATE = 16000

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import av
 
-from stages.base import Rejected
+from manifests.rejected import Rejected
 
 STAGE = "probe"
 
@@ -65,7 +65,7 @@ def probe(path: str | Path, min_duration_s: float) -> SourceFacts:
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:
-        raise Rejected(STAGE, "unreadable_container", f"not a readable media container: {_text(exc)}") from None
+        raise Rejected(STAGE, "unreadable_container", f"not a readable media container: {error_text(exc)}") from None
     except OSError as exc:
         raise unreadable(path, exc) from None
     with container:
@@ -79,7 +79,7 @@ def probe(path: str | Path, min_duration_s: float) -> SourceFacts:
             raise Rejected(STAGE, "no_picture_size", f"video stream reports a {vctx.width}x{vctx.height} picture")
         if not actx.sample_rate:
             raise Rejected(STAGE, "no_sample_rate", "audio stream reports no sample rate")
-        duration = _declared_duration(container, video)
+        duration = declared_duration(container, video)
         if duration is None:
             raise Rejected(STAGE, "unknown_duration", "neither the video stream nor the container declares a duration")
         if duration <= 0:
@@ -134,7 +134,7 @@ def pick_streams(container) -> tuple:
     return best(videos), best(audios)
 
 
-def _declared_duration(container, video) -> float | None:
+def declared_duration(container, video) -> float | None:
     if video.duration is not None and video.time_base is not None and video.duration > 0:
         return float(video.duration * video.time_base)
     if container.duration is not None:
@@ -158,7 +158,7 @@ def unreadable(path: str | Path, exc: OSError) -> Rejected:
 
 def decode_error(exc: Exception, at_s: float) -> Rejected:
     """A decode or read failure partway through the stream."""
-    return Rejected(STAGE, "decode_error", f"decoding failed at {at_s:.2f} s: {_text(exc)}")
+    return Rejected(STAGE, "decode_error", f"decoding failed at {at_s:.2f} s: {error_text(exc)}")
 
 
 def check_truncation(decoded_s: float, facts: SourceFacts, tolerance_s: float) -> None:
@@ -209,6 +209,6 @@ def _span(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
-def _text(exc: Exception) -> str:
+def error_text(exc: Exception) -> str:
     # FFmpeg errors carry the file name in str(); the manifest already has it.
     return getattr(exc, "strerror", None) or str(exc)

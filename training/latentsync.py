@@ -5,7 +5,7 @@ worker runs.
 A step, per sample (training/latent_windows.py gives 16 target frames, 16 reference frames, the expert's mel
 window and each frame's Whisper chunk), as LatentSync's scripts/train_unet.py does it:
 
-1. the target frames in [-1, 1], the mouth-masked target (`generators.latentsync.mouth_mask`) and the reference
+1. the target frames in [-1, 1], the mouth-masked target (`networks.latentsync.mouth_mask`) and the reference
    frames are encoded by the frozen VAE and sampled from its posterior, x 0.18215; the mask is resized
    (nearest) to the latents' size;
 2. noise: with `mixed_noise` (the default, alpha = 1) a shared part, one frame's noise repeated over the 16
@@ -16,10 +16,10 @@ window and each frame's Whisper chunk), as LatentSync's scripts/train_unet.py do
    latents (13 channels) and the audio; the loss `recon` is the MSE of the predicted noise (epsilon prediction);
 4. with `pixel_space` (stages 2 and 2-efficient): the one-step estimate x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)
    decoded by the frozen VAE (gradients through it, to the U-Net), and
-   - `lpips`: LPIPS-VGG of the decoded and the true lower halves (generators.lpips), weight 0.1;
+   - `lpips`: LPIPS-VGG of the decoded and the true lower halves (networks.lpips), weight 0.1;
    - `sync`: the frozen StableSyncNet's BCE of its cosine against "in sync" on the 16 decoded frames (bicubic
      to the expert's resolution when it is another, the lower half) and the mel window, weight 0.05;
-   - `trepa`: TREPA, the MSE of VideoMAE-v2 features of the decoded and the true clips (generators.trepa),
+   - `trepa`: TREPA, the MSE of VideoMAE-v2 features of the decoded and the true clips (networks.trepa),
      weight 10 (0 in 2-efficient).
 
 Which weights learn: stage 1 builds the U-Net without motion modules and trains all of it; stage 2 adds the
@@ -52,12 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.latentsync import SCALING_FACTOR, SCHEDULER, mouth_mask
-from syncnet.train import bce_on_cosine
+from networks.latentsync import SCALING_FACTOR, SCHEDULER, mouth_mask
+from training.losses import bce_on_cosine
 from training.loop import LoopSettings, Panel, Placement, fit, precision_of
 
 if TYPE_CHECKING:
-    from generators.latentsync_unet import UNetConfig
+    from networks.latentsync_unet import UNetConfig
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class LatentSyncLoss:
 
 def unet_config(model: dict | UNetConfig | None, stage: Stage) -> UNetConfig:
     """The U-Net of `stage`: the `model:` section (stage2.yaml's by default) with the stage's motion modules."""
-    from generators.latentsync_unet import UNetConfig
+    from networks.latentsync_unet import UNetConfig
 
     config = model if isinstance(model, UNetConfig) else UNetConfig.from_config_dict(model or {})
     return config.replace(use_motion_module=stage.motion_modules, motion_module_decoder_only=stage.decoder_only)
@@ -129,7 +129,7 @@ def starting_weights(path: str | Path, model: nn.Module) -> tuple[dict, list[str
     motion modules' keys reconciled: those the file has and the stage does not build (stage 1; the encoder's in
     2-efficient) are dropped, those the stage builds and the file lacks (stage 2 from a stage-1 U-Net) keep
     their fresh start (zero output, as the reference's). Anything else that does not match is an error."""
-    from generators.latentsync_unet import UNetFileError, read_unet_file
+    from networks.latentsync_unet import UNetFileError, read_unet_file
 
     state = read_unet_file(path)["state_dict"]
     mine = model.state_dict()
@@ -158,7 +158,7 @@ def _seeded(*numbers: int) -> torch.Generator:
 
 
 class LatentSyncRecipe:
-    export_name = "latentsync_unet.pt"           # generators.latentsync_unet.UNET_FILE, the official name
+    export_name = "latentsync_unet.pt"           # networks.latentsync_unet.UNET_FILE, the official name
 
     def __init__(self, unet: UNetConfig, stage: Stage, loss: LatentSyncLoss, resolution: int, vae: nn.Module,
                  expert: nn.Module | None = None, expert_resolution: int | None = None, lpips: nn.Module | None = None,
@@ -192,7 +192,7 @@ class LatentSyncRecipe:
 
     # the model -----------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from generators.latentsync_unet import LatentSyncUNet
+        from networks.latentsync_unet import LatentSyncUNet
 
         model = LatentSyncUNet(self.unet)
         mark_trainable(model, self.stage)
@@ -355,28 +355,28 @@ class LatentSyncJob:
     expert: str | None = None        # stable_syncnet.pt (with sync_weight)
     lpips: tuple[str, str] | None = None     # (vgg16 features, v0.1 heads) (with lpips_weight)
     trepa: str | None = None         # vit_g_hybrid_pt_1200e_ssv2_ft.pth (with trepa_weight)
-    trepa_config: object = None      # generators.trepa.VideoMAEConfig of that file (None: the official)
+    trepa_config: object = None      # networks.trepa.VideoMAEConfig of that file (None: the official)
     init: str | None = None          # a U-Net file to start from (--init)
     on_validate: Callable | None = None
 
 
 def frozen_networks(job: LatentSyncJob) -> dict:
     """The VAE and the networks the job's losses need, loaded (strictly) on the CPU."""
-    from generators.latentsync import load_vae
+    from networks.latentsync import load_vae
 
     networks: dict = {"vae": load_vae(job.vae)}
     terms = job.loss.pixel_terms
     if "sync" in terms:
-        from syncnet.experts import load_expert, read_checkpoint
+        from networks.syncnet.experts import load_expert, read_checkpoint
 
         networks["expert_resolution"] = read_checkpoint(job.expert).resolution
         networks["expert"] = load_expert(job.expert, "cpu", arch="stable")[1]
     if "lpips" in terms:
-        from generators.lpips import load_lpips
+        from networks.lpips import load_lpips
 
         networks["lpips"] = load_lpips(*job.lpips)
     if "trepa" in terms:
-        from generators.trepa import OFFICIAL, TrepaLoss, load_videomae
+        from networks.trepa import OFFICIAL, TrepaLoss, load_videomae
 
         networks["trepa"] = TrepaLoss(load_videomae(job.trepa, "cpu", job.trepa_config or OFFICIAL),
                                       checkpointing=job.loop.gradient_checkpointing)

@@ -348,7 +348,7 @@ def talking_clip(path: Path, seconds: float, seed: int, size: int = 128, audio_d
     opens with the loudness of its voice: a flat face, a dark ellipse at LatentSync's mouth height, a voiced
     tone in syllables. The sound can be delayed by whole frames, or cut shorter. Returns the per-frame
     loudness the mouth follows."""
-    from curate.config import WriteParams
+    from stages.settings import WriteParams
     from stages.write import ClipWriter
 
     fps, rate = 25, 16000

@@ -17,7 +17,7 @@ import python_speech_features
 import torch
 from scipy.signal import medfilt
 
-from syncnet.model import SyncNet
+from networks.syncnet.syncnet_v2 import SyncNet
 
 VSHIFT = 15
 WINDOW = 5                # frames per window

@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.wav2lip import DISC_FILE, GENERATOR_FILE, Wav2Lip, Wav2LipDiscriminator, load_generator, official_layout
-from syncnet.train import bce_on_cosine
+from networks.wav2lip import DISC_FILE, GENERATOR_FILE, Wav2Lip, Wav2LipDiscriminator, load_generator, official_layout
+from training.losses import bce_on_cosine
 from training.loop import LoopSettings, Panel, Placement, fit
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ class Wav2LipJob:
 def train_wav2lip(job: Wav2LipJob, placement: Placement = Placement()) -> dict:
     """One worker's part of training the generator: its share of the stream, the loop, and (rank 0) the
     validation windows. Returns the last metrics."""
-    from syncnet.experts import load_expert
+    from networks.syncnet.experts import load_expert
     from training.face_windows import FaceStream, FaceValWindows
     from training.windows import loader
 

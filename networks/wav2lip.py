@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.checkpoint_files import load_tensors
-from syncnet.wav2lip_expert import ConvBlock
+from networks.checkpoints import load_tensors
+from networks.syncnet.wav2lip_expert import ConvBlock
 
 GENERATOR_FILE = "wav2lip.pth"
 GAN_FILE = "wav2lip_gan.pth"
@@ -264,7 +264,7 @@ def _kind_of(state: dict) -> str:
         return "generator"
     if has("face_encoder_blocks.") and has("binary_pred."):
         return "discriminator"
-    from syncnet.experts import arch_of
+    from networks.syncnet.experts import arch_of
 
     try:
         arch = arch_of(state)

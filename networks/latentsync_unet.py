@@ -43,7 +43,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from generators.checkpoint_files import load_tensors
+from networks.checkpoints import load_tensors
 
 UNET_FILE = "latentsync_unet.pt"
 
