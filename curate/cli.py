@@ -296,7 +296,8 @@ def _progress_flags(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from curate.runner import RunOptions, command_line, run
+    from curate.run_types import RunOptions
+    from curate.runner import command_line, run
     from curate.summary import format_dry_run, format_summary
 
     if args.num_cpus is not None and args.num_cpus < 1:
@@ -485,7 +486,7 @@ def _check_train_flags(args: argparse.Namespace) -> None:
 
 
 def _eval_syncnet(args: argparse.Namespace) -> int:
-    from curate.train import eval_syncnet
+    from curate.eval_syncnet import eval_syncnet
 
     if args.max_clips is not None and args.max_clips < 1:
         raise RunError("--max-clips must be at least 1")

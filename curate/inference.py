@@ -24,7 +24,7 @@ def resolve_checkpoint(model: str, checkpoint: Path | None, config, official: st
     from curate.models import ModelError, require
 
     if checkpoint is not None:
-        from curate.train import expert_file
+        from curate.train_weights import expert_file
 
         # a run folder or one of its checkpoint folders: the model's file in its best (else last) checkpoint
         found = expert_file(checkpoint)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from curate.config import ModelSettings
-from manifests.files import file_sha256 as sha256_of
 from faces import landmarks as face_landmarks
+from manifests.files import file_sha256 as sha256_of
 
 
 class ModelError(RuntimeError):
@@ -113,12 +113,13 @@ def _verify_lpips_heads(path: Path) -> None:
 
 
 def _verify_fan(path: Path) -> None:
-    import torch
     from face_alignment.detection.sfd.net_s3fd import s3fd
     from face_alignment.models import FAN
 
+    from networks.checkpoints import load_strict, load_tensors
+
     network = s3fd() if path.name.startswith("s3fd") else FAN(4)
-    network.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True), strict=True)
+    load_strict(network, load_tensors(path), f"{path} is not face-alignment's {network.__class__.__name__}")
 
 
 def _verify_dlib(path: Path) -> None:

@@ -89,7 +89,7 @@ class ClipStagePool:
     """A few actors of one clip stage and the queue that feeds them."""
 
     def __init__(self, stage: str, config: Config, weights: str, reserve_cpus: bool = True):
-        """`reserve_cpus` off: the actors hold no CPU in Ray's books (see runner.pools_fit)."""
+        """`reserve_cpus` off: the actors hold no CPU in Ray's books (see run_checks.pools_fit)."""
         import ray
 
         resources = getattr(config.resources, stage)

@@ -9,7 +9,7 @@ from curate.source_task import SourceTask
 
 
 def source_pass(task: SourceTask, config) -> Iterator[dict]:
-    """The body of the Ray task (curate.runner makes it remote; Ray titles its workers `ray::source_pass`): the
+    """The body of the Ray task (curate.run_execute makes it remote; Ray titles its workers `ray::source_pass`): the
     source pass, imported here, in the worker."""
     from curate import source_pass as the_pass
 

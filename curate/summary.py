@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from curate.runner import RunSummary
+from curate.run_types import RunSummary
 from curate.words import counted
 
 

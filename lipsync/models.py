@@ -16,7 +16,7 @@ import torch
 
 from lipsync.framing import BoxFraming, Framing, TemplateFraming
 from lipsync.media import LipsyncError
-
+from networks.checkpoints import load_tensors
 
 WINDOW = 16   # mel columns a Wav2Lip frame hears (0.2 s)
 
@@ -116,7 +116,7 @@ def framing_named(name: str, size: int) -> Framing:
 def _stored_framing(path: Path) -> str | None:
     """The framing a checkpoint written here records (official files record none)."""
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        data = load_tensors(path, mmap=True)
     except Exception:  # noqa: BLE001 - the loader above already judged the file; nothing more to say here
         return None
     return data.get("framing") if isinstance(data, dict) else None
@@ -173,8 +173,7 @@ class LatentSyncModel:
     @classmethod
     def from_files(cls, unet: Path, whisper: Path, vae: Path, device: torch.device, batch_size: int = 16,
                    resolution: int | None = None, **sampling) -> "LatentSyncModel":
-        from networks import latentsync
-        from networks import latentsync_unet
+        from networks import latentsync, latentsync_unet
         from networks import whisper as audio
 
         try:
@@ -209,7 +208,7 @@ def stored_resolution(path: Path) -> int | None:
     """A U-Net's resolution: the "resolution" our checkpoints record, else that of the models folder it was
     downloaded into (LatentSync 1.5's or 1.6's, whose files are alike), else None."""
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        data = load_tensors(path, mmap=True)
     except Exception:  # noqa: BLE001 - the loader judges the file; here only its record is looked for
         data = None
     if isinstance(data, dict) and isinstance(data.get("resolution"), int):

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from networks.checkpoints import CheckpointError, load_strict, load_tensors
+
 INPUT_SIZE = 224
 # HyperNet(16, 112, 224, 112, 56, 28, 14, 7), the configuration trained on KonIQ-10k
 LDA_OUT = 16
@@ -124,9 +126,7 @@ class HyperIQA(nn.Module):
 
 def load_hyperiqa(path: str | Path, device: str = "cpu") -> HyperIQA:
     """The network with the weights of `path` (a state_dict, as `koniq_pretrained.pkl` is), keys matched strictly."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = load_tensors(path)
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state_dict")
-    model = HyperIQA()
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+        raise CheckpointError(f"{path} does not hold a state_dict")
+    return load_strict(HyperIQA(), state, f"{path} is not HyperIQA's network").to(device).eval()

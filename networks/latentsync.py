@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from networks.checkpoints import CheckpointError, load_strict, load_tensors
+
 SCALING_FACTOR = 0.18215          # sd-vae-ft-mse's latent scale (LatentSync sets shift_factor to 0)
 STEPS = 20
 GUIDANCE = 1.5
@@ -49,7 +51,7 @@ MASK_OUTLINE_256 = (
     (177, 128), (78, 128), (77, 95))
 
 
-class LatentSyncFileError(RuntimeError):
+class LatentSyncFileError(CheckpointError):
     """A file that is not the VAE (or another LatentSync part) this needs."""
 
 
@@ -113,26 +115,20 @@ def load_vae(path: str | Path, config: dict | None = None) -> nn.Module:
         with open(path, "rb") as handle:
             zipped = handle.read(4) == b"PK\x03\x04"      # torch.save's zip archive; safetensors starts otherwise
         if zipped:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = load_tensors(path, LatentSyncFileError)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
         else:
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+    except LatentSyncFileError:
+        raise
     except Exception as exc:  # noqa: BLE001 - whatever stops it reading, it is not the VAE
         raise LatentSyncFileError(f"{path}: cannot read it as the VAE's weights ({type(exc).__name__}: "
                                   f"{str(exc)[:200]})") from None
     if not isinstance(state, dict):
         raise LatentSyncFileError(f"{path} holds no state_dict")
-    vae = build_vae(config)
-    mine = vae.state_dict()
-    missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
-    wrong = [k for k in mine if k in state and tuple(state[k].shape) != tuple(mine[k].shape)]
-    if missing or extra or wrong:
-        raise LatentSyncFileError(f"{path} is not sd-vae-ft-mse's VAE: {len(missing)} keys missing (e.g. "
-                                  f"{missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}), {len(wrong)} of "
-                                  f"another shape (e.g. {wrong[:2]})")
-    vae.load_state_dict(state, strict=True)
+    vae = load_strict(build_vae(config), state, f"{path} is not sd-vae-ft-mse's VAE", LatentSyncFileError)
     return vae.eval()
 
 

@@ -43,7 +43,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from networks.checkpoints import load_tensors
+from networks.checkpoints import CheckpointError, load_strict, load_tensors
 
 UNET_FILE = "latentsync_unet.pt"
 
@@ -540,20 +540,16 @@ class LatentSyncUNet(nn.Module):
 # --- files ----------------------------------------------------------------------------------------------------------
 
 
-class UNetFileError(ValueError):
+class UNetFileError(CheckpointError):
     """A file that is not a LatentSync U-Net (of the config asked for). The message names the file and what is
     wrong: what it holds, or the first keys that do not match."""
-
-
-def _torch_load(path: Path):
-    return load_tensors(path, UNetFileError, mmap=True)
 
 
 def read_unet_file(path: str | Path) -> dict:
     """{"state_dict", "global_step"} of `path` (a bare state_dict reads too, with global_step 0; DataParallel's
     `module.` prefix is dropped). Checks that it holds U-Net weights, not which config's."""
     path = Path(path)
-    blob = _torch_load(path)
+    blob = load_tensors(path, UNetFileError, mmap=True)
     if not isinstance(blob, dict):
         raise UNetFileError(f"{path} holds a {type(blob).__name__}, not a checkpoint")
     wrapped = isinstance(blob.get("state_dict"), dict)
@@ -657,17 +653,7 @@ def load_unet(path: str | Path, config: UNetConfig | dict | None = None, device:
             raise UNetFileError(f"{path} is a U-Net of another config: it has {', '.join(mismatch[:4])}")
     with torch.device("meta"):               # the weights come from the file: no time or memory spent initialising
         model = LatentSyncUNet(config)
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    reshaped = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}" for key in expected
-                if key in state and state[key].shape != expected[key].shape]
-    if missing or unexpected or reshaped:
-        problems = [f"{len(keys)} {what} (first {keys[0]!r})" for keys, what in
-                    ((missing, "keys missing"), (unexpected, "unexpected keys"), (reshaped, "of another shape"))
-                    if keys]
-        raise UNetFileError(f"{path} does not fit the LatentSync U-Net: {', '.join(problems)}")
-    model.load_state_dict({key: value.to(dtype) for key, value in state.items()}, strict=True, assign=True)
+    load_strict(model, state, f"{path} does not fit the LatentSync U-Net", UNetFileError, dtype=dtype, assign=True)
     return model.to(device).eval()
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from networks.checkpoints import CheckpointError, key_problems, load_tensors
+
 VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 HEADS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
 VGG_FILE = "vgg16-397923af.pth"
@@ -37,7 +39,7 @@ SLICES = (4, 9, 16, 23, 30)      # features[:4] -> relu1_2, [4:9] -> relu2_2, ..
 _VGG_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
 
-class LpipsFileError(RuntimeError):
+class LpipsFileError(CheckpointError):
     """A file that is not the VGG-16 or the LPIPS heads this needs."""
 
 
@@ -126,10 +128,7 @@ class LPIPS(nn.Module):
 
 
 def _read(path: Path, what: str) -> dict:
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever stops it reading, it is not the file
-        raise LpipsFileError(f"{path}: cannot read it as {what} ({type(exc).__name__}: {str(exc)[:200]})") from None
+    state = load_tensors(path, LpipsFileError)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LpipsFileError(f"{path}: not a state_dict of tensors, so not {what}")
     return state
@@ -137,13 +136,9 @@ def _read(path: Path, what: str) -> dict:
 
 def _check(path: Path, what: str, state: dict, mine: dict) -> None:
     """Strict: every key `mine` has, of its shape, and no other (of those `state` was cut down to)."""
-    missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(mine[k].shape)}"
-             for k in mine if k in state and tuple(state[k].shape) != tuple(mine[k].shape)]
-    if missing or extra or wrong:
-        raise LpipsFileError(f"{path} is not {what}: {len(missing)} keys missing (e.g. {missing[:3]}), "
-                             f"{len(extra)} unexpected (e.g. {extra[:3]}), {len(wrong)} of another shape "
-                             f"(e.g. {wrong[:3]})")
+    problems = key_problems(state, mine)
+    if problems:
+        raise LpipsFileError(f"{path} is not {what}: {', '.join(problems)}")
 
 
 def read_vgg_file(path: str | Path) -> dict:

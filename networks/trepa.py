@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.checkpoints import load_tensors
+from networks.checkpoints import CheckpointError, load_strict, load_tensors
 
 VIDEOMAE_FILE = "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
 
@@ -202,20 +202,16 @@ class VideoMAEv2(nn.Module):
         return self.head(self.forward_features(x))
 
 
-class TrepaFileError(ValueError):
+class TrepaFileError(CheckpointError):
     """A file that is not VideoMAE-v2's ViT (of the config asked for). The message names the file and what is
     wrong: what it holds, or the first keys that do not match."""
-
-
-def _torch_load(path: Path):
-    return load_tensors(path, TrepaFileError, mmap=True)
 
 
 def read_videomae_file(path: str | Path) -> dict:
     """The state_dict of `path`: bare, or under "model" or "module" (checked in that order, as the reference);
     a `module.` prefix on every key (DataParallel) is dropped. Checks that it holds named tensors, not which."""
     path = Path(path)
-    blob = _torch_load(path)
+    blob = load_tensors(path, TrepaFileError, mmap=True)
     if not isinstance(blob, dict):
         raise TrepaFileError(f"{path} holds a {type(blob).__name__}, not a checkpoint")
     for key in ("model", "module"):
@@ -254,18 +250,8 @@ def load_videomae(path: str | Path, device: str | torch.device = "cpu", config: 
     state = read_videomae_file(path)
     with torch.device("meta"):
         model = VideoMAEv2(config)
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    reshaped = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}" for key in expected
-                if key in state and state[key].shape != expected[key].shape]
-    if missing or unexpected or reshaped:
-        problems = [f"{len(keys)} {what} (first {keys[0]!r})" for keys, what in
-                    ((missing, "keys missing"), (unexpected, "unexpected keys"), (reshaped, "of another shape"))
-                    if keys]
-        raise TrepaFileError(f"{path} does not fit VideoMAE-v2's ViT (width {config.embed_dim}, depth "
-                             f"{config.depth}): {', '.join(problems)}")
-    model.load_state_dict({key: value.to(dtype) for key, value in state.items()}, strict=True, assign=True)
+    load_strict(model, state, f"{path} does not fit VideoMAE-v2's ViT (width {config.embed_dim}, depth {config.depth})",
+                TrepaFileError, dtype=dtype, assign=True)
     model.reset_positions()
     return model.to(device=device, dtype=dtype).eval()
 

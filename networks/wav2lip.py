@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.checkpoints import load_tensors
+from networks.checkpoints import CheckpointError, load_strict, load_tensors
 from networks.syncnet.wav2lip_expert import ConvBlock
 
 GENERATOR_FILE = "wav2lip.pth"
@@ -223,12 +223,8 @@ class Wav2LipDiscriminator(nn.Module):
 
 # -- files --------------------------------------------------------------------------------------------
 
-class GeneratorFileError(ValueError):
+class GeneratorFileError(CheckpointError):
     """A file that is not the Wav2Lip network asked for. The message is one line: the file and what it holds."""
-
-
-def _torch_load(path: Path):
-    return load_tensors(path, GeneratorFileError)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -236,7 +232,7 @@ def read_checkpoint(path: str | Path) -> dict:
     "optimizer", "global_step", "global_epoch", "size" (None unless the file says)}. Checks that it holds a
     state_dict, not which network's."""
     path = Path(path)
-    blob = _torch_load(path)
+    blob = load_tensors(path, GeneratorFileError)
     if not isinstance(blob, dict):
         raise GeneratorFileError(f"{path} holds a {type(blob).__name__}, not a checkpoint")
     if "model_state_dict" in blob and "dims" in blob:
@@ -314,17 +310,7 @@ def _load(path: str | Path, kind: str, device: str) -> nn.Module:
             model = (Wav2Lip if kind == "generator" else Wav2LipDiscriminator)(size)
     except ValueError as exc:
         raise GeneratorFileError(f"{path} is not a {name}: its layers fit no size ({exc})") from None
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
-    if missing or unexpected or reshaped:
-        problems = [f"{len(keys)} {what} (first {keys[0]!r})" for keys, what in
-                    ((missing, "keys missing"), (unexpected, "unexpected keys"), (reshaped, "of another shape"))
-                    if keys]
-        raise GeneratorFileError(f"{path} is not a {name} of size {size}: {', '.join(problems)}")
-    model.load_state_dict({key: value.to(expected[key].dtype) for key, value in state.items()}, strict=True,
-                          assign=True)
+    load_strict(model, state, f"{path} is not a {name} of size {size}", GeneratorFileError, assign=True)
     return model.to(device).eval()
 
 

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.checkpoints import load_tensors
+from networks.checkpoints import CheckpointError, load_strict, load_tensors
 
 WHISPER_FILE = "tiny.pt"
 SAMPLE_RATE = 16000
@@ -246,12 +246,8 @@ class WhisperEncoder(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- loading
 
-class WhisperFileError(ValueError):
+class WhisperFileError(CheckpointError):
     """A file that is not a Whisper encoder. The message is one line: the file and what it holds."""
-
-
-def _torch_load(path: Path):
-    return load_tensors(path, WhisperFileError)
 
 
 def _dims_from_keys(state: dict) -> dict:
@@ -269,7 +265,7 @@ def read_whisper_encoder_state(path: str | Path) -> tuple[dict, dict]:
     "model_state_dict"}; the decoder is ignored) or of a bare state_dict of the encoder's keys, with or
     without the prefix. Checks the layout, not the keys."""
     path = Path(path)
-    blob = _torch_load(path)
+    blob = load_tensors(path, WhisperFileError)
     if not isinstance(blob, dict):
         raise WhisperFileError(f"{path} holds a {type(blob).__name__}, not a Whisper model")
     official = "model_state_dict" in blob
@@ -308,17 +304,10 @@ def load_whisper_encoder(path: str | Path, device: str | torch.device = "cpu") -
             model = WhisperEncoder.from_dims(dims)
     except (ValueError, RuntimeError) as exc:
         raise WhisperFileError(f"{path} has dims no encoder can be built from ({dims}: {exc})") from None
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
-    if missing or unexpected or reshaped:
-        problems = [f"{len(keys)} {what} (first encoder.{keys[0]})" for keys, what in
-                    ((missing, "keys missing"), (unexpected, "unexpected keys"), (reshaped, "of another shape"))
-                    if keys]
-        raise WhisperFileError(f"{path} is not a Whisper encoder of {dims}: {', '.join(problems)}")
-    # the official files are float16; the features are computed in float32 as whisper does on the CPU
-    model.load_state_dict({key: value.to(torch.float32) for key, value in state.items()}, strict=True, assign=True)
+    # the official files are float16; the features are computed in float32 as whisper does on the CPU (the keys
+    # named are the encoder's, without its `encoder.` prefix)
+    load_strict(model, state, f"{path} is not a Whisper encoder of {dims}", WhisperFileError, dtype=torch.float32,
+                assign=True)
     return model.to(device).eval()
 
 

@@ -28,7 +28,8 @@ def talking_heads() -> Path:
 def curate(ray_cluster):
     """Run the pipeline in this process, the way `curate run` does, on the session's Ray."""
     from curate.config import Config
-    from curate.runner import RunOptions, run
+    from curate.run_types import RunOptions
+    from curate.runner import run
 
     def run_curate(input_dir: Path, output_dir: Path, config=None, **options):
         return run(RunOptions(input_dir=input_dir, output_dir=output_dir, config=config or Config(),

@@ -171,7 +171,7 @@ def test_files_load_strictly(tmp_path, model, state):
     with pytest.raises(LpipsFileError, match=r"bent\.pth.*1 of another shape.*features\.10\.weight"):
         load_lpips(bent, heads_file)
 
-    with pytest.raises(LpipsFileError, match=r"vgg\.pth.*26 keys missing.*features\.0\.bias"):
+    with pytest.raises(LpipsFileError, match=r"vgg\.pth.*26 keys missing.*features\.0\.weight"):
         load_lpips(heads_file, heads_file)                      # the heads where the trunk should be
 
 

@@ -222,5 +222,7 @@ def test_the_driver_and_a_source_pass_worker_import_only_what_they_use():
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     heavy = ("av", "cv2", "scenedetect", "dlib", "torch", "scipy", "pandas")
-    assert loaded("import curate.cli, curate.runner, curate.models, curate.source_task, curate.source_entry", heavy) == []
+    assert loaded("import curate.cli, curate.runner, curate.run_checks, curate.run_plan, curate.run_execute, "
+                  "curate.run_finish, curate.run_types, curate.clip_chain, curate.models, curate.source_task, "
+                  "curate.source_entry", heavy) == []
     assert loaded("import curate.source_pass", heavy) == ["av", "cv2", "scenedetect"]

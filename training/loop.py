@@ -42,6 +42,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from networks.checkpoints import load_tensors
+
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
@@ -435,8 +437,9 @@ def _prune(run_dir: Path, keep: int, best: dict | None) -> None:
 
 def _restore(checkpoint: Path, recipe: Recipe, model: nn.Module, optimizer, scaler, device,
              adversary: nn.Module | None = None, rival: _Rival | None = None) -> tuple[int, dict | None]:
-    exported = torch.load(checkpoint / recipe.export_name, map_location="cpu", weights_only=True)
+    exported = load_tensors(checkpoint / recipe.export_name)
     model.load_state_dict(exported["state_dict"], strict=True)
+    # our own file, with numpy's RNG state among plain values: not a network's checkpoint
     state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
@@ -444,7 +447,7 @@ def _restore(checkpoint: Path, recipe: Recipe, model: nn.Module, optimizer, scal
         recipe.load_state_dict(state["recipe"])
     # a checkpoint without the adversary (a run that had none until now): it starts afresh
     if adversary is not None and "adversary" in state and (checkpoint / recipe.adversary_export_name).is_file():
-        judged = torch.load(checkpoint / recipe.adversary_export_name, map_location="cpu", weights_only=True)
+        judged = load_tensors(checkpoint / recipe.adversary_export_name)
         adversary.load_state_dict(judged["state_dict"], strict=True)
         rival.optimizer.load_state_dict(state["adversary"]["optimizer"])
         rival.scaler.load_state_dict(state["adversary"]["scaler"])

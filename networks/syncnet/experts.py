@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from networks.checkpoints import CheckpointError, load_strict, load_tensors
 from networks.syncnet.stable import LATENTSYNC_16_PIXEL_ATTN, StableSyncNet
 from networks.syncnet.wav2lip_expert import Wav2LipExpert
 
@@ -76,12 +76,12 @@ class ExpertFile:
 
 def read_checkpoint(path: str | Path) -> ExpertFile:
     """An expert file in any of the layouts above."""
-    blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    blob = load_tensors(path)
     if not isinstance(blob, dict):
-        raise ValueError(f"{path} holds a {type(blob).__name__}, not a checkpoint")
+        raise CheckpointError(f"{path} holds a {type(blob).__name__}, not a checkpoint")
     state = blob.get("state_dict", blob)
     if not isinstance(state, dict) or not state:
-        raise ValueError(f"{path} holds no state_dict")
+        raise CheckpointError(f"{path} holds no state_dict")
     state = {key.removeprefix("module."): value for key, value in state.items()}
     arch = arch_of(state)
     wrapped = "state_dict" in blob
@@ -96,8 +96,8 @@ def load_expert(path: str | Path, device: str = "cpu", arch: str | None = None) 
     found = read_checkpoint(path)
     if arch is not None and arch != found.arch:
         raise ValueError(f"{path} holds a {found.arch} expert, not a {arch} one")
-    model = build_expert(found.arch, found.config)
-    model.load_state_dict(found.state_dict, strict=True)
+    model = load_strict(build_expert(found.arch, found.config), found.state_dict,
+                        f"{path} is not the {found.arch} expert its keys name")
     return found.arch, model.to(device).eval()
 
 

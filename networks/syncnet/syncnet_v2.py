@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from networks.checkpoints import CheckpointError, load_strict, load_tensors
+
 EMBEDDING = 1024
 
 
@@ -75,9 +77,7 @@ class SyncNet(nn.Module):
 
 def load_syncnet(path: str | Path, device: str = "cpu") -> SyncNet:
     """The network with the weights of `path` (a state_dict, as `syncnet_v2.model` is), keys matched strictly."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = load_tensors(path)
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state_dict")
-    model = SyncNet()
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+        raise CheckpointError(f"{path} does not hold a state_dict")
+    return load_strict(SyncNet(), state, f"{path} is not SyncNet v2").to(device).eval()
