@@ -47,8 +47,9 @@ from networks.syncnet.experts import official_layout  # noqa: E402
 from networks.syncnet.wav2lip_expert import Wav2LipExpert  # noqa: E402
 from training.wav2lip import Wav2LipJob, train_wav2lip  # noqa: E402
 from curate.training_config import load_wav2lip_config  # noqa: E402
-from training.loop import read_metrics  # noqa: E402
-from training.windows import FeatureCache, WindowSettings, WindowStream, loader  # noqa: E402
+from training.metrics import read_metrics  # noqa: E402
+from training.windows import WindowSettings, WindowStream, loader  # noqa: E402
+from training.clips import FeatureCache
 
 SHARED = ROOT.parent / "shared" / "data" / "talking-heads"
 

@@ -49,7 +49,7 @@ def prepare(paths: list[str], work: Path) -> list:
     """The clips with their mel and (stand-in) Whisper features, as `curate train latentsync --prepare`."""
     from networks.whisper import TINY_DIMS, WhisperEncoder
     from training.latent_windows import AudioFeatureCache, usable_latent
-    from training.windows import FeatureCache
+    from training.clips import FeatureCache
 
     encoder = work / "tiny.pt"
     torch.manual_seed(0)
@@ -69,7 +69,8 @@ def networks(full: bool):
     from curate.training_config import load_training_config
     from networks.latentsync import VAE_CONFIG, build_vae
     from networks.lpips import LPIPS
-    from networks.trepa import OFFICIAL, SMALL, TrepaLoss, VideoMAEv2
+    from networks.videomae import OFFICIAL, SMALL, VideoMAEv2
+    from training.losses import TrepaLoss
     from networks.syncnet.stable import StableSyncNet
 
     torch.manual_seed(0)
@@ -91,7 +92,8 @@ def measure(stage: str, full: bool, device: str, steps: int, clips_file: Path, w
     from curate.training_config import load_latentsync_config
     from training.latentsync import STAGES, LatentSyncRecipe, unet_config
     from training.latent_windows import LatentStream
-    from training.loop import Placement, fit, precision_of, read_metrics
+    from training.loop import Placement, fit, precision_of
+    from training.metrics import read_metrics
     from training.windows import loader
 
     clips = pickle.loads(clips_file.read_bytes())

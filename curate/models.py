@@ -98,7 +98,7 @@ def _verify_vgg(path: Path) -> None:
 
 
 def _verify_trepa(path: Path) -> None:
-    from networks.trepa import config_of, load_videomae, read_videomae_file
+    from networks.videomae import config_of, load_videomae, read_videomae_file
 
     state = read_videomae_file(path)
     width = state["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in state else 1

@@ -152,7 +152,7 @@ def _overrides(args) -> dict:
 
 
 def _lists(args):
-    from training.windows import DataError, read_lists
+    from training.clips import DataError, read_lists
 
     try:
         return read_lists(args.lists, args.val_list)
@@ -172,7 +172,7 @@ def _run_training(args, config, lists, identity: dict, prepare, job, worker) -> 
     from curate.cluster import connect_ray
     from curate.lock import OutputLock
     from training.launch import MetricsProgress, TrainingFailed, launch
-    from training.loop import latest_checkpoint
+    from training.checkpoints import latest_checkpoint
 
     run_dir = args.out.resolve()
     if args.prepare:   # the features alone: no run folder is made or claimed
@@ -219,7 +219,8 @@ def _shutdown(started: bool) -> None:
 
 
 def summary(run_dir: Path) -> str:
-    from training.loop import METRICS, PLOT, best_checkpoint, latest_checkpoint, read_metrics
+    from training.metrics import METRICS, PLOT, read_metrics
+    from training.checkpoints import best_checkpoint, latest_checkpoint
 
     lines = read_metrics(run_dir / METRICS)
     steps = [line for line in lines if "loss" in line]
@@ -311,7 +312,7 @@ def _differences(before, after, prefix: str = "") -> list[str]:
 
 
 def _cache(settings) -> Path:
-    from training.windows import cache_dir
+    from training.clips import cache_dir
 
     return cache_dir(settings)
 

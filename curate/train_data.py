@@ -15,7 +15,7 @@ def prepare_clips(lists, settings, framing, run=None, keep=None) -> tuple[list, 
     """Usable training and validation clips, features prepared; what is skipped is printed with the reason.
     `keep(clips, what)` splits the prepared clips into (long enough, [(path, why not)]) (default: the experts'
     windows of `framing` and their negatives). Raises RunError when no training clip is usable."""
-    from training.windows import FeatureCache, cache_dir, describe_skipped, usable
+    from training.clips import FeatureCache, cache_dir, describe_skipped, usable
 
     keep = keep or (lambda clips, what: usable(clips, framing, settings.min_negative_shift, what))
     cache = FeatureCache(cache_dir(settings))
@@ -43,7 +43,7 @@ def ray_map(paths: list, folder: str, chunk: int = 16, work=None, desc: str = "f
     import ray
     from tqdm import tqdm
 
-    from training.windows import prepare_clips_in
+    from training.clips import prepare_clips_in
 
     task = ray.remote(num_cpus=1, max_retries=2)(work or prepare_clips_in)
     refs = [task.remote(paths[i:i + chunk], folder) for i in range(0, len(paths), chunk)]
@@ -62,7 +62,7 @@ def attach_whisper(train: list, val: list, settings, whisper: str, run=None) -> 
     whose audio fails are skipped with the reason."""
     from curate.models import sha256_of
     from training.latent_windows import AudioFeatureCache, whisper_features_in
-    from training.windows import FeatureCache, cache_dir, describe_skipped
+    from training.clips import FeatureCache, cache_dir, describe_skipped
 
     folder = cache_dir(settings)
     entries = FeatureCache(folder).entries

@@ -14,7 +14,7 @@ from curate.errors import RunError
 def expert_file(checkpoint: Path) -> Path:
     """The expert weights a CKPT argument names: a file; a checkpoint folder; or a run folder (its best
     checkpoint, else its last)."""
-    from training.loop import best_checkpoint, latest_checkpoint
+    from training.checkpoints import best_checkpoint, latest_checkpoint
 
     checkpoint = Path(checkpoint)
     if checkpoint.is_file():
@@ -112,7 +112,7 @@ def latentsync_weights(args, config) -> dict:
     if "lpips" in found:
         weights["lpips"] = tuple(str(path) for path in found["lpips"])
     if "trepa" in found:
-        from networks.trepa import TrepaFileError, config_of, read_videomae_file
+        from networks.videomae import TrepaFileError, config_of, read_videomae_file
 
         weights["trepa"] = str(found["trepa"][0])
         try:

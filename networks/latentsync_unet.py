@@ -25,6 +25,9 @@ number of heads is not in the weights (any divisor of the widths gives the same 
 
 Imports only torch and diffusers (its timestep embedding, attention and feed-forward blocks, whose parameter
 names are the reference's).
+
+Over 400 lines on purpose: one network in one file, as diffusers keeps its models; its blocks, its config read
+from a file's shapes and its strict loader belong together, and no other network shares them.
 """
 
 from __future__ import annotations

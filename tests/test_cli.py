@@ -105,9 +105,9 @@ def test_empty_input_folder_is_a_clean_run(tmp_path, capsys, ray_cluster):
 @pytest.mark.parametrize("command", ["rejects", "filelist", "report"])
 def test_every_option_of_the_results_commands_says_what_it_does(command, capsys):
     """`curate COMMAND --help` explains each option (defaults included where there is one)."""
-    from curate.cli import _parser
+    from curate.cli import parser_of_commands
 
-    sub = _parser()._subparsers._group_actions[0].choices[command]
+    sub = parser_of_commands()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, f"curate {command} {action.option_strings[0]} has no help text"

@@ -11,17 +11,8 @@ import pytest
 import torch
 from golden import golden_dir, stand_in, stand_in_state_dict
 
-from networks.trepa import (
-    OFFICIAL,
-    SMALL,
-    TrepaFileError,
-    TrepaLoss,
-    VideoMAEv2,
-    frames_to_clip,
-    load_videomae,
-    official_layout,
-    sinusoid_table,
-)
+from networks.videomae import OFFICIAL, SMALL, TrepaFileError, VideoMAEv2, load_videomae, official_layout, sinusoid_table
+from training.losses import TrepaLoss, frames_to_clip
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,7 +12,7 @@ import pytest
 from curate.cli import main
 from curate.lock import OutputLock
 from ray_nodes import LocalCluster
-from training.loop import read_metrics
+from training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {arch: str(ROOT / "configs" / f"syncnet-{arch}-small.yaml") for arch in ("stable", "wav2lip")}

@@ -15,8 +15,9 @@ from curate.training_config import load_training_config
 from footage import talking_clip
 from networks.syncnet.experts import load_expert
 from training.expert import ExpertJob, train_expert
-from training.loop import best_checkpoint, checkpoint_dirs, read_metrics
-from training.windows import FeatureCache
+from training.metrics import read_metrics
+from training.checkpoints import best_checkpoint, checkpoint_dirs
+from training.clips import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,16 +25,17 @@ from training.latentsync import (STAGES, LatentSyncJob, mark_trainable, train_la
                                          unet_config)
 from networks.latentsync_unet import LatentSyncUNet
 from networks.lpips import LPIPS
-from networks.trepa import SMALL, VideoMAEv2
-from networks.trepa import official_layout as trepa_layout
+from networks.videomae import SMALL, VideoMAEv2
+from networks.videomae import official_layout as trepa_layout
 from networks.whisper import chunk_rows, load_whisper_encoder, whisper_features
 from networks.syncnet.experts import official_layout as expert_layout
 from media.mel import mel_start
 from networks.syncnet.stable import StableSyncNet
 from training.latent_windows import (NUM_FRAMES, AudioFeatureCache, LatentStream, LatentValWindows, usable_latent,
                                      whisper_features_in)
-from training.loop import read_metrics
-from training.windows import FeatureCache, clip_audio, loader
+from training.metrics import read_metrics
+from training.windows import loader
+from training.clips import FeatureCache, clip_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_CONFIG = ROOT / "configs" / "latentsync-small.yaml"
@@ -87,7 +88,7 @@ def job_for(clips, models: Path, run_dir: Path, stage: str = "2", init: str | No
     the job."""
     config = load_latentsync_config(stage, SMALL_CONFIG)
     loss_settings = dataclasses.replace(config.loss, **(loss or {}))
-    from networks.trepa import config_of, read_videomae_file
+    from networks.videomae import config_of, read_videomae_file
 
     trepa = models / "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
     return LatentSyncJob(stage, unet_config(config.model.unet, STAGES[stage]), 64,

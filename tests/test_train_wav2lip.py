@@ -25,8 +25,10 @@ from networks.syncnet.stable import StableSyncNet
 from networks.syncnet.wav2lip_expert import Wav2LipExpert
 from training.face_windows import (NUM_FRAMES, FaceStream, FaceValWindows, FaceWindowSettings, last_start,
                                    usable_faces)
-from training.loop import checkpoint_dirs, read_metrics
-from training.windows import FeatureCache, loader
+from training.metrics import read_metrics
+from training.checkpoints import checkpoint_dirs
+from training.windows import loader
+from training.clips import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "configs" / "wav2lip-small.yaml"

@@ -116,7 +116,9 @@ def test_model_and_training_step_code_import_only_torch():
     pydantic."""
     code = ("import sys; import networks.syncnet.stable, networks.syncnet.wav2lip_expert, networks.syncnet.experts, media.mel, "
             "training.expert, training.loop, networks.wav2lip, training.wav2lip, networks.latentsync_unet, "
-            "networks.whisper, networks.latentsync, networks.trepa, networks.lpips, training.latentsync; "
+            "networks.whisper, networks.latentsync, networks.videomae, networks.lpips, training.latentsync, "
+            "networks.hyperiqa, networks.syncnet.syncnet_v2, networks.checkpoints, training.losses, "
+            "training.checkpoints, training.metrics; "
             "print(sorted(m for m in ('ray', 'av', 'pydantic', 'cv2') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -11,8 +11,8 @@ import torch
 from footage import read_clip, synthetic, talking_clip
 from networks.syncnet.experts import Framing, framing_of
 from media.mel import mel_start
-from training.windows import (Clip, DataError, FeatureCache, ValWindows, WindowSettings, WindowStream, loader,
-                              read_lists, usable)
+from training.windows import ValWindows, WindowSettings, WindowStream, loader
+from training.clips import Clip, DataError, FeatureCache, read_lists, usable
 
 STABLE = framing_of("stable")
 WAV2LIP = framing_of("wav2lip")

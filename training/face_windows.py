@@ -27,14 +27,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import av
-import cv2
 import numpy as np
 import torch
 
-from networks.syncnet.experts import Framing
+from media.frames import MediaUnreadable, read_pictures
 from media.mel import mel_start
-from training.windows import SAMPLES_PER_FRAME, Clip, ClipUnreadable, WindowStream, in_batches
+from networks.syncnet.experts import Framing
+from training.windows import ClipUnreadable, WindowStream, in_batches
+from training.clips import SAMPLES_PER_FRAME, Clip
 
 NUM_FRAMES = 5          # frames of a window (Wav2Lip's syncnet_T)
 MEL_COLUMNS = 16        # mel columns of one frame's window, and of the expert's 5-frame window
@@ -103,29 +103,10 @@ def references_for(rng: np.random.Generator, targets: np.ndarray, last: int, fra
 def decode_faces(path: str, size: int, count: int, channel_order: str = "bgr") -> np.ndarray:
     """The first `count` frames of a clip as (count, size, size, 3) uint8 whole faces, BGR (Wav2Lip's) or RGB
     (LatentSync's)."""
-    out = np.empty((count, size, size, 3), np.uint8)
-    code = cv2.COLOR_YUV2RGB_I420 if channel_order == "rgb" else cv2.COLOR_YUV2BGR_I420
-    got = 0
     try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1       # one process per core already
-            for frame in container.decode(stream):
-                if got == count:
-                    break
-                if frame.format.name != "yuv420p" or frame.height % 2 or frame.width % 2:
-                    frame = frame.reformat(format="yuv420p", width=frame.width // 2 * 2,
-                                           height=frame.height // 2 * 2)
-                face = cv2.cvtColor(frame.to_ndarray(), code)
-                if face.shape[:2] != (size, size):
-                    face = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
-                out[got] = face
-                got += 1
-    except (OSError, av.error.FFmpegError) as exc:
-        raise ClipUnreadable(f"{type(exc).__name__}: {exc}") from None
-    if got < count:
-        raise ClipUnreadable(f"decoded {got} frames, {count} expected")
-    return out
+        return read_pictures(path, count, (size, size), channel_order)
+    except MediaUnreadable as exc:
+        raise ClipUnreadable(str(exc)) from None
 
 
 def _mels(mel: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,8 @@ from manifests.rejected import Rejected
 from networks.syncnet.experts import Framing
 from media.mel import mel_columns, mel_start
 from training.face_windows import FaceStream, FaceWindowSettings, decode_faces, references_for, target_reference_plan
-from training.windows import Clip, ClipUnreadable, clip_audio, in_batches
+from training.windows import ClipUnreadable, in_batches
+from training.clips import Clip, clip_audio
 
 NUM_FRAMES = 16                          # LatentSync's num_frames
 EXPERT_COLUMNS = mel_columns(NUM_FRAMES)  # 52: StableSyncNet's mel window

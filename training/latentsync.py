@@ -19,7 +19,7 @@ window and each frame's Whisper chunk), as LatentSync's scripts/train_unet.py do
    - `lpips`: LPIPS-VGG of the decoded and the true lower halves (networks.lpips), weight 0.1;
    - `sync`: the frozen StableSyncNet's BCE of its cosine against "in sync" on the 16 decoded frames (bicubic
      to the expert's resolution when it is another, the lower half) and the mel window, weight 0.05;
-   - `trepa`: TREPA, the MSE of VideoMAE-v2 features of the decoded and the true clips (networks.trepa),
+   - `trepa`: TREPA, the MSE of VideoMAE-v2 features of the decoded and the true clips (networks.videomae),
      weight 10 (0 in 2-efficient).
 
 Which weights learn: stage 1 builds the U-Net without motion modules and trains all of it; stage 2 adds the
@@ -53,8 +53,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from networks.latentsync import SCALING_FACTOR, SCHEDULER, mouth_mask
-from training.losses import bce_on_cosine
-from training.loop import LoopSettings, Panel, Placement, fit, precision_of
+from training.losses import TrepaLoss, bce_on_cosine
+from training.loop import LoopSettings, Placement, fit, precision_of
+from training.metrics import Panel
 
 if TYPE_CHECKING:
     from networks.latentsync_unet import UNetConfig
@@ -355,7 +356,7 @@ class LatentSyncJob:
     expert: str | None = None        # stable_syncnet.pt (with sync_weight)
     lpips: tuple[str, str] | None = None     # (vgg16 features, v0.1 heads) (with lpips_weight)
     trepa: str | None = None         # vit_g_hybrid_pt_1200e_ssv2_ft.pth (with trepa_weight)
-    trepa_config: object = None      # networks.trepa.VideoMAEConfig of that file (None: the official)
+    trepa_config: object = None      # networks.videomae.VideoMAEConfig of that file (None: the official)
     init: str | None = None          # a U-Net file to start from (--init)
     on_validate: Callable | None = None
 
@@ -376,7 +377,7 @@ def frozen_networks(job: LatentSyncJob) -> dict:
 
         networks["lpips"] = load_lpips(*job.lpips)
     if "trepa" in terms:
-        from networks.trepa import OFFICIAL, TrepaLoss, load_videomae
+        from networks.videomae import OFFICIAL, load_videomae
 
         networks["trepa"] = TrepaLoss(load_videomae(job.trepa, "cpu", job.trepa_config or OFFICIAL),
                                       checkpointing=job.loop.gradient_checkpointing)

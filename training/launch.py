@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from training.loop import METRICS, Placement, latest_checkpoint
+from training.loop import Placement
+from training.metrics import METRICS
+from training.checkpoints import latest_checkpoint
 
 
 class TrainingFailed(RuntimeError):

@@ -25,11 +25,7 @@ of the step.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -42,12 +38,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from networks.checkpoints import load_tensors
+from training.checkpoints import latest_checkpoint, restore, save_checkpoint
+from training.metrics import METRICS, MetricsLog, plot_metrics
 
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
-PLOT = "metrics.png"
-STATE_FILE = "train_state.pt"
 
 
 @dataclass(frozen=True)
@@ -129,15 +122,6 @@ class AdversarialRecipe(Recipe, Protocol):
 
 
 @dataclass(frozen=True)
-class Panel:
-    """One plot of metrics.png: `series` of (metrics key, label) against the step."""
-    title: str
-    series: tuple[tuple[str, str], ...]
-    line: tuple[float, str] | None = None       # a horizontal line: (value, label)
-    unit_range: bool = False                    # y from 0 to 1
-
-
-@dataclass(frozen=True)
 class Placement:
     rank: int = 0
     world_size: int = 1
@@ -186,7 +170,7 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
 
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
-        step, best = _restore(checkpoint, recipe, model, optimizer, scaler, device, adversary, rival)
+        step, best = restore(checkpoint, recipe, model, optimizer, scaler, device, adversary, rival)
         log.keep_until(step)
     else:
         step, best = 0, None
@@ -367,200 +351,3 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-# -- checkpoints ----------------------------------------------------------------------------------------------
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a folder is renamed into place only once everything is in it)."""
-    folder = Path(run_dir) / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
-             and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = checkpoint_dirs(run_dir)
-    return found[-1] if found else None
-
-
-def best_checkpoint(run_dir: Path) -> Path | None:
-    try:
-        best = json.loads((Path(run_dir) / CHECKPOINTS / "best.json").read_text())
-    except (OSError, ValueError):
-        return None
-    path = Path(run_dir) / CHECKPOINTS / best["checkpoint"]
-    return path if path.is_dir() else None
-
-
-def save_checkpoint(run_dir: Path, recipe: Recipe, model: nn.Module, optimizer, scaler, step: int, epoch: int,
-                    best: dict | None, keep: int, adversary: nn.Module | None = None,
-                    rival: _Rival | None = None) -> Path:
-    folder = Path(run_dir) / CHECKPOINTS
-    target = folder / f"step-{step:09d}"
-    partial = folder / f"{target.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    torch.save(recipe.export(model, step, epoch), partial / recipe.export_name)
-    names = [recipe.export_name, STATE_FILE]
-    state = {"step": step, "epoch": epoch, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-             "rng": _rng_state(), "best": best}
-    if hasattr(recipe, "state_dict"):
-        state["recipe"] = recipe.state_dict()
-    if adversary is not None:
-        torch.save(recipe.export_adversary(adversary, step, epoch), partial / recipe.adversary_export_name)
-        names.insert(1, recipe.adversary_export_name)
-        state["adversary"] = {"optimizer": rival.optimizer.state_dict(), "scaler": rival.scaler.state_dict()}
-    torch.save(state, partial / STATE_FILE)
-    for name in names:
-        with open(partial / name, "rb") as handle:
-            os.fsync(handle.fileno())
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
-    if best is not None:
-        _write_json(folder / "best.json", {"checkpoint": f"step-{best['step']:09d}", **best})
-    _prune(run_dir, keep, best)
-    return target
-
-
-def _prune(run_dir: Path, keep: int, best: dict | None) -> None:
-    found = checkpoint_dirs(run_dir)
-    keep_names = {p.name for p in found[-keep:]}
-    if best is not None:
-        keep_names.add(f"step-{best['step']:09d}")
-    for path in found:
-        if path.name not in keep_names:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _restore(checkpoint: Path, recipe: Recipe, model: nn.Module, optimizer, scaler, device,
-             adversary: nn.Module | None = None, rival: _Rival | None = None) -> tuple[int, dict | None]:
-    exported = load_tensors(checkpoint / recipe.export_name)
-    model.load_state_dict(exported["state_dict"], strict=True)
-    # our own file, with numpy's RNG state among plain values: not a network's checkpoint
-    state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    if "recipe" in state and hasattr(recipe, "load_state_dict"):
-        recipe.load_state_dict(state["recipe"])
-    # a checkpoint without the adversary (a run that had none until now): it starts afresh
-    if adversary is not None and "adversary" in state and (checkpoint / recipe.adversary_export_name).is_file():
-        judged = load_tensors(checkpoint / recipe.adversary_export_name)
-        adversary.load_state_dict(judged["state_dict"], strict=True)
-        rival.optimizer.load_state_dict(state["adversary"]["optimizer"])
-        rival.scaler.load_state_dict(state["adversary"]["scaler"])
-    _set_rng_state(state["rng"], device)
-    return int(state["step"]), state.get("best")
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_json(path: Path, data: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=1))
-    os.replace(partial, path)
-
-
-# -- metrics ----------------------------------------------------------------------------------------------------
-
-class MetricsLog:
-    """`metrics.jsonl`, appended by rank 0; on resume, lines past the checkpoint's step are dropped, so the file
-    tells the story of the run as it would read without the interruption."""
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path = Path(path)
-        self.enabled = enabled
-
-    def keep_until(self, step: int) -> None:
-        if self.enabled and self.path.exists():
-            self._rewrite([line for line in read_metrics(self.path) if line.get("step", 0) <= step])
-
-    def clear(self) -> None:
-        if self.enabled and self.path.exists():
-            self._rewrite([])
-
-    def _rewrite(self, lines: list[dict]) -> None:
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        os.replace(partial, self.path)
-
-    def write(self, line: dict) -> None:
-        if not self.enabled:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps({**line, "time": round(time.time(), 3)}) + "\n")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    lines = []
-    try:
-        with open(path) as handle:
-            for text in handle:
-                try:
-                    lines.append(json.loads(text))
-                except ValueError:
-                    continue   # a line cut short by a crash
-    except OSError:
-        pass
-    return lines
-
-
-# the experts' plot: the loss against chance, and the accuracies
-EXPERT_PANELS = (
-    Panel("loss", (("loss", "train loss"), ("val_loss", "val loss")), (math.log(2), "chance (ln 2)")),
-    Panel("accuracy", (("accuracy", "train accuracy"), ("val_accuracy", "val accuracy"),
-                       ("val_offset_accuracy", "val offset accuracy")), unit_range=True),
-)
-
-
-def plot_metrics(run_dir: Path, panels: tuple[Panel, ...] | None = None) -> Path | None:
-    """`metrics.png`: the panels' metrics (by default the experts': loss and accuracies) against the step;
-    validation numbers (keys `val_*`) are drawn with dots."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    panels = panels or EXPERT_PANELS
-    lines = read_metrics(Path(run_dir) / METRICS)
-    if not any("loss" in line or "val_loss" in line for line in lines):
-        return None
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for axis, panel in zip(axes[0], panels):
-        for key, label in panel.series:
-            points = [(line["step"], line[key]) for line in lines if key in line and "step" in line]
-            if points:
-                axis.plot(*zip(*points), label=label, marker="." if key.startswith("val_") else None)
-        if panel.line is not None:
-            axis.axhline(panel.line[0], color="grey", linestyle=":", label=panel.line[1])
-        if panel.unit_range:
-            axis.set_ylim(0, 1)
-        axis.set_xlabel("step")
-        axis.set_title(panel.title)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend()
-    figure.tight_layout()
-    target = Path(run_dir) / PLOT
-    partial = target.with_name("metrics.partial.png")
-    figure.savefig(partial, dpi=90)
-    plt.close(figure)
-    os.replace(partial, target)
-    return target

@@ -1,5 +1,5 @@
-"""TREPA (LatentSync's temporal representation alignment loss) and its feature extractor, VideoMAE-v2's ViT,
-ours, in the layout of the official `vit_g_hybrid_pt_1200e_ssv2_ft.pth` (ViT-g/14, 16 frames, tubelet 2, mean
+"""VideoMAE-v2's ViT, the feature extractor of TREPA (LatentSync's temporal representation alignment loss, which
+is training.losses.TrepaLoss), ours, in the layout of the official `vit_g_hybrid_pt_1200e_ssv2_ft.pth` (ViT-g/14, 16 frames, tubelet 2, mean
 pooling, the 174-class SSv2 head), loaded strictly.
 
 TREPA compares a generated clip with the real one through the frozen video transformer: each frame of the two
@@ -7,7 +7,7 @@ TREPA compares a generated clip with the real one through the frozen video trans
 not aligned), mapped to [0, 1] by x / 2 + 0.5 and clamped, the network's `forward_features` (the mean of the last
 block's tokens through `fc_norm`) is L2-normalised, and the loss is the MSE between the fake and real features.
 No mean / std normalisation is applied (the reference feeds [0, 1] pixels). The real clip is LatentSync's
-`gt_pixel_values`: uint8 RGB frames / 255, normalised with mean 0.5, std 0.5 (`frames_to_clip`).
+`gt_pixel_values`: uint8 RGB frames / 255, normalised with mean 0.5, std 0.5 (`training.losses.frames_to_clip`).
 
 Conventions of the reference that matter for its weights:
 
@@ -259,57 +259,3 @@ def load_videomae(path: str | Path, device: str | torch.device = "cpu", config: 
 def official_layout(model: VideoMAEv2) -> dict:
     """What to `torch.save` for a ViT of ours: the state_dict under "model", which the reference's loader reads."""
     return {"model": {key: value.detach().cpu() for key, value in model.state_dict().items()}}
-
-
-def frames_to_clip(frames: torch.Tensor) -> torch.Tensor:
-    """LatentSync's `gt_pixel_values` of (F, H, W, 3) uint8 RGB frames (or (B, F, H, W, 3)): (B, 3, F, H, W) in
-    [-1, 1], (x / 255 - 0.5) / 0.5."""
-    frames = torch.as_tensor(frames)
-    if frames.dim() == 4:
-        frames = frames[None]
-    if frames.dim() != 5 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (F, H, W, 3) or (B, F, H, W, 3), not {tuple(frames.shape)}")
-    return ((frames.to(torch.float32) / 255.0 - 0.5) / 0.5).permute(0, 4, 1, 2, 3).contiguous()
-
-
-class TrepaLoss:
-    """TREPA as LatentSync's `TREPALoss`: `loss(fake, real)` for (B, 3, F, H, W) clips in [-1, 1] is the MSE of
-    their L2-normalised features. The network is frozen (no gradients into it, always in eval mode); gradients
-    flow to the clips. Not an nn.Module on purpose: a trainer that holds it does not save or optimise the ViT.
-    The features are normalised and compared in float32 whatever the network's dtype (the reference runs them in
-    float16; in float32 the two agree)."""
-
-    def __init__(self, model: VideoMAEv2, checkpointing: bool = False):
-        self.model = model.eval().requires_grad_(False)
-        self.model.checkpointing = checkpointing
-
-    @classmethod
-    def from_file(cls, path: str | Path = VIDEOMAE_FILE, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, checkpointing: bool = False) -> TrepaLoss:
-        return cls(load_videomae(path, device, dtype=dtype), checkpointing)
-
-    def to(self, *args, **kwargs) -> TrepaLoss:
-        self.model.to(*args, **kwargs)
-        return self
-
-    def features(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, width) unit-norm float32 features of (B, 3, F, H, W) clips in [-1, 1]."""
-        if clips.dim() != 5 or clips.shape[1] != 3:
-            raise ValueError(f"clips must be (B, 3, F, H, W), not {tuple(clips.shape)}")
-        self.model.eval()
-        batch, channels, frames, height, width = clips.shape
-        weight = self.model.patch_embed.proj.weight
-        size = self.model.config.img_size
-        x = clips.to(device=weight.device, dtype=weight.dtype).transpose(1, 2).reshape(-1, channels, height, width)
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
-        x = x.view(batch, frames, channels, size, size).transpose(1, 2)
-        x = (x / 2 + 0.5).clamp(0, 1)
-        return F.normalize(self.model.forward_features(x).float(), p=2, dim=1)
-
-    def __call__(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        if fake.shape != real.shape:
-            raise ValueError(f"fake {tuple(fake.shape)} and real {tuple(real.shape)} clips differ in shape")
-        feats_fake = self.features(fake)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and real.requires_grad):
-            feats_real = self.features(real)
-        return F.mse_loss(feats_fake, feats_real)

@@ -1,0 +1,75 @@
+"""Decoded pictures of a short clip as one array: the one loop the trainers read clips with (whole faces for
+the generators, the lower half of the face for the experts)."""
+
+from __future__ import annotations
+
+import av
+import cv2
+import numpy as np
+
+
+FFmpegError = av.error.FFmpegError    # what any read of a broken file raises, for callers that catch it
+
+
+class MediaUnreadable(Exception):
+    """A file that cannot be decoded as far as asked; the message says why in one line."""
+
+
+def read_pictures(path: str, count: int, size: tuple[int, int], channel_order: str = "bgr",
+                  lower_half: bool = False) -> np.ndarray:
+    """The first `count` frames of `path` as (count, height, width, 3) uint8 in `channel_order` ("bgr" or "rgb"),
+    scaled to `size` (height, width) where they differ. `lower_half`: only the lower half of each picture,
+    converted from YUV straight from the decoder's planes."""
+    height, width = size
+    out = np.empty((count, height, width, 3), np.uint8)
+    code = cv2.COLOR_YUV2RGB_I420 if channel_order == "rgb" else cv2.COLOR_YUV2BGR_I420
+    got = 0
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1       # one process per core already
+            for frame in container.decode(stream):
+                if got == count:
+                    break
+                if lower_half:
+                    if frame.format.name != "yuv420p" or frame.height % 4:
+                        frame = frame.reformat(format="yuv420p", height=frame.height // 4 * 4)
+                    picture = cv2.cvtColor(lower_i420(frame), code)
+                else:
+                    if frame.format.name != "yuv420p" or frame.height % 2 or frame.width % 2:
+                        frame = frame.reformat(format="yuv420p", width=frame.width // 2 * 2,
+                                               height=frame.height // 2 * 2)
+                    picture = cv2.cvtColor(frame.to_ndarray(), code)
+                if picture.shape[:2] != (height, width):
+                    picture = cv2.resize(picture, (width, height), interpolation=cv2.INTER_AREA)
+                out[got] = picture
+                got += 1
+    except (OSError, av.error.FFmpegError) as exc:
+        raise MediaUnreadable(f"{type(exc).__name__}: {exc}") from None
+    if got < count:
+        raise MediaUnreadable(f"decoded {got} frames, {count} expected")
+    return out
+
+
+def lower_i420(frame: av.VideoFrame) -> np.ndarray:
+    """The lower half of a yuv420p frame as one I420 buffer (rows of luma, then the two chroma planes)."""
+    h, w = frame.height, frame.width
+    y, u, v = frame.planes
+    luma = np.frombuffer(y, np.uint8).reshape(h, y.line_size)[h // 2:, :w]
+    cb = np.frombuffer(u, np.uint8).reshape(h // 2, u.line_size)[h // 4:, :w // 2]
+    cr = np.frombuffer(v, np.uint8).reshape(h // 2, v.line_size)[h // 4:, :w // 2]
+    return np.concatenate([luma, cb.reshape(-1, w), cr.reshape(-1, w)])
+
+
+def count_frames(path: str, video_index: int) -> tuple[int, float]:
+    """Video frames (packets, no decoding) and the first one's time, where the clip's timeline starts."""
+    count, first = 0, None
+    with av.open(path) as container:
+        stream = container.streams[video_index]
+        for packet in container.demux(stream):
+            if packet.size:
+                count += 1
+                if packet.pts is not None:
+                    t = float(packet.pts * stream.time_base)
+                    first = t if first is None else min(first, t)
+    return count, first or 0.0
