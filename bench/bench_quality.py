@@ -25,7 +25,8 @@ SOURCE = ROOT.parent / "shared" / "data" / "talking-heads" / "man_kitchen_1080x1
 sys.path.insert(0, str(ROOT))
 
 from networks.hyperiqa import HyperIQA  # noqa: E402
-from stages.quality_score import QualityScorer, key_frames  # noqa: E402
+from media.frames import key_frames  # noqa: E402
+from stages.quality_score import QualityScorer  # noqa: E402
 
 
 def make_clip(source: Path, target: Path) -> None:

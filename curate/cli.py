@@ -238,9 +238,10 @@ def _lipsync(args: argparse.Namespace) -> int:
 
 
 def av_errors():
-    import av
+    """FFmpeg's decoding error, imported only by the commands that decode."""
+    from media.frames import FFmpegError
 
-    return av.error.FFmpegError
+    return FFmpegError
 
 
 def _models_list(args: argparse.Namespace) -> int:

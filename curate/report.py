@@ -16,7 +16,6 @@ import json
 import os
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pandas as pd
@@ -24,6 +23,7 @@ import pandas as pd
 from curate.config import STAGE_ORDER, SKIPPABLE
 from curate.results import Results, load_results
 from curate.words import counted
+from media.frames import frames_at
 
 SOURCE_STAGES = {"probe", "worker"}   # a clip span rejected here went with its whole source
 THUMB_HEIGHT = 112
@@ -183,31 +183,11 @@ def _thumb(rgb: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
 
 
-def _upright(frame: av.VideoFrame) -> np.ndarray:
-    rgb = frame.to_ndarray(format="rgb24")
-    return np.ascontiguousarray(np.rot90(rgb, (frame.rotation or 0) // 90)) if frame.rotation else rgb
-
-
 def clip_frames(path: Path) -> list[np.ndarray]:
     """First, middle and last frame of a written clip."""
-    from stages.quality_score import key_frames
+    from media.frames import key_frames
 
     return list(key_frames(str(path)))
-
-
-def source_frames(path: str, times: list[float]) -> list[np.ndarray]:
-    """The source's frames nearest after each time (seconds from its first frame), seeking for each."""
-    out = []
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        start = stream.start_time * stream.time_base if stream.start_time is not None else 0
-        for t in times:
-            container.seek(int((float(start) + t) / stream.time_base), stream=stream, backward=True)
-            for frame in container.decode(stream):
-                if frame.time is None or frame.time - float(start) >= t - 0.02:
-                    out.append(_upright(frame))
-                    break
-    return out
 
 
 def _pictures(results: Results, row: pd.Series, kind: str) -> tuple[list[str], str]:
@@ -223,7 +203,7 @@ def _pictures(results: Results, row: pd.Series, kind: str) -> tuple[list[str], s
                 times, what = [row["start_s"], (row["start_s"] + row["end_s"]) / 2, last], "source frames"
             else:
                 times, what = [0.0], "the source's first frame"
-            frames = source_frames(results.source_paths[row["source_id"]], times)
+            frames = frames_at(results.source_paths[row["source_id"]], times)
         if not frames:
             return [], "no picture could be decoded"
         return [_thumb(frame) for frame in frames], what

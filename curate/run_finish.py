@@ -183,9 +183,9 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     try:
-        import av
+        from media.frames import ffmpeg_version
 
-        versions["ffmpeg-libavcodec"] = ".".join(map(str, av.library_versions["libavcodec"]))
+        versions["ffmpeg-libavcodec"] = ffmpeg_version()
     except Exception:  # noqa: BLE001 - versions are informative only
         pass
     return versions

@@ -33,7 +33,7 @@ from manifests.rejected import Rejected
 from stages.clips import ClipSplitter, Span
 from stages.face import FaceStage
 from faces.landmarks import get_backend
-from media.timeline import AudioTrack, FrameRateConverter, samples_per_frame, timeline_seconds
+from media.timeline import AudioTrack, DecodedTimeline, FrameRateConverter, samples_per_frame
 from stages.shots import KnownShots, ShotDetector
 from stages.write import ClipWriter, scaled_size, write_arrays
 
@@ -190,36 +190,26 @@ class _Pass:
         stream = self._container.streams[self.facts.video_index]
         stream.thread_count = self._threads
         stream.thread_type = "AUTO" if self._threads > 1 else "SLICE"
-        decoded = self._container.decode(stream)
-        t0: float | None = None
-        last_t, last_duration = 0.0, 1.0 / self.fps
+        timeline = DecodedTimeline(self._container, stream, self.facts.fps or self.fps, 1.0 / self.fps)
         latest_t = 0.0                    # the furthest the timeline has got
-        fallback_rate = self.facts.fps or self.fps
         while True:
             with self.clock("decode"):
                 try:
-                    frame = next(decoded)
+                    frame, last_t = next(timeline)
                 except StopIteration:
                     break
                 except (av.error.FFmpegError, ValueError) as exc:
-                    raise probe_stage.decode_error(exc, last_t) from None
+                    raise probe_stage.decode_error(exc, timeline.last) from None
             self.source_frames += 1
-            t = timeline_seconds(frame)
-            if t is None:
-                t = (self.source_frames - 1) / fallback_rate
-            if t0 is None:
-                t0 = t
-                self._start(frame, t0)
-            last_t = t - t0
+            if timeline.count == 1:
+                self._start(frame, timeline.t0)
             # before the frame is spread over output frames: timestamps that a hostile or broken file
             # invents must not turn into hours of repeated pictures, nor a flood of tiny frames into hours
             # of decoding
             probe_stage.check_timeline(last_t, latest_t, self.facts)
             latest_t = max(latest_t, last_t)
             probe_stage.check_packet_rate("video", self.source_frames, latest_t)
-            if frame.duration and frame.time_base:
-                last_duration = float(frame.duration * frame.time_base)
-            self.decoded_s = last_t + last_duration
+            self.decoded_s = last_t + timeline.duration
             with self.clock("resample"):
                 slots = self.frc.push(frame, last_t)
             self._take_slots(slots)
@@ -229,9 +219,9 @@ class _Pass:
                 # source silent for run.stall_timeout_s for a hung one
                 self._signed = time.monotonic()
                 yield {"event": "alive", "source_id": self.task.source_id, "decoded_s": self.decoded_s}
-        if t0 is None:
+        if timeline.t0 is None:
             raise Rejected(probe_stage.STAGE, "no_frames", "the video stream decodes to no frames")
-        probe_stage.check_timeline(self.decoded_s, last_t, self.facts)  # the last frame's own duration
+        probe_stage.check_timeline(self.decoded_s, timeline.last, self.facts)  # the last frame's own duration
         probe_stage.check_truncation(self.decoded_s, self.facts, self.config.stages.probe.truncation_tolerance_s)
         with self.clock("resample"):
             slots = self.frc.flush(self.decoded_s)

@@ -91,18 +91,13 @@ class SampleVideos:
 def region_scores(made: Path, truth: Path, region: tuple[float, float, float, float]) -> tuple[float, float]:
     """PSNR (dB) and SSIM of `region` (fractions of the frame: top, bottom, left, right) of a self-reenactment
     sample against the clip it remade, over the sample's frames (each against the clip's frame of that time)."""
-    import av
+    from media.frames import rgb_frames
     import torch
 
     from training.wav2lip import ssim
 
-    def frames(path: Path):
-        with av.open(str(path)) as container:
-            for frame in container.decode(container.streams.video[0]):
-                yield frame.to_ndarray(format="rgb24")
-
     psnrs, ssims = [], []
-    for ours, theirs in zip(frames(made), frames(truth)):
+    for ours, theirs in zip(rgb_frames(made), rgb_frames(truth)):
         h, w = theirs.shape[:2]
         top, bottom, left, right = int(region[0] * h), int(region[1] * h), int(region[2] * w), int(region[3] * w)
         a, b = (torch.from_numpy(np.ascontiguousarray(x[top:bottom, left:right])).permute(2, 0, 1)[None].float() / 255

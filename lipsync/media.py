@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from media import probe as probe_stage
-from media.timeline import FrameRateConverter, timeline_seconds
+from media.timeline import DecodedTimeline
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -72,37 +72,24 @@ class VideoReader:
         return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
 
     def frames(self, threads: int = 0) -> Iterator[tuple[int, av.VideoFrame]]:
-        converter = FrameRateConverter(FPS)
-        t0, last, duration, count = None, 0.0, 1.0 / FPS, 0
         with av.open(str(self.path)) as container:
             stream = container.streams[self.index]
             stream.thread_type = "AUTO"
             stream.thread_count = threads
-            decoded = container.decode(stream)
+            timeline = DecodedTimeline(container, stream, self.source_fps, 1.0 / FPS)
+            slots = timeline.at_rate(FPS)
             while True:
                 try:
-                    frame = next(decoded)
+                    slot = next(slots)
                 except StopIteration:
                     break
                 except (av.error.FFmpegError, ValueError) as exc:
-                    raise LipsyncError(f"video {self.path} cannot be decoded after {last:.2f} s "
+                    raise LipsyncError(f"video {self.path} cannot be decoded after {timeline.last:.2f} s "
                                        f"({probe_stage.error_text(exc)})") from None
-                t = timeline_seconds(frame)
-                t = count / self.source_fps if t is None else t
-                count += 1
-                if t0 is None:
-                    t0 = t
-                    self.rotation = frame.rotation or 0
-                last = t - t0
-                if frame.duration and frame.time_base:
-                    duration = float(frame.duration * frame.time_base)
-                for slot in converter.push(frame, last):
-                    self.frames_out = slot[0] + 1
-                    yield slot
-            for slot in converter.flush(last + duration):
+                self.rotation = timeline.rotation
                 self.frames_out = slot[0] + 1
                 yield slot
-        if t0 is None:
+        if timeline.t0 is None:
             raise LipsyncError(f"video {self.path} decodes to no frames")
 
 

@@ -1,7 +1,11 @@
-"""Decoded pictures of a short clip as one array: the one loop the trainers read clips with (whole faces for
-the generators, the lower half of the face for the experts)."""
+"""Decoded pictures: a short clip's as one array (the one loop the trainers read clips with: whole faces for
+the generators, the lower half of the face for the experts), a clip's key frames, every frame in turn, and a
+source's frames at given times (the report's samples)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
 
 import av
 import cv2
@@ -73,3 +77,59 @@ def count_frames(path: str, video_index: int) -> tuple[int, float]:
                     t = float(packet.pts * stream.time_base)
                     first = t if first is None else min(first, t)
     return count, first or 0.0
+
+
+def key_frames(path: str) -> np.ndarray:
+    """The first, middle (index n // 2) and last frame of a video, RGB, decoded in one pass where the
+    container states its frame count (a second pass only when that count turns out wrong)."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        declared = stream.frames
+        wanted = {0, declared // 2} if declared > 0 else {0}
+        kept, last, count = {}, None, 0
+        for count, frame in enumerate(container.decode(stream), start=1):
+            if count - 1 in wanted:
+                kept[count - 1] = frame.to_ndarray(format="rgb24")
+            last = frame
+    if last is None:
+        raise ValueError(f"{path} has no video frames")
+    if count // 2 not in kept:             # frame count unknown or misstated: take the middle frame again
+        with av.open(path) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if index == count // 2:
+                    kept[index] = frame.to_ndarray(format="rgb24")
+                    break
+    return np.stack([kept[0], kept[count // 2], last.to_ndarray(format="rgb24")])
+
+
+def rgb_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """Every frame of `path`'s video stream as RGB, in decoding order."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def frames_at(path: str, times: list[float]) -> list[np.ndarray]:
+    """The source's frames nearest after each time (seconds from its first frame), seeking for each."""
+    out = []
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        start = stream.start_time * stream.time_base if stream.start_time is not None else 0
+        for t in times:
+            container.seek(int((float(start) + t) / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.time is None or frame.time - float(start) >= t - 0.02:
+                    out.append(upright(frame))
+                    break
+    return out
+
+
+def upright(frame: av.VideoFrame) -> np.ndarray:
+    """A frame as RGB, turned as its display rotation says."""
+    rgb = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(rgb, (frame.rotation or 0) // 90)) if frame.rotation else rgb
+
+
+def ffmpeg_version() -> str:
+    """The version of the libavcodec PyAV was built with."""
+    return ".".join(map(str, av.library_versions["libavcodec"]))

@@ -70,6 +70,47 @@ class FrameRateConverter:
         return out
 
 
+class DecodedTimeline:
+    """The one decode loop that puts a video stream on the timeline: each decoded frame with its time in seconds
+    from the first frame (its timestamp, or frames so far / `fallback_rate` where it has none). The source pass,
+    inference and `curate eval-sync` all read video through it. `t0` is the first frame's timestamp, `last` the
+    latest frame's time, `duration` that frame's own duration, `count` the frames decoded. Decoding errors (PyAV's
+    FFmpegError, ValueError) reach the caller, which knows what they mean for its input."""
+
+    def __init__(self, container, stream, fallback_rate: float, default_duration: float):
+        self._decoded = container.decode(stream)
+        self.fallback_rate = fallback_rate
+        self.t0: float | None = None
+        self.last = 0.0
+        self.duration = default_duration
+        self.count = 0
+        self.rotation = 0             # the first frame's display rotation
+
+    def __iter__(self) -> "DecodedTimeline":
+        return self
+
+    def __next__(self) -> tuple[av.VideoFrame, float]:
+        frame = next(self._decoded)
+        self.count += 1
+        t = timeline_seconds(frame)
+        if t is None:
+            t = (self.count - 1) / self.fallback_rate
+        if self.t0 is None:
+            self.t0 = t
+            self.rotation = frame.rotation or 0
+        self.last = t - self.t0
+        if frame.duration and frame.time_base:
+            self.duration = float(frame.duration * frame.time_base)
+        return frame, self.last
+
+    def at_rate(self, fps: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        """(output frame index, frame) at constant `fps` to the end of the stream, nearest frame wins."""
+        converter = FrameRateConverter(fps)
+        for frame, t in self:
+            yield from converter.push(frame, t)
+        yield from converter.flush(self.last + self.duration)
+
+
 class AudioTrack:
     """Pull-based decoder of a source's audio stream into mono s16 at `sample_rate` on the timeline.
 

@@ -8,10 +8,9 @@ stage has settled its sound.
 
 from __future__ import annotations
 
-import av
-
 from stages.settings import QualityParams
-from stages.quality_score import QualityScorer, key_frames
+from media.frames import FFmpegError, key_frames
+from stages.quality_score import QualityScorer
 from manifests.rejected import Rejected
 
 STAGE = "quality"
@@ -30,7 +29,7 @@ class QualityStage:
             try:
                 frames.append(key_frames(video))
                 scored.append(number)
-            except (OSError, ValueError, av.error.FFmpegError) as exc:
+            except (OSError, ValueError, FFmpegError) as exc:
                 rows[number] = {"clip_id": clip_id, "quality_status": "rejected", "status": "rejected",
                                 "reject_stage": STAGE, "reject_reason": "quality_error",
                                 "reject_detail": f"cannot read the clip: {type(exc).__name__}: {exc}"[:500]}

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import av
 import numpy as np
 import torch
 
+from media.frames import key_frames
 from networks.hyperiqa import INPUT_SIZE, HyperIQA
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -32,29 +32,6 @@ def prepare(frames_rgb) -> torch.Tensor:
     """N pictures (H x W x 3 uint8 RGB, any size) -> (N, 3, 224, 224) normalised float32."""
     crops = np.stack([centre_crop(frame) for frame in frames_rgb]).astype(np.float32) / 255.0
     return torch.from_numpy(((crops - MEAN) / STD).transpose(0, 3, 1, 2).copy())
-
-
-def key_frames(path: str) -> np.ndarray:
-    """The first, middle (index n // 2) and last frame of a video, RGB, decoded in one pass where the
-    container states its frame count (a second pass only when that count turns out wrong)."""
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        declared = stream.frames
-        wanted = {0, declared // 2} if declared > 0 else {0}
-        kept, last, count = {}, None, 0
-        for count, frame in enumerate(container.decode(stream), start=1):
-            if count - 1 in wanted:
-                kept[count - 1] = frame.to_ndarray(format="rgb24")
-            last = frame
-    if last is None:
-        raise ValueError(f"{path} has no video frames")
-    if count // 2 not in kept:             # frame count unknown or misstated: take the middle frame again
-        with av.open(path) as container:
-            for index, frame in enumerate(container.decode(video=0)):
-                if index == count // 2:
-                    kept[index] = frame.to_ndarray(format="rgb24")
-                    break
-    return np.stack([kept[0], kept[count // 2], last.to_ndarray(format="rgb24")])
 
 
 @dataclass

@@ -19,7 +19,7 @@ from faces.settings import FaceParams
 from media import probe as probe_stage
 from faces.tracker import FaceTracker, FrameView
 from faces.landmarks import get_backend
-from media.timeline import AudioTrack, FrameRateConverter, timeline_seconds
+from media.timeline import AudioTrack, DecodedTimeline
 from stages.sync_crops import SIZE, boxes_from_landmarks, crops
 from stages.sync_score import SAMPLES_PER_FRAME, SyncResult, SyncScorer
 
@@ -41,20 +41,10 @@ class Evaluation:
 
 def _frames_at_25(path: str, video_index: int):
     """Yield (av frame) for each 25 fps slot of the video, nearest source frame, with its start time."""
-    converter = FrameRateConverter(FPS)
-    t0, last, duration = None, 0.0, 1.0 / FPS
     with av.open(path) as container:
-        for count, frame in enumerate(container.decode(container.streams[video_index])):
-            t = timeline_seconds(frame)
-            t = count / FPS if t is None else t
-            t0 = t if t0 is None else t0
-            last = t - t0
-            if frame.duration and frame.time_base:
-                duration = float(frame.duration * frame.time_base)
-            for _, slot in converter.push(frame, last):
-                yield slot, t0
-        for _, slot in converter.flush(last + duration):
-            yield slot, t0
+        timeline = DecodedTimeline(container, container.streams[video_index], FPS, 1.0 / FPS)
+        for _, frame in timeline.at_rate(FPS):
+            yield frame, timeline.t0
 
 
 def load(path: str, precropped: bool, face: FaceParams) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,8 @@ from curate import models
 from curate.cli import main
 from golden import GOLDEN, golden_dir, stand_in_state_dict
 from networks.hyperiqa import HyperIQA, load_hyperiqa
-from stages.quality_score import QualityScorer, centre_crop, key_frames
+from media.frames import key_frames
+from stages.quality_score import QualityScorer, centre_crop
 from networks.syncnet.syncnet_v2 import SyncNet
 
 
