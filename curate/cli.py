@@ -76,8 +76,8 @@ def _eval_sync(args: argparse.Namespace) -> int:
     import json
 
     from manifests.rejected import Rejected
-    from stages.sync_eval import evaluate
     from networks.syncnet.syncnet_v2 import load_syncnet
+    from stages.sync_eval import evaluate
     from stages.sync_score import SyncScorer
 
     config = load_config(args.config)

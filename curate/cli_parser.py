@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
+
 def run_flags(trainer: argparse.ArgumentParser) -> None:
     """What every `curate train MODEL` takes besides its own flags: how long, where, which validation clips,
     and what to do with the run folder."""

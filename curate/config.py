@@ -19,9 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from faces.settings import FaceParams
 from manifests.settings import StrictSettings
-from stages.settings import (
-    ClipParams, ProbeParams, QualityParams, ResampleParams, ShotParams, SyncParams, WriteParams,
-)
+from stages.settings import ClipParams, ProbeParams, QualityParams, ResampleParams, ShotParams, SyncParams, WriteParams
 
 
 class ConfigError(ValueError):

@@ -17,9 +17,9 @@ def eval_syncnet(args) -> int:
 
     from curate.training_config import load_training_config
     from networks.syncnet.experts import CLASSES, framing_of, load_expert, read_checkpoint
+    from training.clips import DataError, Lists, read_lists
     from training.expert import evaluate_expert
     from training.windows import ValWindows
-    from training.clips import DataError, Lists, read_lists
 
     path = expert_file(args.checkpoint)
     try:

@@ -14,7 +14,6 @@ from pathlib import Path
 from curate.config import load_config
 from curate.errors import RunError
 
-
 MODEL_FILES = {"wav2lip": "wav2lip.pth", "latentsync": "latentsync_unet.pt"}   # a run's checkpoint's model file
 
 

@@ -43,8 +43,8 @@ class SyncWorker:
     def __init__(self, config: Config, weights: str, threads: int):
         import torch
 
-        from stages.sync import SyncStage
         from networks.syncnet.syncnet_v2 import load_syncnet
+        from stages.sync import SyncStage
         from stages.sync_score import SyncScorer
 
         torch.set_num_threads(max(1, threads))
@@ -68,8 +68,8 @@ class QualityWorker:
         import torch
 
         from networks.hyperiqa import load_hyperiqa
-        from stages.quality_score import QualityScorer
         from stages.quality import QualityStage
+        from stages.quality_score import QualityScorer
 
         torch.set_num_threads(max(1, threads))
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from curate.config import STAGE_ORDER, SKIPPABLE
+from curate.config import SKIPPABLE, STAGE_ORDER
 from curate.results import Results, load_results
 from curate.words import counted
 from media.frames import frames_at

@@ -19,8 +19,7 @@ from curate.config import CLIP_STAGES, Config
 from curate.errors import RunError
 from curate.run_types import Cost, Plan, RunOptions, RunSummary, State
 from curate.scan import ScanResult
-from manifests import io as mio
-from manifests import schema
+from manifests import io as mio, schema
 
 
 def finish(options: RunOptions, plan: Plan, state: State, started_at: datetime, wall_s: float) -> RunSummary:

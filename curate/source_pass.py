@@ -27,15 +27,16 @@ import numpy as np
 
 from curate.config import Config
 from curate.source_task import SourceTask, TransientSourceError
-from manifests.files import OutputError, file_sha256
-from media import probe as probe_stage
+from faces.landmarks import get_backend
+from manifests.files import OutputError, file_sha256, write_arrays
 from manifests.rejected import Rejected
+from media import probe as probe_stage
+from media.encode import scaled_size
+from media.timeline import AudioTrack, DecodedTimeline, FrameRateConverter, samples_per_frame
 from stages.clips import ClipSplitter, Span
 from stages.face import FaceStage
-from faces.landmarks import get_backend
-from media.timeline import AudioTrack, DecodedTimeline, FrameRateConverter, samples_per_frame
 from stages.shots import KnownShots, ShotDetector
-from stages.write import ClipWriter, scaled_size, write_arrays
+from stages.write import ClipWriter
 
 CLIPS_DIR = "clips"
 # audio kept beyond each end of a clip: the largest offset SyncNet can report (stages.sync_score.VSHIFT); defined

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from curate.errors import RunError, writable_folder
 from curate.train_data import attach_whisper, prepare_clips, ray_map
-from curate.train_weights import (checked_expert, checked_generator, checked_init, checked_unet_init, expert_file,
-                                  latentsync_weights)
+from curate.train_weights import (
+    checked_expert, checked_generator, checked_init, checked_unet_init, expert_file, latentsync_weights
+)
 from curate.validation_render import LatentSyncRenderer, SampleVideos, syncnet_weights
 
 RUN_FILE = "run.json"
@@ -51,8 +52,8 @@ def train_wav2lip(args) -> int:
     import dataclasses
 
     from curate.training_config import load_wav2lip_config
-    from training.wav2lip import Wav2LipJob, train_wav2lip as worker
     from training.face_windows import face_framing, usable_faces
+    from training.wav2lip import Wav2LipJob, train_wav2lip as worker
 
     config = load_wav2lip_config(args.config, _overrides(args))
     size = config.model.size
@@ -81,9 +82,9 @@ def train_latentsync(args) -> int:
     """`curate train latentsync`: LatentSync's U-Net, stage 1, 2 or 2-efficient, every file it needs checked
     (and all the missing ones named at once) before any work."""
     from curate.training_config import load_latentsync_config
-    from training.latentsync import STAGES, LatentSyncJob, train_latentsync as worker, unet_config
     from training.face_windows import face_framing
     from training.latent_windows import usable_latent
+    from training.latentsync import STAGES, LatentSyncJob, train_latentsync as worker, unet_config
 
     config = load_latentsync_config(args.stage, args.config, _overrides(args))
     stage = STAGES[args.stage]
@@ -124,8 +125,8 @@ def train_latentsync(args) -> int:
 def _trainable_line(unet, stage) -> str:
     import torch
 
-    from training.latentsync import mark_trainable
     from networks.latentsync_unet import LatentSyncUNet
+    from training.latentsync import mark_trainable
 
     with torch.device("meta"):
         model = LatentSyncUNet(unet)
@@ -171,8 +172,8 @@ def _run_training(args, config, lists, identity: dict, prepare, job, worker) -> 
     Ray Train with a progress bar, and print the summary. `prepare(run)` gives (train clips, val clips)."""
     from curate.cluster import connect_ray
     from curate.lock import OutputLock
-    from training.launch import MetricsProgress, TrainingFailed, launch
     from training.checkpoints import latest_checkpoint
+    from training.launch import MetricsProgress, TrainingFailed, launch
 
     run_dir = args.out.resolve()
     if args.prepare:   # the features alone: no run folder is made or claimed
@@ -219,8 +220,8 @@ def _shutdown(started: bool) -> None:
 
 
 def summary(run_dir: Path) -> str:
-    from training.metrics import METRICS, PLOT, read_metrics
     from training.checkpoints import best_checkpoint, latest_checkpoint
+    from training.metrics import METRICS, PLOT, read_metrics
 
     lines = read_metrics(run_dir / METRICS)
     steps = [line for line in lines if "loss" in line]

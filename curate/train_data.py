@@ -61,8 +61,8 @@ def attach_whisper(train: list, val: list, settings, whisper: str, run=None) -> 
     """The clips with their Whisper features, computed once per clip (by `run`, a Ray map, when given); clips
     whose audio fails are skipped with the reason."""
     from curate.models import sha256_of
-    from training.latent_windows import AudioFeatureCache, whisper_features_in
     from training.clips import FeatureCache, cache_dir, describe_skipped
+    from training.latent_windows import AudioFeatureCache, whisper_features_in
 
     folder = cache_dir(settings)
     entries = FeatureCache(folder).entries

@@ -148,8 +148,8 @@ def checked_unet_init(init: Path, unet, stage) -> str:
     meta device before any work; what the stage drops or starts afresh is said."""
     import torch
 
-    from training.latentsync import starting_weights
     from networks.latentsync_unet import LatentSyncUNet, UNetFileError
+    from training.latentsync import starting_weights
 
     if not Path(init).exists():
         raise RunError(f"--init: {init} does not exist (the official U-Net is fetched with `curate models download "

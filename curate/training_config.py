@@ -20,11 +20,11 @@ from pydantic import Field, field_validator, model_validator
 
 from curate.config import ConfigError, validate_config
 from manifests.settings import StrictSettings
-from training.latentsync import LatentSyncLoss
-from training.wav2lip import GanSettings, Wav2LipLoss
 from networks.syncnet.stable import GROUPS, LATENTSYNC_16_PIXEL_ATTN
 from training.face_windows import FaceWindowSettings
+from training.latentsync import LatentSyncLoss
 from training.loop import LoopSettings
+from training.wav2lip import GanSettings, Wav2LipLoss
 from training.windows import WindowSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,9 +26,9 @@ class LatentSyncRenderer:
     def __call__(self, model, device):
         import copy
 
+        from lipsync.models import LatentSyncModel
         from networks.latentsync import load_vae
         from networks.whisper import load_whisper_encoder
-        from lipsync.models import LatentSyncModel
 
         unet = copy.deepcopy(model) if device.type == "cuda" else model
         return LatentSyncModel(unet, load_vae(self.vae), load_whisper_encoder(self.whisper), self.resolution, device,
@@ -91,9 +91,9 @@ class SampleVideos:
 def region_scores(made: Path, truth: Path, region: tuple[float, float, float, float]) -> tuple[float, float]:
     """PSNR (dB) and SSIM of `region` (fractions of the frame: top, bottom, left, right) of a self-reenactment
     sample against the clip it remade, over the sample's frames (each against the clip's frame of that time)."""
-    from media.frames import rgb_frames
     import torch
 
+    from media.frames import rgb_frames
     from training.wav2lip import ssim
 
     psnrs, ssims = [], []
@@ -126,8 +126,8 @@ def _write_speech(clip: Path, target: Path, seconds: float) -> None:
 def _lse(videos: list[str], weights: str, device) -> dict:
     """Mean LSE-D and LSE-C of the videos, as `curate eval-sync` measures them."""
     from faces.settings import FaceParams
-    from stages.sync_eval import evaluate
     from networks.syncnet.syncnet_v2 import load_syncnet
+    from stages.sync_eval import evaluate
     from stages.sync_score import SyncScorer
 
     scorer = SyncScorer(load_syncnet(weights, str(device)), str(device))

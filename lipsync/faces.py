@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faces.settings import FaceParams
 from faces import align as face_align
-from faces.tracker import FaceFrame, FaceTracker, FrameView
 from faces.landmarks import FaceBox, LandmarkBackend
+from faces.settings import FaceParams
+from faces.tracker import FaceFrame, FaceTracker, FrameView
 from lipsync.media import LipsyncError
 
 

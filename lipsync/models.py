@@ -173,8 +173,7 @@ class LatentSyncModel:
     @classmethod
     def from_files(cls, unet: Path, whisper: Path, vae: Path, device: torch.device, batch_size: int = 16,
                    resolution: int | None = None, **sampling) -> "LatentSyncModel":
-        from networks import latentsync, latentsync_unet
-        from networks import whisper as audio
+        from networks import latentsync, latentsync_unet, whisper as audio
 
         try:
             network = latentsync_unet.load_unet(unet)     # mapped from the file, not read yet

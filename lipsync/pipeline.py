@@ -29,15 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
+from faces.landmarks import get_backend
 from faces.settings import FaceParams
+from faces.tracker import FrameView
 from lipsync.faces import FaceFollower, Tracked
 from lipsync.framing import crop
-from lipsync.media import (FPS, SAMPLE_RATE, FrameSpool, LipsyncError, VideoReader, VideoWriter, bounce,
-                           frames_for, read_speech)
+from lipsync.media import (
+    FPS, SAMPLE_RATE, FrameSpool, LipsyncError, VideoReader, VideoWriter, bounce, frames_for, read_speech
+)
 from lipsync.models import LipsyncModel
 from lipsync.paste import paste
-from faces.tracker import FrameView
-from faces.landmarks import get_backend
 
 
 @dataclass

@@ -11,7 +11,6 @@ import av
 import cv2
 import numpy as np
 
-
 FFmpegError = av.error.FFmpegError    # what any read of a broken file raises, for callers that catch it
 
 
@@ -133,3 +132,9 @@ def upright(frame: av.VideoFrame) -> np.ndarray:
 def ffmpeg_version() -> str:
     """The version of the libavcodec PyAV was built with."""
     return ".".join(map(str, av.library_versions["libavcodec"]))
+
+
+def all_frames(path: str, pixel_format: str = "bgr24") -> np.ndarray:
+    """Every frame of a short clip as one (N, H, W, 3) array in `pixel_format`."""
+    with av.open(path) as container:
+        return np.stack([frame.to_ndarray(format=pixel_format) for frame in container.decode(video=0)])

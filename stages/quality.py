@@ -8,10 +8,10 @@ stage has settled its sound.
 
 from __future__ import annotations
 
-from stages.settings import QualityParams
+from manifests.rejected import Rejected
 from media.frames import FFmpegError, key_frames
 from stages.quality_score import QualityScorer
-from manifests.rejected import Rejected
+from stages.settings import QualityParams
 
 STAGE = "quality"
 

@@ -16,15 +16,15 @@ rerun after a crash) cannot shift it twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
-from stages.settings import SyncParams
+from manifests.files import write_arrays, write_atomically
 from manifests.rejected import Rejected
-from stages.write import write_arrays, write_atomically
+from media.encode import remux_with_audio
+from media.frames import FFmpegError, all_frames
+from stages.settings import SyncParams
 from stages.sync_crops import boxes_from_landmarks, crops
 from stages.sync_score import SAMPLES_PER_FRAME, SyncResult, SyncScorer
 
@@ -48,28 +48,7 @@ def shifted_audio(context: np.ndarray, offset: int, samples: int, margin: int) -
 
 def rewrite_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     """Replace a clip's audio, keeping its video packets untouched (no re-encode), atomically."""
-
-    def remux(target: Path) -> None:
-        with av.open(str(path)) as source, \
-                av.open(str(target), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-            video_in = source.streams.video[0]
-            codec = source.streams.audio[0].codec_context.name
-            video_out = out.add_stream_from_template(video_in)
-            sound = out.add_stream(codec, rate=sample_rate, layout="mono")
-            for packet in source.demux(video_in):
-                if packet.dts is None:
-                    continue
-                packet.stream = video_out
-                out.mux(packet)
-            chunk = sound.codec_context.frame_size or 4096
-            for start in range(0, len(audio), chunk):
-                piece = np.ascontiguousarray(audio[start:start + chunk], dtype=np.int16)[None, :]
-                frame = av.AudioFrame.from_ndarray(piece, format="s16", layout="mono")
-                frame.sample_rate, frame.pts, frame.time_base = sample_rate, start, Fraction(1, sample_rate)
-                out.mux(sound.encode(frame))
-            out.mux(sound.encode(None))
-
-    write_atomically(path, remux)
+    write_atomically(path, lambda target: remux_with_audio(path, target, audio, sample_rate))
 
 
 class SyncStage:
@@ -84,12 +63,12 @@ class SyncStage:
         for number, job in enumerate(jobs):
             try:
                 arrays = dict(np.load(job.landmarks))
-                frames = _frames_bgr(job.video)
+                frames = all_frames(job.video)
                 boxes = boxes_from_landmarks(arrays["landmarks_aligned"], arrays["present"])
                 margin = int(arrays["audio_margin"])
                 original = arrays["audio_context"][margin:margin + len(frames) * SAMPLES_PER_FRAME]
                 inputs.append((crops(frames, boxes, self.params.crop_scale), original))
-            except (OSError, KeyError, ValueError, av.error.FFmpegError) as exc:
+            except (OSError, KeyError, ValueError, FFmpegError) as exc:
                 rows[number] = _failed(job, f"cannot read the clip or its landmarks: {type(exc).__name__}: {exc}")
                 continue
             stored.append(arrays)
@@ -125,8 +104,3 @@ class SyncStage:
 def _failed(job: SyncJob, detail: str) -> dict:
     return {"clip_id": job.clip_id, "sync_status": "rejected", "status": "rejected", "reject_stage": STAGE,
             "reject_reason": "sync_error", "reject_detail": detail[:500]}
-
-
-def _frames_bgr(path: str) -> np.ndarray:
-    with av.open(path) as container:
-        return np.stack([frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)])

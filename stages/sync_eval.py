@@ -15,10 +15,10 @@ import av
 import cv2
 import numpy as np
 
-from faces.settings import FaceParams
-from media import probe as probe_stage
-from faces.tracker import FaceTracker, FrameView
 from faces.landmarks import get_backend
+from faces.settings import FaceParams
+from faces.tracker import FaceTracker, FrameView
+from media import probe as probe_stage
 from media.timeline import AudioTrack, DecodedTimeline
 from stages.sync_crops import SIZE, boxes_from_landmarks, crops
 from stages.sync_score import SAMPLES_PER_FRAME, SyncResult, SyncScorer

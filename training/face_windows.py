@@ -33,8 +33,8 @@ import torch
 from media.frames import MediaUnreadable, read_pictures
 from media.mel import mel_start
 from networks.syncnet.experts import Framing
-from training.windows import ClipUnreadable, WindowStream, in_batches
 from training.clips import SAMPLES_PER_FRAME, Clip
+from training.windows import ClipUnreadable, WindowStream, in_batches
 
 NUM_FRAMES = 5          # frames of a window (Wav2Lip's syncnet_T)
 MEL_COLUMNS = 16        # mel columns of one frame's window, and of the expert's 5-frame window

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 
 from manifests.rejected import Rejected
-from networks.syncnet.experts import Framing
 from media.mel import mel_columns, mel_start
+from networks.syncnet.experts import Framing
+from training.clips import Clip, clip_audio
 from training.face_windows import FaceStream, FaceWindowSettings, decode_faces, references_for, target_reference_plan
 from training.windows import ClipUnreadable, in_batches
-from training.clips import Clip, clip_audio
 
 NUM_FRAMES = 16                          # LatentSync's num_frames
 EXPERT_COLUMNS = mel_columns(NUM_FRAMES)  # 52: StableSyncNet's mel window

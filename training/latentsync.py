@@ -53,8 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from networks.latentsync import SCALING_FACTOR, SCHEDULER, mouth_mask
-from training.losses import TrepaLoss, bce_on_cosine
 from training.loop import LoopSettings, Placement, fit, precision_of
+from training.losses import TrepaLoss, bce_on_cosine
 from training.metrics import Panel
 
 if TYPE_CHECKING:

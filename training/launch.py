@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from training.checkpoints import latest_checkpoint
 from training.loop import Placement
 from training.metrics import METRICS
-from training.checkpoints import latest_checkpoint
 
 
 class TrainingFailed(RuntimeError):

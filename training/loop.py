@@ -42,7 +42,6 @@ from training.checkpoints import latest_checkpoint, restore, save_checkpoint
 from training.metrics import METRICS, MetricsLog, plot_metrics
 
 
-
 @dataclass(frozen=True)
 class LoopSettings:
     """The `train:` section of every trainer's config."""

@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from networks.wav2lip import DISC_FILE, GENERATOR_FILE, Wav2Lip, Wav2LipDiscriminator, load_generator, official_layout
-from training.losses import bce_on_cosine
 from training.loop import LoopSettings, Placement, fit
+from training.losses import bce_on_cosine
 from training.metrics import Panel
 
 if TYPE_CHECKING:
