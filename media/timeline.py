@@ -1,4 +1,5 @@
-"""Resample stage: any frame rate to constant `fps`, any audio to mono `sample_rate`, on one timeline.
+"""The timeline (the resample stage's work): any frame rate to constant `fps`, any audio to mono `sample_rate`,
+on one timeline, and the one loop that decodes a video stream onto it (`DecodedTimeline`).
 
 The timeline starts at the first video frame's timestamp. Output frame k shows time k / fps; output audio
 sample j plays at j / sample_rate. Frame k's audio is therefore samples [k * spf, (k + 1) * spf) with
