@@ -104,8 +104,9 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
         "filelist", help="train / validation file lists of the kept clips, split by speaker",
         description="Write DIR/train.txt and DIR/val.txt (one absolute clip path a line, as LatentSync's trainers "
                     "read them) and DIR/split.parquet (the clips' manifest columns with speaker and split). The "
-                    "split is by speaker (VoxCeleb2's idNNNNN folder, otherwise the source file), so no speaker is "
-                    "on both sides; the same seed gives the same split.")
+                    "split is by speaker (VoxCeleb2's idNNNNN folder; with the run's inputs.layout hdtf, the name "
+                    "without its clip number; otherwise the source file), so no speaker is on both sides; the same "
+                    "seed gives the same split.")
     lists.add_argument("output", type=Path, metavar="OUT_DIR")
     lists.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for train.txt, val.txt and "
                        "split.parquet (made if missing; the files are replaced)")
@@ -119,6 +120,10 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
     lists.add_argument("--speaker-pattern", metavar="REGEX",
                        help="the speaker is this regex's first group, searched in the source path relative to the "
                             "input (HDTF: '([^/]+)_[0-9]+[.][^.]+$' groups WDA_BarackObama_000 and _001)")
+    lists.add_argument("--hold-out-speakers", type=Path, metavar="FILE",
+                       help="speakers whose clips go to DIR/test.txt, never to train or val: one a line, a "
+                            "speaker id (id00017, WDA_BarackObama) or a path or address holding VoxCeleb2's "
+                            "idNNNNN (without it, an earlier test.txt in DIR is removed)")
     lists.set_defaults(handler=handlers["filelist"])
 
     train = commands.add_parser("train", help="train a model on curated clips (the lip-sync experts, Wav2Lip, LatentSync)")

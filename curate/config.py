@@ -38,18 +38,28 @@ class RunSettings(StrictSettings):
     max_in_flight: int | None = Field(None, ge=1)
     max_retries: int = Field(3, ge=0)
     stall_timeout_s: float = Field(600, ge=1)   # a source task silent this long is hung: killed, source rejected
+    part_sources: int = Field(1000, ge=1)       # a manifest part is written every this many finished sources...
+    part_seconds: float = Field(60, gt=0)       # ... or this often, whichever comes first
+    max_queued_clips: int = Field(2000, ge=1)   # clips waiting for a clip stage before new sources wait too
     skip: tuple[Literal[SKIPPABLE], ...] = ()
 
 
 class InputSettings(StrictSettings):
     extensions: tuple[str, ...] = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".flv", ".m4v")
     follow_symlinks: bool = True
+    # how the input folder is laid out (curate.layouts): any tree, VoxCeleb2's idNNNNN/<video>/NNNNN.mp4,
+    # or HDTF's flat <Set>_<Name>.mp4 whose annotated time intervals alone are cut into clips
+    layout: Literal["folder", "voxceleb2", "hdtf"] = "folder"
+    # hdtf: HDTF's *_annotion_time.txt file, or a folder of them (null: the input folder)
+    annotations: Path | None = None
 
     @model_validator(mode="after")
     def _dotted(self) -> "InputSettings":
         for ext in self.extensions:
             if not ext.startswith(".") or len(ext) < 2:
                 raise ValueError(f"extension {ext!r} must look like '.mp4'")
+        if self.annotations is not None and self.layout != "hdtf":
+            raise ValueError(f"annotations are read with layout hdtf only (layout is {self.layout})")
         return self
 
 
@@ -126,6 +136,8 @@ class Config(StrictSettings):
         previous = ""
         for name in STAGE_ORDER:
             params = "skipped" if self.skipped(name) else getattr(self.stages, name).model_dump(mode="json")
+            if name == "clips" and self.inputs.layout == "hdtf":   # the annotated intervals bound the clips
+                params = {**params, "inputs.layout": "hdtf"}
             blob = json.dumps({"stage": name, "params": params, "previous": previous}, sort_keys=True)
             previous = hashlib.sha256(blob.encode()).hexdigest()[:16]
             fingerprints[name] = previous

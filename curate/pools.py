@@ -120,6 +120,10 @@ class ClipStagePool:
             self._last_dispatch = time.monotonic()
 
     @property
+    def queued(self) -> int:
+        return len(self.queue)
+
+    @property
     def busy(self) -> bool:
         return bool(self.queue or self.in_flight)
 

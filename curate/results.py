@@ -8,14 +8,15 @@ import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from curate.config import STAGE_ORDER, Config
+from curate import layouts
+from curate.config import CLIP_STAGES, STAGE_ORDER, Config
 from curate.errors import RunError, writable_folder
-from manifests import io as mio
+from manifests import dataset, io as mio, schema
 
 
 @dataclass
@@ -39,16 +40,21 @@ class Results:
 
 
 def load_results(output_dir: Path) -> Results:
+    """The output folder's manifests: the current view of its sources and clips (with what its journal holds
+    since the last part, so a run still going or killed shows every finished source) and its runs."""
     if not output_dir.exists():
         raise RunError(f"output folder {output_dir} does not exist")
     if not output_dir.is_dir():
         raise RunError(f"{output_dir} is a file, not an output folder")
-    manifests = {name: mio.manifest_path(output_dir, name) for name in ("sources", "clips", "runs")}
-    missing = [str(path) for path in manifests.values() if not path.is_file()]
-    if missing:
-        raise RunError(f"{output_dir} has no finished run to read ({', '.join(missing)} missing); "
+    journal = dataset.fold_journal(mio.Journal(output_dir).records(), CLIP_STAGES)
+    runs = mio.manifest_path(output_dir, "runs")
+    if not runs.is_file() and not dataset.has_manifests(output_dir) and not journal[0]:
+        raise RunError(f"{output_dir} has no finished run to read ({runs} missing); "
                        "run `curate run --output` on it first")
-    return Results(output_dir, *(pd.read_parquet(path) for path in manifests.values()))
+    return Results(output_dir,
+                   dataset.current_table(output_dir, "sources", journal=journal).to_pandas(),
+                   dataset.current_table(output_dir, "clips", journal=journal).to_pandas(),
+                   pd.read_parquet(runs) if runs.is_file() else pd.DataFrame(columns=schema.columns(schema.RUNS)))
 
 
 # -- rejects --------------------------------------------------------------------------------------
@@ -80,21 +86,17 @@ def rejects(results: Results, stage: str | None = None, reason: str | None = Non
 
 # -- file lists -----------------------------------------------------------------------------------
 
-_VOXCELEB_ID = re.compile(r"id\d+")
-
-
-def speaker_of(source_id: str, pattern: re.Pattern | None = None) -> str:
-    """The speaker of a source: the first group of `pattern` where it matches the source id (for layouts such
-    as HDTF's `WDA_BarackObama_000.mp4`); else VoxCeleb2's speaker folder (`id00012/<video>/00001.mp4`, at any
-    depth); else the source file itself."""
+def speaker_of(source_id: str, pattern: re.Pattern | None = None, layout: str = "folder") -> str:
+    """The speaker of a source: the first group of `pattern` where it matches the source id; else, with the
+    hdtf layout, the file's name without its clip number (`WDA_BarackObama_000.mp4`: WDA_BarackObama); else
+    VoxCeleb2's speaker folder (`id00012/<video>/00001.mp4`, at any depth); else the source file itself."""
     if pattern is not None:
         match = pattern.search(source_id)
         if match:
             return match.group(1) if pattern.groups else match.group(0)
-    for part in PurePosixPath(source_id).parts[:-1]:
-        if _VOXCELEB_ID.fullmatch(part):
-            return part
-    return source_id
+    if layout == "hdtf":
+        return layouts.hdtf_speaker(source_id)
+    return layouts.voxceleb_speaker(source_id) or source_id
 
 
 def split_speakers(speakers: list[str], val_fraction: float, seed: int) -> set[str]:
@@ -109,8 +111,11 @@ def split_speakers(speakers: list[str], val_fraction: float, seed: int) -> set[s
 
 
 def file_lists(results: Results, val_fraction: float = 0.05, seed: int = 0, min_confidence: float | None = None,
-               min_quality: float | None = None, speaker_pattern: str | None = None) -> pd.DataFrame:
-    """The kept clips that pass the optional stricter filters, with `speaker`, `split` and `abs_path`."""
+               min_quality: float | None = None, speaker_pattern: str | None = None,
+               hold_out: set[str] | None = None) -> pd.DataFrame:
+    """The kept clips that pass the optional stricter filters, with `speaker`, `split` and `abs_path`. The
+    speaker follows the run's `inputs.layout` unless `speaker_pattern` says; the `hold_out` speakers' clips
+    are split `test`, the others `train` or `val`."""
     kept = results.clips[results.clips.status == "kept"].copy()
     # a stricter filter on a score the run never computed would leave nothing, silently: say so instead
     for flag, threshold, column, stage in (("--min-confidence", min_confidence, "sync_conf", "sync"),
@@ -122,19 +127,24 @@ def file_lists(results: Results, val_fraction: float = 0.05, seed: int = 0, min_
                            f"{stage} stage); run `curate run` with it first, or drop {flag}")
         kept = kept[kept[column].notna() & (kept[column] >= threshold)]
     pattern = re.compile(speaker_pattern) if speaker_pattern else None
-    kept["speaker"] = [speaker_of(source_id, pattern) for source_id in kept.source_id]
-    val = split_speakers(list(kept.speaker), val_fraction, seed)
-    kept["split"] = np.where(kept.speaker.isin(val), "val", "train")
+    layout = results.config.inputs.layout
+    kept["speaker"] = [speaker_of(source_id, pattern, layout) for source_id in kept.source_id]
+    held = kept.speaker.isin(hold_out or set())
+    val = split_speakers(list(kept.speaker[~held]), val_fraction, seed)
+    kept["split"] = np.where(held, "test", np.where(kept.speaker.isin(val), "val", "train"))
     root = results.output_dir.resolve()
     kept["abs_path"] = [str(root / path) for path in kept.path]
     return kept.sort_values("clip_id").reset_index(drop=True)
 
 
-def write_file_lists(table: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
-    """train.txt and val.txt (one absolute path a line, as LatentSync's trainers read them) and split.parquet."""
+def write_file_lists(table: pd.DataFrame, out_dir: Path, test: bool = False) -> dict[str, Path]:
+    """train.txt and val.txt (one absolute path a line, as LatentSync's trainers read them), with `test` also
+    test.txt (else an earlier one is removed: it would disagree with the rest), and split.parquet."""
     writable_folder(out_dir, "--out")
     written = {}
-    for split in ("train", "val"):
+    if not test:
+        (out_dir / "test.txt").unlink(missing_ok=True)
+    for split in ("train", "val", "test")[:3 if test else 2]:
         path = out_dir / f"{split}.txt"
         lines = table.abs_path[table.split == split]
         partial = path.with_name(path.name + ".partial")

@@ -1,7 +1,8 @@
-"""Finish a run: write the sources and clips manifests from the records, compact the journal to what is
-current, append the run's row to the runs manifest, and return the RunSummary the CLI prints (what was
-processed, kept and rejected, and what each stage cost). A run that changes nothing leaves every file as it
-was."""
+"""Finish a run: record in the manifests the paths the scan could not look at and the sources that left the
+input folder, append the run's row to the runs manifest, and return the RunSummary the CLI prints (what was
+processed, kept and rejected, over the whole output, and what each stage cost in this run). The counts are
+taken over the manifests' current view, a few columns at a time. A run that changes nothing leaves every file
+as it was."""
 
 from __future__ import annotations
 
@@ -9,114 +10,82 @@ import json
 import os
 import platform
 import uuid
-from collections import Counter
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from curate.clip_chain import clip_work, stage_result
-from curate.config import CLIP_STAGES, Config
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.config import Config
 from curate.errors import RunError
 from curate.run_types import Cost, Plan, RunOptions, RunSummary, State
 from curate.scan import ScanResult
-from manifests import io as mio, schema
+from manifests import dataset, io as mio, schema
 
 
 def finish(options: RunOptions, plan: Plan, state: State, started_at: datetime, wall_s: float) -> RunSummary:
-    config = options.config
-    source_rows, clip_rows, kept_records = [], [], []
-    for scanned in plan.scan.sources:
-        record = state.records.get(scanned.source_id)
-        if record is None:
-            continue
-        kept_records.append(record)
-        work = {w.clip_id: w for w in clip_work(record, options.output_dir)}
-        rows = [_with_stages(clip, work.get(clip["clip_id"]), state, config) for clip in record["clips"]]
-        source = dict(record["source"])
-        source["n_clips_kept"] = sum(1 for row in rows if row["status"] == "kept")
-        source_rows.append(source)
-        clip_rows.extend(rows)
-    source_rows.extend(_scan_rows(options.input_dir, plan.scan))
-    source_rows.sort(key=lambda row: row["source_id"])
-    clip_rows.sort(key=lambda row: (row["source_id"], row["start_frame"]))
-
-    summary = _summarise(plan, source_rows, clip_rows, state.processed)
-    summary.wall_s, summary.cluster_cpus = wall_s, state.cluster_cpus
-    summary.clips_staged = dict(state.staged)
-    summary.stage_timings = _stage_timings(state, config)
-    out = options.output_dir
-    fingerprints = config.stage_fingerprints()
+    config, out = options.config, options.output_dir
     try:
-        # a run that changes nothing (a rerun after a complete one) leaves every file as it was, runs included
-        changed = mio.write_table(mio.manifest_path(out, "sources"), mio.source_rows_for_parquet(source_rows),
-                                  schema.SOURCES)
-        changed = mio.write_table(mio.manifest_path(out, "clips"), clip_rows, schema.CLIPS) or changed
-        if not (changed or state.processed or state.staged):
-            return summary
-        if state.processed or state.staged:
-            current = []
-            for record in kept_records:
-                current.append(record)
-                for work in clip_work(record, out):
-                    for stage in config.clip_stages():
-                        result = stage_result(state.stage_records, work, stage, fingerprints[stage])
-                        if result is not None:
-                            current.append(result)
-            mio.Journal(out).rewrite(current)
-        _append_run(options, summary, started_at)
+        changes = _scan_changes(out, options.input_dir, plan.scan)
+        if changes:
+            dataset.write_part(out, dataset.new_tag(), changes, [])
+        summary = _summarise(out, plan, state)
+        summary.wall_s, summary.cluster_cpus = wall_s, state.cluster_cpus
+        summary.clips_staged = dict(state.staged)
+        summary.stage_timings = _stage_timings(state, config)
+        # a rerun that changes nothing (after a complete one) leaves every file as it was, runs included
+        first = not mio.manifest_path(out, "runs").exists()
+        if first or changes or state.parts_written or state.processed or state.staged:
+            _append_run(options, summary, started_at)
     except OSError as exc:
         raise RunError(f"cannot write manifests in {out}: {exc.strerror or exc}. Rerun to retry; "
                        "finished sources are kept in the journal.") from None
     return summary
 
 
-def _scan_rows(input_dir: Path, scan: ScanResult) -> list[dict]:
-    """A row for each path the scan could not look at (a symlink loop, a pipe named .mp4, a folder it may not
-    list), so that it is in the manifest with its reason like every other input dropped."""
-    return [{"source_id": relative, "path": str(input_dir.resolve() / relative), "status": "rejected",
-             "reject_stage": "scan", "reject_reason": scan.reasons.get(relative, "not_looked_at"),
-             "reject_detail": why} for relative, why in scan.skipped]
+def _scan_changes(out: Path, input_dir: Path, scan: ScanResult) -> list[dict]:
+    """Source rows the manifests lack: a row for each path the scan could not look at (a symlink loop, a pipe
+    named .mp4, a folder it may not list) unless the same row stands, and a 'removed' row for each source
+    that is no longer in the input folder."""
+    current = dataset.current_table(out, "sources", ["source_id", "reject_stage", "reject_reason", "reject_detail"])
+    rows = []
+    standing = {row["source_id"]: row for row in current.filter(pc.equal(current["reject_stage"], "scan")).to_pylist()}
+    for relative, why in scan.skipped:
+        row = {"source_id": relative, "path": str(input_dir.resolve() / relative), "status": "rejected",
+               "reject_stage": "scan", "reject_reason": scan.reasons.get(relative, "not_looked_at"),
+               "reject_detail": why}
+        same = standing.get(relative)
+        if same is None or (same["reject_reason"], same["reject_detail"]) != (row["reject_reason"], why):
+            rows.append(row)
+    there = pa.array([s.source_id for s in scan.sources] + [relative for relative, _ in scan.skipped], pa.string())
+    gone = current.filter(pc.invert(pc.is_in(current["source_id"], value_set=there)))["source_id"].to_pylist()
+    rows.extend({"source_id": source_id, "status": dataset.REMOVED, "reject_stage": "scan",
+                 "reject_reason": "removed", "reject_detail": "no longer in the input folder"} for source_id in gone)
+    return rows
 
 
-def _with_stages(clip: dict, work, state: State, config: Config) -> dict:
-    """A clip's row: what the source pass found, and what the clip stages found since (`work` is the clip's
-    ClipWork when the source pass kept it). A stage not reached (an earlier one rejected the clip, or the run
-    stopped first) leaves its columns null."""
-    row = dict(clip)
-    if clip["status"] != "kept":
-        return row
-    fingerprints = config.stage_fingerprints()
-    for stage in CLIP_STAGES:
-        if config.skipped(stage):
-            row[f"{stage}_status"] = "skipped"
-    for stage in config.clip_stages():
-        result = stage_result(state.stage_records, work, stage, fingerprints[stage]) if work is not None else None
-        if result is None:
-            break
-        row.update(result["row"])
-        if row["status"] == "rejected":
-            break
-    return row
-
-
-def _summarise(plan: Plan, source_rows: list[dict], clip_rows: list[dict], processed: set[str]) -> RunSummary:
-    summary = RunSummary(sources_found=len(plan.scan.sources), sources_processed=len(processed),
-                         sources_reused=len(plan.reused), skipped_paths=list(plan.scan.skipped))
-    for row in source_rows:
-        summary.seconds_in += row.get("duration_s") or 0.0
-        if row["status"] == "rejected":
-            summary.sources_rejected += 1
-            summary.rejects[("source", row["reject_stage"], row["reject_reason"])] += 1
-        if row["source_id"] in processed:
-            summary.cpu_s += sum((row.get("cpu_s") or {}).values())
-            summary.seconds_processed += row.get("duration_s") or 0.0
-    for row in clip_rows:
-        if row["status"] == "kept":
-            summary.clips_kept += 1
-            summary.seconds_out += row["duration_s"]
+def _summarise(out: Path, plan: Plan, state: State) -> RunSummary:
+    """The run's summary; the counts of what is kept and rejected are over the whole output folder."""
+    summary = RunSummary(sources_found=len(plan.scan.sources), sources_processed=state.processed,
+                         sources_reused=plan.reused, skipped_paths=list(plan.scan.skipped),
+                         cpu_s=sum(state.source_cpu.values()), seconds_processed=state.seconds_processed)
+    columns = ["status", "reject_stage", "reject_reason", "duration_s"]
+    for kind, name in (("source", "sources"), ("clip", "clips")):
+        table = dataset.current_table(out, name, columns)
+        durations = pc.fill_null(table["duration_s"], 0.0)
+        kept = pc.equal(table["status"], "kept")
+        rejected = table.filter(pc.equal(table["status"], "rejected"))
+        counts = rejected.group_by(["reject_stage", "reject_reason"]).aggregate([("status", "count")])
+        for row in counts.to_pylist():
+            summary.rejects[(kind, row["reject_stage"], row["reject_reason"])] += row["status_count"]
+        if kind == "source":
+            summary.seconds_in = pc.sum(durations).as_py() or 0.0
+            summary.sources_rejected = len(rejected)
         else:
-            summary.clips_rejected += 1
-            summary.rejects[("clip", row["reject_stage"], row["reject_reason"])] += 1
+            summary.clips_kept = pc.sum(kept).as_py() or 0
+            summary.seconds_out = pc.sum(pc.if_else(kept, durations, 0.0)).as_py() or 0.0
+            summary.clips_rejected = len(rejected)
     return summary
 
 
@@ -145,16 +114,9 @@ def _stage_timings(state: State, config: Config) -> list[dict]:
     """What each stage cost in this run, in run order: the source pass's stages (CPU seconds summed over the
     sources processed; they run fused in one pass, so wall seconds are the pass's, not a stage's) and the clip
     stages (CPU and wall seconds of their actors' batches), each with the seconds of video it worked on."""
-    cpu: Counter = Counter()
-    seconds: Counter = Counter()
-    for source_id in state.processed:
-        source = state.records[source_id]["source"]
-        for stage, spent in (source.get("cpu_s") or {}).items():
-            cpu[stage] += spent
-            seconds[stage] += source.get("duration_s") or 0.0
-    rows = [{"stage": stage, "cpu_s": round(cpu.get(stage, 0.0), 4), "wall_s": None,
-             "sources_computed": _computed(stage, state.processed, state.records), "clips_computed": None,
-             "media_s": round(seconds.get(stage, 0.0), 3)}
+    rows = [{"stage": stage, "cpu_s": round(state.source_cpu.get(stage, 0.0), 4), "wall_s": None,
+             "sources_computed": state.source_computed.get(stage, 0), "clips_computed": None,
+             "media_s": round(state.source_media.get(stage, 0.0), 3)}
             for stage in schema.TIMED_STAGES]
     for stage in config.clip_stages():
         cost = state.stage_cost.get(stage, Cost())
@@ -162,16 +124,6 @@ def _stage_timings(state: State, config: Config) -> list[dict]:
                      "sources_computed": None, "clips_computed": state.staged.get(stage, 0),
                      "media_s": round(cost.clip_s, 3)})
     return rows
-
-
-def _computed(stage: str, processed: set[str], records: dict) -> int:
-    """Sources for which `stage` really ran in this run (shots replayed from an earlier run do not count)."""
-    count = 0
-    for source_id in processed:
-        source = records[source_id]["source"]
-        if stage in (source.get("cpu_s") or {}) and not (stage == "shots" and source.get("shots_reused")):
-            count += 1
-    return count
 
 
 def _versions() -> dict[str, str]:

@@ -1,96 +1,195 @@
-"""Plan a run against the journal: scan the input and sort each source into unchanged (its journal record is
-reused) or to be processed, with why (new, file changed, input moved, a stage's settings changed); queue the
-clip stages the unchanged sources' clips still owe; and say what a dry run would do."""
+"""Plan a run against the manifests: scan the input and sort each source into unchanged (its rows stand) or to
+be processed, with why (new, file changed, input moved, a stage's settings changed); find the clips of the
+unchanged sources that a clip stage still owes a score; and say what a dry run would do.
+
+The comparison is columnar (pyarrow), over the manifests' current view, so planning a resume over a million
+sources holds a few columns per source, never a Python object per source; the SourceTasks are made one by
+one as the run hands them out (`tasks`)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
-from curate.clip_chain import clip_work, next_clip_stage, stage_result
-from curate.config import Config
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.clip_chain import clip_work, reset_from
+from curate.config import CLIP_STAGES, Config
 from curate.run_types import Plan, RunOptions, RunSummary
-from curate.scan import ScannedSource, scan_inputs
+from curate.scan import scan_inputs
 from curate.source_task import SourceTask
-from manifests import io as mio
+from manifests import dataset, io as mio
+
+PREVIOUS = ["source_id", "path", "size_bytes", "mtime_ns", "sha256", "fingerprint", "fingerprints", "status",
+            "reject_stage", "shot_cuts", "generation", "annotated_intervals"]
+
+
+def recover(output_dir: Path) -> None:
+    """Fold what the journal holds (the sources a killed run finished after its last part) into a part, and
+    empty it. Also turns an output folder of the single-file manifests and whole journal of old into parts."""
+    journal = mio.Journal(output_dir)
+    rows = dataset.fold_journal(journal.records(), CLIP_STAGES)
+    if rows[0]:
+        dataset.write_part(output_dir, dataset.new_tag(), *rows)
+    if journal.path.exists():
+        journal.rewrite([])
+    for name in ("sources", "clips"):
+        old = output_dir / mio.MANIFESTS_DIR / f"{name}.parquet"
+        if old.is_file() and dataset.has_manifests(output_dir):
+            old.unlink()
 
 
 def make_plan(options: RunOptions) -> Plan:
-    config = options.config
-    exclude = options.output_dir if _inside(options.output_dir, options.input_dir) else None
-    scan = scan_inputs(options.input_dir, config.inputs, exclude=exclude)
-    previous, stage_records = mio.Journal(options.output_dir).latest()
+    config, out = options.config, options.output_dir
+    exclude = out if _inside(out, options.input_dir) else None
+    scan = scan_inputs(options.input_dir, config.inputs, exclude=exclude, fps=config.stages.resample.fps)
+    journal = dataset.fold_journal(mio.Journal(out).records(), CLIP_STAGES)   # empty unless a dry run after a kill
     fingerprints = config.stage_fingerprints()
-    todo, reused, why = [], {}, {}
-    for source in scan.sources:
-        record = previous.get(source.source_id)
-        unchanged = record is not None and (record["size_bytes"], record["mtime_ns"]) == (source.size_bytes, source.mtime_ns)
-        if unchanged and record["fingerprint"] == fingerprints["write"] and record["source"]["path"] == source.path:
-            reused[source.source_id] = record
-            continue
-        why[source.source_id] = _why(record, unchanged, source, fingerprints)
-        known_cuts = None
-        if unchanged and record["fingerprints"].get("shots") == fingerprints["shots"] and record["source"].get("status") == "ok":
-            known_cuts = record["source"].get("shot_cuts")
-        todo.append(SourceTask(
-            source_id=source.source_id, path=source.path, out_key=source.out_key,
-            output_dir=str(options.output_dir.resolve()), size_bytes=source.size_bytes, mtime_ns=source.mtime_ns,
-            fingerprints=fingerprints, sha256=record["sha256"] if unchanged else None, known_cuts=known_cuts,
-        ))
-    # longest first: a big source started last would leave the other workers idle at the end
-    todo.sort(key=lambda task: -task.size_bytes)
-    plan = Plan(scan, todo, reused, previous, why, stage_records)
-    for record in reused.values():
-        for work in clip_work(record, options.output_dir):
-            stage = next_clip_stage(plan.stage_records, work, config)
-            if stage is not None:
-                plan.clip_todo.setdefault(stage, []).append(work)
+    found = pa.table({
+        "source_id": pa.array([s.source_id for s in scan.sources], pa.string()),
+        "path": pa.array([s.path for s in scan.sources], pa.string()),
+        "out_key": pa.array([s.out_key for s in scan.sources], pa.string()),
+        "size_bytes": pa.array([s.size_bytes for s in scan.sources], pa.int64()),
+        "mtime_ns": pa.array([s.mtime_ns for s in scan.sources], pa.int64()),
+    })
+    previous = dataset.current_table(out, "sources", PREVIOUS, journal)
+    previous = previous.filter(pc.fill_null(pc.not_equal(previous["reject_stage"], "scan"), True))
+    at = pc.index_in(found["source_id"], value_set=previous["source_id"])
+    before = previous.take(at)                 # the previous row of each found source (nulls where new)
+    known = pc.is_valid(at).to_numpy(zero_copy_only=False)
+    same_stat = _true(pc.and_(pc.equal(found["size_bytes"], before["size_bytes"]),
+                              pc.equal(found["mtime_ns"], before["mtime_ns"])))
+    same_path = _true(pc.equal(found["path"], before["path"]))
+    same_write = _true(pc.equal(before["fingerprint"], fingerprints["write"]))
+    same_intervals = _same_intervals(scan, found, before)
+    reuse = known & same_stat & same_path & same_write & same_intervals
+
+    why = np.full(len(found), "settings changed", dtype=object)
+    for stage in reversed(list(fingerprints)):   # the first stage whose settings changed names the reason
+        changed = ~_true(pc.equal(pc.map_lookup(before["fingerprints"], stage, "first"), fingerprints[stage]))
+        why[changed] = f"stages.{stage} settings changed"
+    why[~same_intervals] = "annotated intervals changed"
+    why[~same_path] = "input moved"
+    why[~same_stat] = "file changed"
+    why[~known] = "new"
+    shots_same = _true(pc.equal(pc.map_lookup(before["fingerprints"], "shots", "first"), fingerprints["shots"]))
+    cuts_known = same_stat & shots_same & _true(pc.equal(before["status"], "ok"))
+    todo = found.append_column("why", pa.array(why, pa.string()))
+    todo = todo.append_column("sha256", before["sha256"].take(_where(same_stat, len(found))))
+    todo = todo.append_column("known_cuts", before["shot_cuts"].take(_where(cuts_known, len(found))))
+    todo = todo.filter(pa.array(~reuse))
+    todo = todo.take(pc.sort_indices(todo, [("size_bytes", "descending"), ("source_id", "ascending")]))
+    plan = Plan(scan, todo, int(reuse.sum()))
+    if config.clip_stages():
+        _owed_clips(plan, found["source_id"].filter(pa.array(reuse)), out, config, journal)
     return plan
 
 
-def clip_stage_plan(plan: Plan, config: Config, output_dir: Path) -> dict[str, Counter]:
-    """What each clip stage would do, for the dry run: per stage, a Counter of why, over the clips of the
-    unchanged sources ("no result yet", "stages.sync settings changed"; a stage after the first one a clip
-    owes runs only if that one keeps it: "if sync keeps them"). The clips of the sources the plan processes
-    are not known yet; every clip stage runs on them too."""
+def tasks(plan: Plan, options: RunOptions) -> Iterator[SourceTask]:
+    """The SourceTasks of the plan, longest source first, made as they are taken."""
+    fingerprints = options.config.stage_fingerprints()
+    output_dir = str(options.output_dir.resolve())
+    for batch in plan.todo.to_batches(max_chunksize=4096):
+        for row in batch.to_pylist():
+            yield SourceTask(source_id=row["source_id"], path=row["path"], out_key=row["out_key"],
+                             output_dir=output_dir, size_bytes=row["size_bytes"], mtime_ns=row["mtime_ns"],
+                             fingerprints=fingerprints, sha256=row["sha256"], known_cuts=row["known_cuts"],
+                             intervals=list(plan.scan.intervals.get(row["source_id"], ())) or None)
+
+
+def _owed_clips(plan: Plan, reused: pa.Array, out: Path, config: Config, journal) -> None:
+    """The clips of unchanged sources that a clip stage owes a score (none yet, or its settings changed), part
+    by part; then, for their sources alone, the record each continues from."""
+    chain = config.clip_stages()
     fingerprints = config.stage_fingerprints()
-    owed = {stage: Counter() for stage in config.clip_stages()}
-    for record in plan.reused.values():
-        for work in clip_work(record, output_dir):
-            first = None
-            for stage in config.clip_stages():
-                if first is not None:
-                    owed[stage][f"if {first} keeps them"] += 1
-                    continue
-                result = stage_result(plan.stage_records, work, stage, fingerprints[stage])
-                if result is None:
-                    # the stages before it hold valid results, so a stale one means its own settings changed
-                    recorded = plan.stage_records.get((work.clip_id, stage))
-                    stale = recorded is not None and recorded["generation"] == work.generation
-                    owed[stage][f"stages.{stage} settings changed" if stale else f"no {stage} result yet"] += 1
-                    first = stage
-                elif result["row"].get("status") == "rejected":
-                    break
-    return owed
+    columns = ["source_id", "clip_id", "status", "reject_stage", "path"]
+    columns += [f"{stage}_{what}" for stage in chain for what in ("fingerprint", "status")]
+    owed_stage: dict[str, str] = {}           # clip_id -> the first stage it owes
+    owed_sources: set[str] = set()
+    plan.owed_why = {stage: Counter() for stage in chain}
+    for table in dataset.iter_current(out, "clips", columns, journal):
+        table = table.filter(pc.is_in(table["source_id"], value_set=reused))
+        if not len(table):
+            continue
+        left = _true(pc.is_valid(table["path"])) & (
+            _true(pc.equal(table["status"], "kept")) | _true(pc.is_in(table["reject_stage"], pa.array(list(chain)))))
+        first = np.full(len(table), None, dtype=object)
+        for stage in chain:
+            scored = pc.is_valid(table[f"{stage}_fingerprint"]).to_numpy(zero_copy_only=False)
+            valid = _true(pc.equal(table[f"{stage}_fingerprint"], fingerprints[stage]))
+            owes = left & ~valid
+            first[owes] = stage
+            plan.owed_why[stage][f"no {stage} result yet"] += int((owes & ~scored).sum())
+            plan.owed_why[stage][f"stages.{stage} settings changed"] += int((owes & scored).sum())
+            left = left & valid & ~_true(pc.equal(table[f"{stage}_status"], "rejected"))
+        for later, stage in enumerate(chain):
+            for earlier in chain[:later]:
+                plan.owed_why[stage][f"if {earlier} keeps them"] += int((first == earlier).sum())
+        for clip_id, source_id, stage in zip(table["clip_id"].to_pylist(), table["source_id"].to_pylist(), first):
+            if stage is not None:
+                owed_stage[clip_id] = stage
+                owed_sources.add(source_id)
+    for stage in chain:
+        plan.owed_why[stage] = Counter({why: n for why, n in plan.owed_why[stage].items() if n})
+    if not owed_stage:
+        return
+    records = _records(out, pa.array(sorted(owed_sources), pa.string()), journal)
+    for source_id, record in records.items():
+        record["clips"] = [reset_from(clip, owed_stage[clip["clip_id"]], config) if clip["clip_id"] in owed_stage
+                           else clip for clip in record["clips"]]
+        plan.owed[source_id] = record
+        for work in clip_work(record, out):
+            if work.clip_id in owed_stage:
+                plan.clip_todo.setdefault(owed_stage[work.clip_id], []).append(work)
 
 
-def _why(record: dict | None, unchanged: bool, source: ScannedSource, fingerprints: dict[str, str]) -> str:
-    if record is None:
-        return "new"
-    if not unchanged:
-        return "file changed"
-    if record["source"]["path"] != source.path:
-        return "input moved"
-    for stage, fingerprint in fingerprints.items():
-        if record["fingerprints"].get(stage) != fingerprint:
-            return f"stages.{stage} settings changed"
-    return "settings changed"
+def _records(out: Path, sources: pa.Array, journal) -> dict[str, dict]:
+    """The current rows of these sources as the records the clip stages continue from."""
+    records = {}
+    for table in dataset.iter_current(out, "sources", None, journal):
+        for row in table.filter(pc.is_in(table["source_id"], value_set=sources)).to_pylist():
+            fingerprints = dict(row.pop("fingerprints") or [])
+            records[row["source_id"]] = {
+                "source_id": row["source_id"], "size_bytes": row["size_bytes"], "mtime_ns": row["mtime_ns"],
+                "sha256": row["sha256"], "fingerprint": row["fingerprint"], "fingerprints": fingerprints,
+                "generation": row.pop("generation"), "source": row, "clips": []}
+    for table in dataset.iter_current(out, "clips", None, journal):
+        for row in table.filter(pc.is_in(table["source_id"], value_set=sources)).to_pylist():
+            row.pop("generation")
+            records[row["source_id"]]["clips"].append(row)
+    for record in records.values():
+        record["clips"].sort(key=lambda clip: clip["start_frame"])
+    return records
 
 
 def dry_summary(plan: Plan) -> RunSummary:
-    return RunSummary(sources_found=len(plan.scan.sources), sources_processed=0,
-                      sources_reused=len(plan.reused), skipped_paths=list(plan.scan.skipped),
-                      planned=dict(plan.why), seconds_in=0.0)
+    why = plan.todo["why"].to_pylist()
+    return RunSummary(sources_found=len(plan.scan.sources), sources_processed=0, sources_reused=plan.reused,
+                      skipped_paths=list(plan.scan.skipped), planned=Counter(why),
+                      planned_sample=list(zip(plan.todo["source_id"].slice(0, 20).to_pylist(), why[:20])),
+                      planned_clips=plan.owed_why, seconds_in=0.0)
+
+
+def _same_intervals(scan, found: pa.Table, before: pa.Table) -> np.ndarray:
+    """Per found source, whether its annotated intervals (HDTF's) are those it was processed with."""
+    if not scan.intervals:
+        return np.ones(len(found), dtype=bool)
+    recorded = before["annotated_intervals"].to_pylist()
+    return np.array([tuple(map(tuple, scan.intervals.get(source_id, ()))) == tuple(map(tuple, old or ()))
+                     for source_id, old in zip(found["source_id"].to_pylist(), recorded)], dtype=bool)
+
+
+def _true(values) -> np.ndarray:
+    """A boolean array with nulls (a comparison with a missing value) as False."""
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _where(mask: np.ndarray, n: int) -> pa.Array:
+    """Indices 0..n-1, null where `mask` is False: take() with it leaves those rows null."""
+    return pa.array(np.arange(n), mask=~mask)
 
 
 def _inside(child: Path, parent: Path) -> bool:

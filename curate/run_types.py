@@ -7,9 +7,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from curate.config import Config
 from curate.scan import ScanResult
-from curate.source_task import SourceTask
 
 
 @dataclass
@@ -27,12 +28,11 @@ class RunOptions:
 @dataclass
 class Plan:
     scan: ScanResult
-    todo: list[SourceTask]
-    reused: dict[str, dict]           # source_id -> journal record still valid
-    previous: dict[str, dict]         # source_id -> newest journal record, valid or not
-    why: dict[str, str]               # source_id -> why it is (re)processed
-    stage_records: dict = field(default_factory=dict)   # (clip_id, stage) -> newest clip-stage record
-    clip_todo: dict = field(default_factory=dict)       # clip stage -> ClipWork of reused sources it still owes
+    todo: pa.Table                    # the sources to process, longest first: SourceTask's fields and `why`
+    reused: int                       # sources whose recorded results are still valid
+    clip_todo: dict = field(default_factory=dict)       # clip stage -> ClipWork the reused sources still owe it
+    owed: dict = field(default_factory=dict)            # source_id -> the record those clip stages continue from
+    owed_why: dict = field(default_factory=dict)        # clip stage -> Counter of why its clips are owed
 
 
 @dataclass
@@ -55,18 +55,23 @@ class RunSummary:
     stage_timings: list = field(default_factory=list)   # per stage, in run order: what it cost in this run
     planned_clips: dict = field(default_factory=dict)   # dry run: clip stage -> Counter of why, for its clips
     warnings: list = field(default_factory=list)        # dry run: what would stop a real run
-    planned: dict = field(default_factory=dict)          # dry run: source_id -> why it would be processed
+    planned: Counter = field(default_factory=Counter)    # dry run: why a source would be processed -> how many
+    planned_sample: list = field(default_factory=list)   # dry run: the first (source_id, why) of them
 
 
 @dataclass
 class State:
-    """What a run has found so far: the current source records and clip-stage records, what ran now."""
+    """What a run did: the sources it processed and what their source pass cost per stage, the clips each clip
+    stage scored and what that cost, and the parts it wrote."""
 
-    records: dict                      # source_id -> source record
-    stage_records: dict                # (clip_id, stage) -> clip-stage record
-    processed: set = field(default_factory=set)       # sources whose pass ran in this run
-    staged: Counter = field(default_factory=Counter)  # stage -> clips it ran for in this run
+    processed: int = 0
+    seconds_processed: float = 0.0                     # declared duration of the sources processed
+    source_cpu: Counter = field(default_factory=Counter)       # source-pass stage -> CPU seconds
+    source_media: Counter = field(default_factory=Counter)     # source-pass stage -> seconds of video
+    source_computed: Counter = field(default_factory=Counter)  # source-pass stage -> sources it really ran for
+    staged: Counter = field(default_factory=Counter)  # clip stage -> clips it ran for in this run
     stage_cost: defaultdict = field(default_factory=lambda: defaultdict(Cost))  # clip stage -> what it cost
+    parts_written: int = 0
     cluster_cpus: float | None = None
 
 

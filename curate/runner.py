@@ -1,11 +1,13 @@
-"""The driver of `curate run`: check, plan against the journal, execute on Ray, finish.
+"""The driver of `curate run`: check, plan against the manifests, execute on Ray, finish.
 
-One Ray task per source runs the fused source pass (curate.source_pass) and streams its events back: a clip
+A finished source is in the journal at once and in the manifests' next part (a Parquet file of sources, one of
+clips) once its clips are scored; a run killed midway loses no finished source (manifests.dataset). One Ray
+task per source runs the fused source pass (curate.source_pass) and streams its events back: a clip
 moves on the moment it is written, and there is no barrier between stages or sources. The driver is the only
 writer of the journal and the manifests; workers write only clip files, each atomically.
 
 This module only orders the steps; each lives in its own: curate.run_checks (before any work), curate.run_plan
-(against the journal; the dry run), curate.run_execute (Ray), curate.run_finish (manifests and the summary).
+(against the manifests; the dry run), curate.run_execute (Ray), curate.run_finish (manifests and the summary).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from curate.lock import OutputLock
 from curate.run_checks import check_input, check_models, check_output
 from curate.run_execute import execute
 from curate.run_finish import finish
-from curate.run_plan import clip_stage_plan, dry_summary, make_plan
+from curate.run_plan import dry_summary, make_plan, recover
 from curate.run_types import RunOptions, RunSummary
 
 
@@ -32,7 +34,6 @@ def run(options: RunOptions) -> RunSummary:
         check_output(options.output_dir, create=False)
         plan = make_plan(options)
         summary = dry_summary(plan)
-        summary.planned_clips = clip_stage_plan(plan, options.config, options.output_dir)
         try:
             check_models(options.config, fetch=False)
         except RunError as exc:
@@ -42,6 +43,7 @@ def run(options: RunOptions) -> RunSummary:
     models = check_models(options.config)
     check_output(options.output_dir)
     with OutputLock(options.output_dir):
+        recover(options.output_dir)
         plan = make_plan(options)
         state = execute(options, plan, models)
         summary = finish(options, plan, state, started_at, time.perf_counter() - t0)

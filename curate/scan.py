@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from curate import layouts
 from curate.config import InputSettings
 
 
@@ -19,6 +20,8 @@ class ScannedSource:
     out_key: str        # folder of its clips under <output>/clips
     size_bytes: int
     mtime_ns: int
+    # frame ranges [start, end) of the output timeline to cut clips in (HDTF's annotations); None: all of it
+    intervals: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -26,17 +29,21 @@ class ScanResult:
     sources: list[ScannedSource]
     skipped: list[tuple[str, str]]   # (relative path, why) for folders and files that could not be looked at
     # relative path -> a short snake_case code for the same, to group by (symlink_loop, linked_twice,
-    # broken_symlink, not_a_file, unreadable_folder, unreadable)
+    # broken_symlink, not_a_file, unreadable_folder, unreadable; by the layout: not_in_layout, not_annotated,
+    # missing_annotated_video)
     reasons: dict[str, str] = field(default_factory=dict)
+    intervals: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)   # source_id -> its intervals
 
 
-def scan_inputs(input_dir: Path, settings: InputSettings, exclude: Path | None = None) -> ScanResult:
+def scan_inputs(input_dir: Path, settings: InputSettings, exclude: Path | None = None, fps: int = 25) -> ScanResult:
     """Walk `input_dir` recursively, in a stable order, for files with the configured extensions.
 
     `exclude` (the output folder, when it lies inside the input) is never entered. Symlinked folders are
     followed when configured; a folder reached again through a link (a symlink loop, or a second link to a
     folder already scanned) is skipped and reported, and so is anything named like a video that is not a file
-    to read (a link that leads nowhere, a named pipe, a device). Nothing is opened here.
+    to read (a link that leads nowhere, a named pipe, a device). Nothing is opened here but HDTF's
+    annotation files (`settings.layout`; see curate.layouts), read onto a timeline of `fps`
+    (stages.resample.fps).
     """
     input_dir = input_dir.resolve()
     extensions = {ext.lower() for ext in settings.extensions}
@@ -108,8 +115,44 @@ def scan_inputs(input_dir: Path, settings: InputSettings, exclude: Path | None =
         ScannedSource(_clean(source_id), path, keys[source_id], size, mtime)
         for source_id, path, size, mtime in found
     ]
+    if settings.layout == "voxceleb2":
+        sources = _voxceleb2(sources, skipped)
+    elif settings.layout == "hdtf":
+        sources = _hdtf(sources, skipped, Path(settings.annotations or input_dir).expanduser(), fps)
     return ScanResult(sources, [(_clean(path), why) for path, _, why in skipped],
-                      {_clean(path): code for path, code, _ in skipped})
+                      {_clean(path): code for path, code, _ in skipped},
+                      {source.source_id: source.intervals for source in sources if source.intervals})
+
+
+def _voxceleb2(sources: list[ScannedSource], skipped: list) -> list[ScannedSource]:
+    kept = []
+    for source in sources:
+        if layouts.voxceleb_speaker(source.source_id) is None:
+            skipped.append((source.source_id, "not_in_layout",
+                            "not in a VoxCeleb2 speaker folder (idNNNNN/<youtube id>/NNNNN.mp4)"))
+        else:
+            kept.append(source)
+    return kept
+
+
+def _hdtf(sources: list[ScannedSource], skipped: list, where: Path, fps: int) -> list[ScannedSource]:
+    """The annotated videos with their intervals (a clip HDTF's download already cut is kept whole); the others
+    are skipped, and each annotated video the folder lacks is reported."""
+    annotations = layouts.read_annotations(where, fps)
+    kept, present = [], set()
+    for source in sources:
+        found = layouts.match(PurePosixPath(source.source_id).stem, annotations)
+        if found is None:
+            skipped.append((source.source_id, "not_annotated", f"not named in the annotations at {where}"))
+            continue
+        note, whole = found
+        present.add(note.name)
+        kept.append(replace(source, intervals=note.intervals) if whole else source)
+    for note in annotations.values():
+        if note.name not in present:
+            skipped.append((note.video, "missing_annotated_video",
+                            f"named in {note.file} (line {note.line}) but not in the input folder"))
+    return kept
 
 
 def _not_a_file(entry: os.DirEntry) -> tuple[str, str]:

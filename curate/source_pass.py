@@ -33,7 +33,7 @@ from manifests.rejected import Rejected
 from media import probe as probe_stage
 from media.encode import scaled_size
 from media.timeline import AudioTrack, DecodedTimeline, FrameRateConverter, samples_per_frame
-from stages.clips import ClipSplitter, Span
+from stages.clips import ClipSplitter, IntervalSplitter, Span, frames_past
 from stages.face import FaceStage
 from stages.shots import KnownShots, ShotDetector
 from stages.write import ClipWriter
@@ -79,6 +79,7 @@ def process_source(task: SourceTask, config: Config) -> Iterator[dict]:
     row: dict = {
         "source_id": task.source_id, "path": task.path, "size_bytes": task.size_bytes,
         "mtime_ns": task.mtime_ns, "fingerprint": task.fingerprints["write"],
+        "annotated_intervals": [list(r) for r in task.intervals] if task.intervals else None,
     }
     yield {"event": "started", "source_id": task.source_id}  # from here on the driver watches for stalls
     try:
@@ -169,6 +170,8 @@ class _Pass:
             max_frames=round(stages.clips.max_seconds * self.fps),
             fps=self.fps,
         )
+        if task.intervals:   # clips only inside these frame ranges (HDTF's annotations)
+            self.splitter = IntervalSplitter(self.splitter, task.intervals)
         self.frames: deque[av.VideoFrame] = deque()   # pictures of output frames [self.base, self.base + len)
         self.base = 0
         self.audio: AudioTrack | None = None
@@ -403,6 +406,8 @@ class _Pass:
             "shots_reused": self.task.known_cuts is not None,
             "face_detections": self.faces.tracker.detections if self.faces is not None else None,
             "n_clips": self.clip_index,
+            "annotated_frames_clipped":
+                frames_past(self.task.intervals, self.frames_out) if self.task.intervals else None,
         }
 
     def close(self) -> None:

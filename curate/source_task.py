@@ -22,6 +22,7 @@ class SourceTask:
     fingerprints: dict[str, str]
     sha256: str | None = None          # known from an earlier run when the file's stat is unchanged
     known_cuts: list[int] | None = None  # shot cuts an earlier run found for this content and shot settings
+    intervals: list[tuple[int, int]] | None = None  # the only frame ranges to cut clips in (HDTF); None: all
 
 
 class TransientSourceError(RuntimeError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from curate.run_types import RunSummary
@@ -63,14 +62,14 @@ def _timings(timings: list[dict]) -> list[str]:
 def format_dry_run(summary: RunSummary) -> str:
     lines = [
         f"dry run: {counted(summary.sources_found, 'source')} found, {summary.sources_reused} unchanged, "
-        f"{len(summary.planned)} would be processed"
+        f"{sum(summary.planned.values())} would be processed"
     ]
-    for why, count in Counter(summary.planned.values()).most_common():
+    for why, count in summary.planned.most_common():
         lines.append(f"  {count:>6}  {why}")
-    for source_id, why in list(summary.planned.items())[:20]:
+    for source_id, why in summary.planned_sample:
         lines.append(f"  {source_id}  ({why})")
-    if len(summary.planned) > 20:
-        lines.append(f"  ... and {len(summary.planned) - 20} more")
+    if sum(summary.planned.values()) > len(summary.planned_sample):
+        lines.append(f"  ... and {sum(summary.planned.values()) - len(summary.planned_sample)} more")
     owed = {stage: why for stage, why in summary.planned_clips.items() if why or summary.planned}
     if owed:
         lines.append("clip stages would score:")
@@ -78,7 +77,7 @@ def format_dry_run(summary: RunSummary) -> str:
         parts = [f"{counted(sum(why.values()), 'clip'):>10}  ("
                  + ", ".join(f"{reason}: {count}" for reason, count in why.most_common()) + ")"] if why else []
         if summary.planned:   # their clips are not known until the source pass writes them
-            parts.append(f"the clips of the {counted(len(summary.planned), 'source')} processed first")
+            parts.append(f"the clips of the {counted(sum(summary.planned.values()), 'source')} processed first")
         lines.append(f"  {stage:<8} " + ", and ".join(parts))
     for path, why in summary.skipped_paths[:10]:
         lines.append(f"not looked at: {path}: {why}")

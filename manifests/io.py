@@ -1,9 +1,10 @@
-"""Reading and writing manifests, and the journal that makes a run resumable.
+"""Writing a Parquet file atomically, and the journal that holds what finished since the last manifest part.
 
 Parquet files are written to a temporary name and renamed into place, so a reader (or a crashed run) only
-ever sees a complete file. The journal is the run's durable memory between those writes: one JSON line per
-finished source, appended and flushed as soon as its clips are on disk. A line cut short by a crash does not
-parse and is ignored, so the source it was about is simply done again.
+ever sees a complete file. The journal is the run's durable memory between manifest parts
+(manifests.dataset): one JSON line per finished source or clip-stage result, appended and fsync'd as soon as
+its clips are on disk, and cut back to the unsettled sources when a part is written. A line cut short by a
+crash does not parse and is ignored, so the source it was about is simply done again.
 """
 
 from __future__ import annotations
@@ -51,9 +52,13 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def source_rows_for_parquet(rows: Iterable[dict]) -> list[dict]:
-    """Flatten the worker's per-stage CPU dict into the cpu_<stage>_s columns."""
+    """Flatten the worker's per-stage CPU dict into the cpu_<stage>_s columns (a row read back from a manifest
+    has them flat already)."""
     out = []
     for row in rows:
+        if "cpu_s" not in row:
+            out.append(row)
+            continue
         flat = {k: v for k, v in row.items() if k != "cpu_s"}
         for stage in schema.TIMED_STAGES:
             flat[f"cpu_{stage}_s"] = (row.get("cpu_s") or {}).get(stage)
@@ -80,21 +85,6 @@ class Journal:
                     yield json.loads(line)
                 except ValueError:
                     continue
-
-    def latest(self) -> tuple[dict[str, dict], dict[tuple[str, str], dict]]:
-        """The newest source record per source_id, and the newest clip-stage record per (clip_id, stage).
-
-        A source record holds what the source pass made (its row and its clips' rows); a clip-stage record
-        ("kind": "stage") holds what a later stage (sync) found for one clip of one generation of a source.
-        """
-        sources: dict[str, dict] = {}
-        stages: dict[tuple[str, str], dict] = {}
-        for record in self.records():
-            if record.get("kind") == "stage":
-                stages[(record["clip_id"], record["stage"])] = record
-            else:
-                sources[record["source_id"]] = record
-        return sources, stages
 
     def append(self, record: dict) -> None:
         if self._handle is None:

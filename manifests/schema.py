@@ -1,12 +1,12 @@
 """The Parquet manifests a run writes under <output>/manifests, column by column.
 
-- ``sources.parquet``: one row per input file found, kept or rejected.
-- ``clips.parquet``: one row per clip span cut from a source, written or rejected.
+- ``sources/``: one row per input file found, kept or rejected.
+- ``clips/``: one row per clip span cut from a source, written or rejected.
 - ``runs.parquet``: one row per `curate run`, appended.
 
-Every column carries its description in the Parquet field metadata (``schema.field(name).metadata``), so
-the files document themselves in pyarrow, pandas and DuckDB. Rows are sorted (sources by source_id,
-clips by source_id then start_frame) so a rerun that changes nothing writes the same bytes.
+The first two are Parquet datasets that grow by appending parts as sources finish (manifests.dataset reads
+their current view). Every column carries its description in the Parquet field metadata
+(``schema.field(name).metadata``), so the files document themselves in pyarrow, pandas and DuckDB.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def _field(name: str, kind: pa.DataType, description: str) -> pa.Field:
 
 def _rejection(subject: str) -> list[pa.Field]:
     return [
-        _field("status", pa.string(), f"'{'ok' if subject == 'source' else 'kept'}' or 'rejected'"),
+        _field("status", pa.string(), f"'{'ok' if subject == 'source' else 'kept'}' or 'rejected'"
+                                  + (" ('removed' in a manifest part: the file left the input folder)"
+                                     if subject == "source" else "")),
         _field("reject_stage", pa.string(), f"the stage that rejected the {subject} (null when kept)"),
         _field("reject_reason", pa.string(), "short stable reason code, e.g. no_audio_stream, shot_too_short"),
         _field("reject_detail", pa.string(), "the reason in a sentence, with the numbers behind it"),
@@ -56,10 +58,18 @@ SOURCES = pa.schema([
     _field("audio_gap_samples", pa.int64(), "silent samples inserted where the audio stream had holes"),
     _field("shot_cuts", pa.list_(pa.int64()), "output frames where a new shot starts"),
     _field("shots_reused", pa.bool_(), "shot cuts were taken from an earlier run with the same content and settings"),
+    _field("annotated_intervals", pa.list_(pa.list_(pa.int64())),
+           "the only output frame ranges [start, end) clips were cut in (inputs.layout hdtf: the annotated time "
+           "intervals, merged); null: the whole video"),
+    _field("annotated_frames_clipped", pa.int64(),
+           "frames of the annotated intervals past the video's decoded end (null without annotations)"),
     _field("face_detections", pa.int64(), "face detector passes (the landmark model tracks the face in between)"),
     _field("n_clips", pa.int32(), "clip spans cut from the source (kept and rejected)"),
     _field("n_clips_kept", pa.int32(), "clips kept"),
     _field("fingerprint", pa.string(), "fingerprint of the stage settings the row was made with"),
+    _field("fingerprints", pa.map_(pa.string(), pa.string()), "per source-pass stage, the fingerprint of its settings "
+                                                              "(what a resume compares)"),
+    _field("generation", pa.string(), "id of this processing of the source; its clips carry the same"),
     *[_field(f"cpu_{stage}_s", pa.float64(), f"CPU seconds of the {stage} step in the source pass")
       for stage in TIMED_STAGES],
     _field("wall_s", pa.float64(), "wall seconds of the source pass"),
@@ -105,6 +115,10 @@ CLIPS = pa.schema([
     _field("quality_score", pa.float64(), "HyperIQA score (0..100 with koniq_pretrained.pkl): mean over the clip's "
                                           "first, middle and last frame"),
     _field("quality_frame_scores", pa.list_(pa.float64()), "HyperIQA score of the first, middle and last frame"),
+    _field("generation", pa.string(), "the processing of the source the clip came from (sources.generation)"),
+    _field("sync_fingerprint", pa.string(), "fingerprint of the sync settings that scored the clip (null: not scored)"),
+    _field("quality_fingerprint", pa.string(), "fingerprint of the quality settings that scored the clip (null: not "
+                                               "scored)"),
 ])
 
 STAGE_TIMING = pa.struct([

@@ -6,11 +6,15 @@ a shot has run max + min frames past the current clip's start with no cut, the n
 shorter than min, so a full max-length clip is emitted at once. What is left when the shot ends (between
 min and max + min frames) is split equally. So at most max + min frames are ever held, however long the
 shot, and every clip is between min and max long.
+
+With annotated intervals (HDTF), IntervalSplitter keeps the clips inside them: frames outside every interval
+belong to no clip, and each interval's start and end cut like a shot boundary.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 from manifests.rejected import Rejected
@@ -39,6 +43,8 @@ class ClipSplitter:
         self.fps = fps
         self.shot_index = 0
         self.clip_start = 0
+        self.shot_start = 0
+        self.outside = False       # between annotated intervals: no clip takes these frames
 
     @property
     def held_from(self) -> int:
@@ -49,11 +55,29 @@ class ClipSplitter:
         """A new shot starts at frame `at`; returns the spans that close the previous shot."""
         spans = self._close_shot(at)
         self.shot_index += 1
+        self.clip_start = self.shot_start = at
+        return spans
+
+    def leave(self, at: int) -> list[Span]:
+        """Frames from `at` on belong to no clip (until `enter`); returns the spans that close the shot."""
+        spans = self._close_shot(at)
+        if at > self.shot_start:
+            self.shot_index += 1
+        self.outside = True
         self.clip_start = at
         return spans
 
+    def enter(self, at: int) -> list[Span]:
+        """Frames from `at` on may be cut into clips again, as a new shot."""
+        self.outside = False
+        self.clip_start = self.shot_start = at
+        return []
+
     def settle(self, upto: int) -> list[Span]:
         """Frames before `upto` have no cut left to report: emit the full-length clips that are now certain."""
+        if self.outside:
+            self.clip_start = max(self.clip_start, upto)
+            return []
         spans = []
         while upto - self.clip_start >= self.max + self.min:
             spans.append(Span(self.shot_index, self.clip_start, self.clip_start + self.max))
@@ -62,7 +86,7 @@ class ClipSplitter:
 
     def finish(self, end: int) -> list[Span]:
         """The timeline ends at frame `end` (exclusive); returns the spans of the last shot."""
-        spans = self._close_shot(end)
+        spans = [] if self.outside else self._close_shot(end)
         self.clip_start = max(self.clip_start, end)
         return spans
 
@@ -90,3 +114,50 @@ class ClipSplitter:
             ]
         bounds = [start + (i * length) // n for i in range(n + 1)]
         return [Span(self.shot_index, a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+class IntervalSplitter:
+    """A ClipSplitter kept inside annotated frame ranges (sorted, merged, [start, end)): each range's ends act
+    as shot boundaries and the frames between ranges are skipped. Same calls as a ClipSplitter; the detector's
+    cuts arrive in order, each after the settles of the frames before it."""
+
+    def __init__(self, splitter: ClipSplitter, intervals: list[tuple[int, int]]):
+        self.splitter = splitter
+        self._bounds: deque[tuple[int, bool]] = deque()   # (frame, entering) in order
+        for start, end in intervals:
+            self._bounds += [(start, True), (end, False)]
+        if self._bounds and self._bounds[0][0] == 0:
+            self._bounds.popleft()       # inside from the first frame
+        else:
+            splitter.leave(0)
+
+    @property
+    def held_from(self) -> int:
+        return self.splitter.held_from
+
+    def cut(self, at: int) -> list[Span]:
+        spans = self._cross(at, inclusive=True)
+        if not self.splitter.outside and at > self.splitter.shot_start:   # a cut between ranges changes nothing
+            spans += self.splitter.cut(at)
+        return spans
+
+    def settle(self, upto: int) -> list[Span]:
+        return self._cross(upto, inclusive=False) + self.splitter.settle(upto)
+
+    def finish(self, end: int) -> list[Span]:
+        """The ranges are clipped to `end`; what lies past it is dropped."""
+        spans = self._cross(end, inclusive=False)
+        self._bounds.clear()
+        return spans + self.splitter.finish(end)
+
+    def _cross(self, upto: int, inclusive: bool) -> list[Span]:
+        spans = []
+        while self._bounds and (self._bounds[0][0] < upto or (inclusive and self._bounds[0][0] == upto)):
+            at, entering = self._bounds.popleft()
+            spans += self.splitter.enter(at) if entering else self.splitter.leave(at)
+        return spans
+
+
+def frames_past(intervals: list[tuple[int, int]], end: int) -> int:
+    """Frames of `intervals` at or after frame `end` (the part past a video's end)."""
+    return sum(stop - max(start, end) for start, stop in intervals if stop > end)

@@ -99,7 +99,7 @@ def test_empty_input_folder_is_a_clean_run(tmp_path, capsys, ray_cluster):
     printed = capsys.readouterr()
     assert "sources in: 0" in printed.out
     assert f"curate: warning: no videos in {tmp_path / 'raw'} (looked for .mp4 .mkv" in printed.err
-    assert (tmp_path / "out" / "manifests" / "sources.parquet").exists()
+    assert (tmp_path / "out" / "manifests" / "runs.parquet").exists()
 
 
 @pytest.mark.parametrize("command", ["rejects", "filelist", "report"])

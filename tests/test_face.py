@@ -12,13 +12,13 @@ import pytest
 from curate.config import config_from_dict
 from curate.source_pass import process_source
 from curate.source_task import SourceTask
-from footage import GARDEN, KITCHEN, SOFA, downscaled, ffmpeg, ffmpeg_exe, hard_cut, read_clip, synthetic
+from footage import read_manifest, GARDEN, KITCHEN, SOFA, downscaled, ffmpeg, ffmpeg_exe, hard_cut, read_clip, synthetic
 from faces import align as face_align
 from faces.landmarks import BackendUnavailable, DlibBackend, check_backend
 
 
 def kept(out, source_id=None):
-    clips = pd.read_parquet(out / "manifests/clips.parquet")
+    clips = read_manifest(out, "clips")
     clips = clips[clips.status == "kept"]
     return clips if source_id is None else clips[clips.source_id == source_id]
 
@@ -60,7 +60,7 @@ def test_redetected_brows_and_nose_land_on_the_template(readme_run):
 def test_steady_talking_heads_do_not_wobble(readme_run):
     clips = kept(readme_run["out"])
     assert (clips.face_jitter_px < 2.5).all(), clips[["clip_id", "face_jitter_px"]]
-    sources = pd.read_parquet(readme_run["out"] / "manifests/sources.parquet")
+    sources = read_manifest(readme_run["out"], "sources")
     # tracking: the detector ran on a few frames only; the landmark model followed the face in between
     assert (sources.face_detections <= sources.frames_out / 20).all(), sources[["source_id", "face_detections"]]
 
@@ -125,7 +125,7 @@ def rejects(tmp_path_factory, talking_heads, curate):
     hard_cut(raw / "two shots.mp4", KITCHEN, 6, GARDEN, 7, size="720x1280")
     out = tmp_path_factory.mktemp("face_out")
     curate(raw, out, config_from_dict({"run": {"skip": ["sync", "quality"]}, "stages": {"face": {"min_face_px": 110}}}))
-    return pd.read_parquet(out / "manifests/clips.parquet").set_index("source_id")
+    return read_manifest(out, "clips").set_index("source_id")
 
 
 def test_each_shot_is_aligned_on_its_own_speaker(rejects):

@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from footage import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, synthetic
+from footage import read_manifest, GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, synthetic
 from ray_workers import SignalWorkers, alive
 
 SHORT_CLIPS = {"clips": {"min_seconds": 2, "max_seconds": 4}}
@@ -42,7 +41,7 @@ def test_sync_worker_killed_mid_clip_is_restarted_and_the_clip_processed_once(on
     killed = killer.hit
     assert killed, "the sync worker was never seen at work"
     assert summary.clips_staged == {"sync": 1, "quality": 1}  # counted once: Ray retried it on a new actor
-    clips = pd.read_parquet(tmp_path / "out/manifests/clips.parquet")
+    clips = read_manifest(tmp_path / "out", "clips")
     assert list(clips.status) == ["kept"] and list(clips.sync_status) == ["done"]
     assert_same_run(tmp_path / "out", reference)  # shifted once, scored once: as if nothing happened
 
@@ -67,7 +66,7 @@ def test_a_hung_source_task_is_killed_and_its_source_rejected_and_the_run_ends(t
                     pass
     stopped = stopper.hit
     assert stopped, "no source task was seen at work"
-    [row] = pd.read_parquet(tmp_path / "out/manifests/sources.parquet").itertuples()
+    [row] = read_manifest(tmp_path / "out", "sources").itertuples()
     assert (row.status, row.reject_stage, row.reject_reason) == ("rejected", "worker", "stalled")
     assert "no sign of life for 3 s" in row.reject_detail
     assert summary.rejects == {("source", "worker", "stalled"): 1}
@@ -208,7 +207,7 @@ def recorded_clips_are_on_disk(out: Path) -> int:
 def test_a_disk_full_or_read_only_partway_stops_cleanly_and_a_rerun_continues(raw, reference, tmp_path, own_mounts,
                                                                                scenario):
     # room for the biggest source's clips and a little more, not for all of them
-    clips = pd.read_parquet(reference / "manifests/clips.parquet")
+    clips = read_manifest(reference, "clips")
     per_source = clips.groupby("source_id").bytes.sum()
     size = int(per_source.max() + 0.5 * per_source.min()) + 256 * 1024 if scenario == "full" else 512 * 2**20
     save = in_namespace(raw, tmp_path, str(size), scenario)

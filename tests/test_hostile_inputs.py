@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from footage import (audio_jump, mkv_claim_duration, mp4_claim_duration, mp4_picture_size, mp4_stretch_video,
+from footage import (read_manifest, audio_jump, mkv_claim_duration, mp4_claim_duration, mp4_picture_size, mp4_stretch_video,
                    synthetic, tiny_packets)
 from media import probe as probe_stage
 
@@ -88,8 +88,8 @@ def hostile(tmp_path_factory) -> Path:
 def result(hostile, tmp_path_factory, curate):
     out = tmp_path_factory.mktemp("hostile-out")
     summary = curate(hostile, out, config_from_dict({"run": {"skip": ["face"]}}))
-    sources = pd.read_parquet(out / "manifests/sources.parquet").set_index("source_id")
-    clips = pd.read_parquet(out / "manifests/clips.parquet")
+    sources = read_manifest(out, "sources").set_index("source_id")
+    clips = read_manifest(out, "clips")
     return {"out": out, "summary": summary, "sources": sources, "clips": clips}
 
 

@@ -6,10 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from footage import GARDEN, KITCHEN, assert_same_run, downscaled, tree_hashes
+from footage import read_manifest, GARDEN, KITCHEN, assert_same_run, downscaled, tree_hashes
 from ray_nodes import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +52,7 @@ def test_two_nodes_give_the_same_manifests_and_clips_as_the_embedded_ray(raw, tm
 
     single, cluster = tmp_path / "single", tmp_path / "cluster"
     assert_same_run(cluster, single)
-    clips = pd.read_parquet(cluster / "manifests" / "clips.parquet")
+    clips = read_manifest(cluster, "clips")
     # decisions both ways: the kitchen's clips kept (and scored by the quality actor), the garden's rejected
     kept, rejected = clips[clips.status == "kept"], clips[clips.status == "rejected"]
     assert set(kept.source_id) == {"kitchen.mp4"} and (kept.quality_status == "done").all()
@@ -64,7 +63,7 @@ def test_two_nodes_give_the_same_manifests_and_clips_as_the_embedded_ray(raw, tm
     # process runs in that worker's log files, which are the node's own (its --temp-dir). The quality actor
     # holds one CPU, a whole node here, for the run, so the source passes run on the other node and the actor
     # reads clips written there (typically: node 0 the actor, node 1 both source passes)
-    runs = pd.read_parquet(cluster / "manifests" / "runs.parquet")
+    runs = read_manifest(cluster, "runs")
     assert (runs.ray_address.tolist(), runs.cluster_cpus.tolist()) == ([two_nodes.address], [2.0])
     work = []
     for node in range(2):

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from curate.config import config_from_dict
 from manifests import schema
-from footage import (GARDEN, KITCHEN, SOFA, av_markers, downscaled, ffmpeg, hard_cut, read_clip, synthetic,
+from footage import (read_manifest, GARDEN, KITCHEN, SOFA, av_markers, downscaled, ffmpeg, hard_cut, read_clip, synthetic,
                    tree_hashes, unseekable_mkv, with_cover_art)
 
 MARKS = [1.0, 3.0, 7.5, 9.0]  # seconds at which the marker videos flash and beep together
@@ -73,8 +72,8 @@ def result(corpus, tmp_path_factory, curate):
     out = tmp_path_factory.mktemp("out")
     # the chain up to the clip writer; the face stage has its own tests (most of these sources have no face)
     summary = curate(corpus, out, config_from_dict({"run": {"skip": ["face"]}}))
-    sources = pd.read_parquet(out / "manifests/sources.parquet")
-    clips = pd.read_parquet(out / "manifests/clips.parquet")
+    sources = read_manifest(out, "sources")
+    clips = read_manifest(out, "clips")
     return {"raw": corpus, "out": out, "summary": summary, "sources": sources, "clips": clips, "before": before}
 
 
@@ -181,10 +180,12 @@ def test_display_rotation_is_applied_as_ffmpeg_plays_it(result, tmp_path):
 def test_manifests_have_the_documented_schema(result):
     out = result["out"]
     for name, expected in (("sources", schema.SOURCES), ("clips", schema.CLIPS), ("runs", schema.RUNS)):
-        table = pq.read_table(out / "manifests" / f"{name}.parquet")
+        # sources and clips are datasets of parts, readable as one by pyarrow (or DuckDB) as they are
+        path = out / "manifests" / (name if name != "runs" else "runs.parquet")
+        table = pq.read_table(path)
         assert table.schema.names == expected.names
         assert all(field.metadata and b"description" in field.metadata for field in table.schema)
-    runs = pd.read_parquet(out / "manifests/runs.parquet")
+    runs = read_manifest(out, "runs")
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run.sources_found == len(EXPECTED) and run.sources_processed == len(EXPECTED)

@@ -9,7 +9,7 @@ from curate.config import config_from_dict
 from curate.summary import format_dry_run, format_summary
 from networks.hyperiqa import load_hyperiqa
 from stages.quality_score import QualityScorer
-from footage import KITCHEN, downscaled
+from footage import read_manifest, KITCHEN, downscaled
 
 SHORT_CLIPS = {"clips": {"min_seconds": 2, "max_seconds": 4}}
 
@@ -28,7 +28,7 @@ def settings(models, skip=("sync",), min_score=-1000.0, **sync):
 
 
 def only_clip(out):
-    [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
+    [clip] = read_manifest(out, "clips").itertuples()
     return clip
 
 
@@ -53,7 +53,7 @@ def test_scores_thresholds_and_recomputes_only_what_changed(raw, tmp_path, curat
         ("rejected", "quality", "low_visual_quality", "rejected")
     assert "below 40" in clip.reject_detail
     assert (out / clip.path).exists(), "a rejected clip stays on disk for the report to show"
-    runs = pd.read_parquet(out / "manifests/runs.parquet")
+    runs = read_manifest(out, "runs")
     assert list(runs.clips_quality_scored) == [1, 1]  # the run with nothing to do left no row
 
 
@@ -77,7 +77,7 @@ def test_quality_follows_the_sync_stage(raw, tmp_path, curate, stand_in_models):
     assert (clip.status, clip.sync_status, clip.quality_status) == ("kept", "done", "done")
     # what each clip stage cost, in the summary and the runs manifest: its actors' CPU and wall seconds, and
     # the seconds of clip it scored
-    timings = {t["stage"]: t for t in pd.read_parquet(out / "manifests/runs.parquet").stage_timings.iloc[-1]}
+    timings = {t["stage"]: t for t in read_manifest(out, "runs").stage_timings.iloc[-1]}
     assert [t["stage"] for t in summary.stage_timings][-2:] == ["sync", "quality"]
     for stage in ("sync", "quality"):
         assert timings[stage]["clips_computed"] == 1 and timings[stage]["media_s"] == pytest.approx(clip.duration_s)

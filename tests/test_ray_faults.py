@@ -7,11 +7,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from footage import KITCHEN, downscaled
+from footage import read_manifest, KITCHEN, downscaled
 from ray_workers import SignalWorkers, alive, descendants
 
 
@@ -32,9 +31,9 @@ def run_with_killer(curate, raw, out, times, retries):
 def test_killed_worker_is_retried_and_the_source_completes(raw, tmp_path, curate, ray_cluster):
     summary, killer = run_with_killer(curate, raw, tmp_path / "out", times=1, retries=2)
     assert len(killer.hit) == 1
-    sources = pd.read_parquet(tmp_path / "out/manifests/sources.parquet")
+    sources = read_manifest(tmp_path / "out", "sources")
     assert list(sources.status) == ["ok"]
-    clips = pd.read_parquet(tmp_path / "out/manifests/clips.parquet")
+    clips = read_manifest(tmp_path / "out", "clips")
     assert list(clips.status) == ["kept", "kept"] and clips.clip_id.is_unique
     assert not list((tmp_path / "out").rglob("*.partial"))
 
@@ -42,7 +41,7 @@ def test_killed_worker_is_retried_and_the_source_completes(raw, tmp_path, curate
 def test_worker_that_keeps_dying_becomes_a_reject_row(raw, tmp_path, curate, ray_cluster):
     summary, killer = run_with_killer(curate, raw, tmp_path / "out", times=2, retries=1)
     assert len(killer.hit) == 2
-    sources = pd.read_parquet(tmp_path / "out/manifests/sources.parquet")
+    sources = read_manifest(tmp_path / "out", "sources")
     row = sources.iloc[0]
     assert (row.status, row.reject_stage, row.reject_reason) == ("rejected", "worker", "worker_crashed")
     assert summary.sources_rejected == 1

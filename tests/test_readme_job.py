@@ -3,22 +3,21 @@
 import subprocess
 
 import numpy as np
-import pandas as pd
 
-from footage import read_clip
+from footage import read_manifest, read_clip
 
 
 def test_curate_the_shared_talking_heads(readme_run):
     out = readme_run["out"]
     assert "sources in: 3" in readme_run["stdout"] and "clips out:  5" in readme_run["stdout"]
 
-    sources = pd.read_parquet(out / "manifests/sources.parquet")
+    sources = read_manifest(out, "sources")
     assert (sources.status == "ok").all()
     assert sources.set_index("source_id").fps.to_dict() == {
         "man_kitchen_1080x1920_25fps.mp4": 25.0, "man_sofa_1080x1920_30fps.mp4": 30.0,
         "woman_garden_1080x1920_25fps.mp4": 25.0,
     }
-    clips = pd.read_parquet(out / "manifests/clips.parquet")
+    clips = read_manifest(out, "clips")
     assert (clips.status == "kept").all() and (clips.n_frames == 250).all()
     assert (clips.face_status == "done").all() and (clips.face_backend == "dlib").all()
     for clip in clips.itertuples():

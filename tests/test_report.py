@@ -15,7 +15,7 @@ import pytest
 
 from curate.cli import main
 from curate.config import config_from_dict
-from footage import KITCHEN, TALKING_HEADS, downscaled, synthetic
+from footage import read_manifest, KITCHEN, TALKING_HEADS, downscaled, synthetic
 
 SOFA = TALKING_HEADS / "man_sofa_1080x1920_30fps.mp4"
 GARDEN = TALKING_HEADS / "woman_garden_1080x1920_25fps.mp4"
@@ -43,7 +43,7 @@ def run(tmp_path_factory, talking_heads, stand_in_models, curate):
     (raw / "other/notes.mp4").write_text("not a video")
     out = tmp_path_factory.mktemp("report") / "out"
     curate(raw, out, settings(stand_in_models, -1000))
-    scored = pd.read_parquet(out / "manifests/clips.parquet").dropna(subset=["quality_score"])
+    scored = read_manifest(out, "clips").dropna(subset=["quality_score"])
     assert len(scored) == 4
     # the threshold: just under the best clips that cover two speakers, so both file lists get one
     scored = scored.sort_values("quality_score", ascending=False).reset_index(drop=True)
@@ -56,7 +56,7 @@ def run(tmp_path_factory, talking_heads, stand_in_models, curate):
 
 
 def manifests(out):
-    return pd.read_parquet(out / "manifests/sources.parquet"), pd.read_parquet(out / "manifests/clips.parquet")
+    return read_manifest(out, "sources"), read_manifest(out, "clips")
 
 
 def test_the_run_has_what_the_report_must_show(run):

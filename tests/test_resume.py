@@ -7,12 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from footage import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, read_manifest, sha256, synthetic
 
 from curate.config import config_from_dict
-from footage import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, sha256, synthetic
-
 
 
 def chain(stages: dict | None = None, skip=("face",)):
@@ -40,14 +38,14 @@ def test_rerun_does_nothing_and_rewrites_nothing(raw, tmp_path, curate):
     first = curate(raw, out, chain())
     assert first.sources_processed == 3
     files = clip_files(out)
-    manifests = {name: (out / "manifests" / f"{name}.parquet").read_bytes() for name in ("sources", "clips", "runs")}
+    manifests = {p: p.read_bytes() for p in sorted((out / "manifests").rglob("*")) if p.is_file()}
+    assert len(manifests) == 3  # runs.parquet, a part in sources/ and its pair in clips/
 
     second = curate(raw, out, chain())
     assert (second.sources_processed, second.sources_reused) == (0, 3)
     assert clip_files(out) == files
-    for name, data in manifests.items():
-        assert (out / "manifests" / f"{name}.parquet").read_bytes() == data
-    runs = pd.read_parquet(out / "manifests/runs.parquet")
+    assert {p: p.read_bytes() for p in sorted((out / "manifests").rglob("*")) if p.is_file()} == manifests
+    runs = read_manifest(out, "runs")
     assert list(runs.sources_processed) == [3]  # a run that did nothing is not recorded either
 
     # an input file taken away: its rows go, and that run is recorded
@@ -57,25 +55,25 @@ def test_rerun_does_nothing_and_rewrites_nothing(raw, tmp_path, curate):
     finally:
         os.rename(raw / "b" / "pattern.mp4.away", raw / "b" / "pattern.mp4")
     assert (third.sources_found, third.sources_processed) == (2, 0)
-    assert "b/pattern.mp4" not in set(pd.read_parquet(out / "manifests/sources.parquet").source_id)
-    assert list(pd.read_parquet(out / "manifests/runs.parquet").sources_processed) == [3, 0]
+    assert "b/pattern.mp4" not in set(read_manifest(out, "sources").source_id)
+    assert list(read_manifest(out, "runs").sources_processed) == [3, 0]
 
 
 def test_changing_a_stage_recomputes_it_and_later_stages_only(raw, tmp_path, curate):
     out = tmp_path / "out"
     curate(raw, out, chain())
-    before = pd.read_parquet(out / "manifests/clips.parquet")
+    before = read_manifest(out, "clips")
     before_files = clip_files(out)
 
     # clips: new spans from the recorded shots; the shot detector does not run again
     shorter = chain({"clips": {"min_seconds": 3, "max_seconds": 6}})
     summary = curate(raw, out, shorter)
     assert summary.sources_processed == 3
-    sources = pd.read_parquet(out / "manifests/sources.parquet")
+    sources = read_manifest(out, "sources")
     assert sources.shots_reused.all()
-    timings = {t["stage"]: t for t in pd.read_parquet(out / "manifests/runs.parquet").stage_timings.iloc[-1]}
+    timings = {t["stage"]: t for t in read_manifest(out, "runs").stage_timings.iloc[-1]}
     assert timings["shots"]["sources_computed"] == 0 and timings["write"]["sources_computed"] == 3
-    after = pd.read_parquet(out / "manifests/clips.parquet")
+    after = read_manifest(out, "clips")
     kept = after[after.status == "kept"]
     assert kept.duration_s.between(3, 6).all() and len(kept) > len(before[before.status == "kept"])
     # the old clips that no longer exist are gone from disk, the new ones are there
@@ -84,16 +82,16 @@ def test_changing_a_stage_recomputes_it_and_later_stages_only(raw, tmp_path, cur
     # write: same spans, files encoded again
     back = chain({"write": {"crf": 30}})
     curate(raw, out, back)
-    again = pd.read_parquet(out / "manifests/clips.parquet")
+    again = read_manifest(out, "clips")
     assert list(again.clip_id) == list(before.clip_id)
-    assert pd.read_parquet(out / "manifests/sources.parquet").shots_reused.all()
+    assert read_manifest(out, "sources").shots_reused.all()
     rewritten = clip_files(out)
     assert sorted(rewritten) == sorted(before_files)
     assert all(rewritten[path][0] != before_files[path][0] for path in rewritten)  # crf 30 != crf 18
 
     # shots: detected again
     curate(raw, out, chain({"shots": {"adaptive_threshold": 2.5}}))
-    assert not pd.read_parquet(out / "manifests/sources.parquet").shots_reused.any()
+    assert not read_manifest(out, "sources").shots_reused.any()
 
 
 def test_a_killed_run_resumes_to_the_same_result(raw, tmp_path, curate):
@@ -101,21 +99,26 @@ def test_a_killed_run_resumes_to_the_same_result(raw, tmp_path, curate):
     curate(raw, reference, chain())
 
     out = tmp_path / "out"
+    config = tmp_path / "parts.yaml"
+    config.write_text("run:\n  part_sources: 1\n")   # a part per finished source
     command = [sys.executable, "-m", "curate.cli", "run", "--input", str(raw), "--output", str(out),
-               "--num-cpus", "1", "--no-progress", "--skip", "face"]
+               "--num-cpus", "1", "--no-progress", "--skip", "face", "--config", str(config)]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    journal = out / ".curate" / "journal.jsonl"
+    parts = out / "manifests" / "sources"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        if journal.exists() and journal.read_bytes().count(b"\n") >= 1:
+        if parts.is_dir() and any(p.suffix == ".parquet" for p in parts.iterdir()):
             break
         time.sleep(0.05)
     assert process.poll() is None, process.stderr.read().decode()
     os.killpg(process.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-run
     process.wait()
-    done = journal.read_bytes().count(b"\n")
+    # every source it finished is in the manifests as their readers see them (the journal holds those that
+    # finished after the last part)
+    from curate.results import load_results
+
+    done = len(load_results(out).sources)
     assert 1 <= done < 3, "the run should have been killed with work left"
-    assert not (out / "manifests" / "clips.parquet").exists()
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -130,15 +133,15 @@ def test_changing_the_face_stage_keeps_the_shots_and_recomputes_face_and_write(t
     out = tmp_path / "out"
     no_sync = {"run": {"skip": ["sync", "quality"]}}
     curate(raw, out, config_from_dict(no_sync))
-    first = pd.read_parquet(out / "manifests/clips.parquet")
+    first = read_manifest(out, "clips")
     assert list(first.face_status) == ["done"] and first.face_jitter_px.iloc[0] > 0
     curate(raw, out, config_from_dict({**no_sync, "stages": {"face": {"smooth_sigma_frames": 0}}}))
-    second = pd.read_parquet(out / "manifests/clips.parquet")
-    sources = pd.read_parquet(out / "manifests/sources.parquet")
+    second = read_manifest(out, "clips")
+    sources = read_manifest(out, "sources")
     assert sources.shots_reused.all()
     assert second.face_jitter_px.iloc[0] > first.face_jitter_px.iloc[0]  # the face stage ran again, unsmoothed
     # skipping the face stage writes the clip unaligned; bringing it back aligns it again
     curate(raw, out, chain())
-    assert pd.read_parquet(out / "manifests/clips.parquet").face_status.tolist() == ["skipped"]
+    assert read_manifest(out, "clips").face_status.tolist() == ["skipped"]
     curate(raw, out, config_from_dict(no_sync))
-    assert pd.read_parquet(out / "manifests/clips.parquet").face_jitter_px.iloc[0] == first.face_jitter_px.iloc[0]
+    assert read_manifest(out, "clips").face_jitter_px.iloc[0] == first.face_jitter_px.iloc[0]

@@ -1,11 +1,10 @@
 """The sync stage: SyncNet on the aligned clips in an actor pool, the audio shifted sample-exactly, skip and fill."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from curate.config import config_from_dict
-from footage import KITCHEN, downscaled, read_clip
+from footage import read_manifest, KITCHEN, downscaled, read_clip
 from stages.sync import shifted_audio
 
 
@@ -44,7 +43,7 @@ def settings(models, **sync):
 def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw, tmp_path, curate, stand_in_models):
     out = tmp_path / "out"
     curate(raw, out, config_from_dict({"run": {"skip": ["sync", "quality"]}, "stages": SHORT_CLIPS}))
-    [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
+    [clip] = read_manifest(out, "clips").itertuples()
     assert (clip.status, clip.sync_status) == ("kept", "skipped")
     frames_before, audio_before, _ = read_clip(out / clip.path)
     arrays = np.load(out / clip.landmarks_path)
@@ -55,7 +54,7 @@ def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw
     keep_all = settings(stand_in_models, min_confidence=0, max_offset=15)
     summary = curate(raw, out, keep_all)
     assert (summary.sources_processed, summary.clips_staged) == (0, {"sync": 1})
-    [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
+    [clip] = read_manifest(out, "clips").itertuples()
     assert (clip.status, clip.sync_status) == ("kept", "done")
     assert np.isfinite([clip.sync_min_dist, clip.sync_conf]).all()
     frames_after, audio_after, facts = read_clip(out / clip.path)
@@ -72,13 +71,13 @@ def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw
     strict = settings(stand_in_models, min_confidence=1000)
     summary = curate(raw, out, strict)
     assert (summary.sources_processed, summary.clips_staged) == (0, {"sync": 1})
-    [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
+    [clip] = read_manifest(out, "clips").itertuples()
     assert (clip.status, clip.reject_stage, clip.reject_reason, clip.sync_status) == \
         ("rejected", "sync", "low_sync_confidence", "rejected")
 
     # back again: the shift is made from the stored original, so it is not applied twice
     curate(raw, out, keep_all)
-    [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
+    [clip] = read_manifest(out, "clips").itertuples()
     assert clip.status == "kept"
     assert np.array_equal(read_clip(out / clip.path)[1], expected)
 
@@ -86,7 +85,7 @@ def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw
 def test_offset_beyond_the_maximum_is_rejected(raw, tmp_path, curate, stand_in_models):
     out = tmp_path / "out"
     curate(raw, out, settings(stand_in_models, min_confidence=0, max_offset=0))
-    [clip] = pd.read_parquet(out / "manifests/clips.parquet").itertuples()
+    [clip] = read_manifest(out, "clips").itertuples()
     if clip.sync_offset == 0:
         pytest.skip("the stand-in weights happen to give offset 0 here")
     assert (clip.status, clip.reject_reason) == ("rejected", "large_av_offset")
