@@ -47,6 +47,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from manifests.dataset import current_table
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -237,8 +239,8 @@ def run_once(inputs: Path, out: Path, skip: str, num_cpus: int | None, interval:
     if status != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {status}:\n{log.read_text()[-3000:]}")
 
-    sources = pd.read_parquet(out / "manifests" / "sources.parquet")
-    clips = pd.read_parquet(out / "manifests" / "clips.parquet")
+    sources = current_table(out, "sources").to_pandas()
+    clips = current_table(out, "clips").to_pandas()
     runs = pd.read_parquet(out / "manifests" / "runs.parquet")
     stage_cols = [c for c in sources.columns if c.startswith("cpu_") and c.endswith("_s")]
     timings = list(runs.stage_timings.iloc[-1])

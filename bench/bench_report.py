@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from manifests.dataset import current_table  # noqa: E402
 
 from curate.report import build_report  # noqa: E402
 from manifests import schema  # noqa: E402
@@ -33,8 +34,8 @@ REASONS = [("face", "no_face"), ("face", "face_too_small"), ("sync", "low_sync_c
 
 
 def enlarge(real: Path, big: Path, n_clips: int) -> None:
-    sources = pd.read_parquet(real / "manifests/sources.parquet")
-    clips = pd.read_parquet(real / "manifests/clips.parquet")
+    sources = current_table(real, "sources").to_pandas()
+    clips = current_table(real, "clips").to_pandas()
     clips = clips[clips.status == "kept"]
     rng = np.random.default_rng(0)
     n_sources = max(1, n_clips // 10)
@@ -51,10 +52,10 @@ def enlarge(real: Path, big: Path, n_clips: int) -> None:
         mask = which == number
         new_clips.loc[mask, ["status", "reject_stage", "reject_reason"]] = ["rejected", stage, reason]
         new_clips.loc[mask, "reject_detail"] = f"synthetic {reason}"
-    (big / "manifests").mkdir(parents=True)
     for name, table, table_schema in (("sources", new_sources, schema.SOURCES), ("clips", new_clips, schema.CLIPS)):
+        (big / "manifests" / name).mkdir(parents=True)   # one part of each, as a run's manifests are read
         pq.write_table(pa.Table.from_pandas(table, schema=table_schema, preserve_index=False),
-                       big / f"manifests/{name}.parquet")
+                       big / "manifests" / name / "part-0.parquet")
     shutil.copy(real / "manifests/runs.parquet", big / "manifests/runs.parquet")
     (big / "clips").symlink_to((real / "clips").resolve())
 
@@ -70,7 +71,7 @@ def main() -> int:
     parser.add_argument("--from", dest="real", type=Path, default=Path("out"))
     parser.add_argument("--clips", type=int, default=100_000)
     args = parser.parse_args()
-    real_clips = len(pd.read_parquet(args.real / "manifests/clips.parquet"))
+    real_clips = len(current_table(args.real, "clips").to_pandas())
     with tempfile.TemporaryDirectory() as work:
         big = Path(work) / "big"
         enlarge(args.real, big, args.clips)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from manifests.dataset import current_table
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -48,8 +50,8 @@ def curate_run(inputs: Path, out: Path, env: dict, skip: str, *extra: str) -> di
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    sources = pd.read_parquet(out / "manifests" / "sources.parquet")
-    clips = pd.read_parquet(out / "manifests" / "clips.parquet")
+    sources = current_table(out, "sources").to_pandas()
+    clips = current_table(out, "clips").to_pandas()
     runs = pd.read_parquet(out / "manifests" / "runs.parquet")
     kept = clips[clips.status == "kept"]
     return {

@@ -38,7 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
-import pandas as pd
+
+from manifests.dataset import current_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "talking-heads"
@@ -138,8 +139,8 @@ def ours(input_dir: Path, out: Path, cpus: int, *extra: str, skip: str = "sync,q
     whole = timed([curate, "run", "--input", str(input_dir), "--output", str(out), "--num-cpus", str(cpus),
                    "--no-progress", "--skip", skip, *extra])
     whole["machine_cpu_s"] = machine_busy_s() - busy
-    sources = pd.read_parquet(out / "manifests" / "sources.parquet")
-    clips = pd.read_parquet(out / "manifests" / "clips.parquet")
+    sources = current_table(out, "sources").to_pandas()
+    clips = current_table(out, "clips").to_pandas()
     stages = {c[4:-2]: float(sources[c].sum()) for c in sources.columns if c.startswith("cpu_") and c.endswith("_s")}
     return {"whole": whole, "stages": stages, "clip_seconds": sorted(clips[clips.status == "kept"].duration_s.round(2)),
             "frames": int(sources.frames_out.sum()), "face_detections": int(sources.face_detections.fillna(0).sum()),
