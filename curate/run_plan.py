@@ -23,8 +23,9 @@ from curate.scan import scan_inputs
 from curate.source_task import SourceTask
 from manifests import dataset, io as mio
 
-PREVIOUS = ["source_id", "path", "size_bytes", "mtime_ns", "sha256", "fingerprint", "fingerprints", "status",
-            "reject_stage", "shot_cuts", "generation", "annotated_intervals"]
+# what decides whether a source is unchanged, read for every source; the rest only for those that changed
+PREVIOUS = ["source_id", "path", "size_bytes", "mtime_ns", "fingerprint", "reject_stage", "annotated_intervals"]
+CHANGED = ["source_id", "sha256", "fingerprints", "status", "shot_cuts"]
 
 
 def recover(output_dir: Path) -> None:
@@ -67,10 +68,17 @@ def make_plan(options: RunOptions) -> Plan:
     same_intervals = _same_intervals(scan, found, before)
     reuse = known & same_stat & same_path & same_write & same_intervals
 
+    # why, and what an earlier pass still lends (content hash, shot cuts), for the sources to process
+    changed = found["source_id"].filter(pa.array(known & ~reuse))
+    detail = dataset.empty_table("sources", CHANGED)
+    if len(changed):
+        detail = pa.concat_tables([detail] + [table.filter(pc.is_in(table["source_id"], value_set=changed))
+                                              for table in dataset.iter_current(out, "sources", CHANGED, journal)])
+    before = detail.take(pc.index_in(found["source_id"], value_set=detail["source_id"]))
     why = np.full(len(found), "settings changed", dtype=object)
     for stage in reversed(list(fingerprints)):   # the first stage whose settings changed names the reason
-        changed = ~_true(pc.equal(pc.map_lookup(before["fingerprints"], stage, "first"), fingerprints[stage]))
-        why[changed] = f"stages.{stage} settings changed"
+        differs = ~_true(pc.equal(pc.map_lookup(before["fingerprints"], stage, "first"), fingerprints[stage]))
+        why[differs] = f"stages.{stage} settings changed"
     why[~same_intervals] = "annotated intervals changed"
     why[~same_path] = "input moved"
     why[~same_stat] = "file changed"
@@ -84,7 +92,10 @@ def make_plan(options: RunOptions) -> Plan:
     todo = todo.take(pc.sort_indices(todo, [("size_bytes", "descending"), ("source_id", "ascending")]))
     plan = Plan(scan, todo, int(reuse.sum()))
     if config.clip_stages():
-        _owed_clips(plan, found["source_id"].filter(pa.array(reuse)), out, config, journal)
+        # the clips to look at are those of the unchanged sources: every current source but the few others
+        others = previous["source_id"].filter(pc.invert(pc.is_in(previous["source_id"],
+                                                                 value_set=found["source_id"].filter(pa.array(reuse)))))
+        _owed_clips(plan, others, out, config, journal)
     return plan
 
 
@@ -100,7 +111,7 @@ def tasks(plan: Plan, options: RunOptions) -> Iterator[SourceTask]:
                              intervals=list(plan.scan.intervals.get(row["source_id"], ())) or None)
 
 
-def _owed_clips(plan: Plan, reused: pa.Array, out: Path, config: Config, journal) -> None:
+def _owed_clips(plan: Plan, others: pa.Array, out: Path, config: Config, journal) -> None:
     """The clips of unchanged sources that a clip stage owes a score (none yet, or its settings changed), part
     by part; then, for their sources alone, the record each continues from."""
     chain = config.clip_stages()
@@ -111,7 +122,8 @@ def _owed_clips(plan: Plan, reused: pa.Array, out: Path, config: Config, journal
     owed_sources: set[str] = set()
     plan.owed_why = {stage: Counter() for stage in chain}
     for table in dataset.iter_current(out, "clips", columns, journal):
-        table = table.filter(pc.is_in(table["source_id"], value_set=reused))
+        if len(others):   # a set of the few, not of the million: it is built once per part
+            table = table.filter(pc.invert(pc.is_in(table["source_id"], value_set=others)))
         if not len(table):
             continue
         left = _true(pc.is_valid(table["path"])) & (

@@ -13,7 +13,7 @@ from curate import layouts
 from curate.config import InputSettings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScannedSource:
     source_id: str      # path relative to the input folder, '/'-separated
     path: str           # absolute path

@@ -162,6 +162,11 @@ def _table(rows: list[dict], name: str, columns: Sequence[str] | None) -> pa.Tab
     return table.select(list(columns) if columns is not None else table_schema.names)
 
 
+def empty_table(name: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """A table of `name`'s columns (or those given) with no rows."""
+    return _table([], name, columns)
+
+
 def current_parts(output_dir: Path, journal_sources: list[dict] | None = None) -> tuple[list[Path], pa.Table]:
     """The sources parts, oldest first, and for each source still in the input its current part's index
     (table `source_id`, `part`, sorted by part; the journal's rows, when given, count as part len(parts))."""
@@ -217,5 +222,5 @@ def current_table(output_dir: Path, name: str, columns: Sequence[str] | None = N
     order = ["source_id"] if name == "sources" else ["source_id", "start_frame"]
     wanted = columns + [c for c in order if c not in columns]
     tables = list(iter_current(output_dir, name, wanted, journal))
-    table = pa.concat_tables(tables) if tables else _table([], name, wanted)
+    table = pa.concat_tables(tables) if tables else empty_table(name, wanted)
     return table.sort_by([(c, "ascending") for c in order]).select(columns)
