@@ -9,10 +9,9 @@ sync and quality, in parts of run.part_sources), written by the real PartWriter.
 own: a dry run (scan and plan, with the clip stages' owed clips), a real rerun that finds nothing to do, the
 file lists, and the report (no sample pictures: the clip files do not exist).
 
-Real: N tiny real sources (1 s of a real talking head, 224x224, 25 fps, AAC 16 kHz), processed end to end by
-`curate run --skip face` (each is probed, decoded, resampled, cut into shots and rejected at the clips stage
-as too short: the bookkeeping per source, not the stages' work), then a rerun with nothing to do, the file
-lists and the report.
+Real: N tiny real sources (1 s of a real talking head, 224x224, 25 fps, AAC 16 kHz), through `curate run
+--skip face` (each is a Ray task that probes it and rejects it as shorter than one clip: the bookkeeping per
+source, not the stages' work), then a rerun with nothing to do, the file lists and the report.
 
 Peak memory is the driver process's own (getrusage RUSAGE_SELF ru_maxrss), not Ray's workers'.
 """

@@ -38,7 +38,7 @@ def format_summary(summary: RunSummary, output_dir: Path) -> str:
             f"({rate:.1f}x real time), {per:.2f} CPU-s per source-second in the source pass"
         )
     lines.extend(_timings(summary.stage_timings))
-    lines.append(f"manifests:  {output_dir / 'manifests'} (sources, clips, runs .parquet)")
+    lines.append(f"manifests:  {output_dir / 'manifests'} (sources/ and clips/ in parts, runs.parquet)")
     return "\n".join(lines)
 
 
