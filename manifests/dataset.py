@@ -49,9 +49,10 @@ def has_manifests(output_dir: Path) -> bool:
 
 
 def write_part(output_dir: Path, tag: str, source_rows: list[dict], clip_rows: list[dict]) -> None:
-    """Write one pair of parts atomically: the clips, then the sources (the commit)."""
+    """Write one pair of parts atomically: the clips (none when there are none), then the sources (the commit)."""
     name = f"part-{tag}.parquet"
-    write_table(dataset_dir(output_dir, "clips") / name, clip_rows, schema.CLIPS)
+    if clip_rows:
+        write_table(dataset_dir(output_dir, "clips") / name, clip_rows, schema.CLIPS)
     write_table(dataset_dir(output_dir, "sources") / name, source_rows_for_parquet(source_rows), schema.SOURCES)
 
 
@@ -124,15 +125,10 @@ def fold_journal(records: Iterable[dict], stages: Sequence[str]) -> tuple[list[d
     for record in records:
         if record.get("kind") == "stage":
             stage_records[(record["clip_id"], record["stage"])] = record
-        elif record.get("kind") == "rows":     # rows written as they are (a removal, a scan reject)
-            sources[record["source"]["source_id"]] = record
         else:
             sources[record["source_id"]] = record
     source_rows, clip_rows = [], []
     for record in sources.values():
-        if record.get("kind") == "rows":
-            source_rows.append(record["source"])
-            continue
         source, clips = rows_of(record, stage_records, stages)
         source_rows.append(source)
         clip_rows.extend(clips)

@@ -18,6 +18,7 @@ the data path (PyAV) when it is called.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -119,19 +120,14 @@ class ExpertJob:
 def train_expert(job: ExpertJob, placement: Placement = Placement()) -> dict:
     """One worker's part of training an expert: its share of the window stream, the loop, and (rank 0) the
     validation windows. Returns the last metrics."""
-    from training.windows import ValWindows, WindowStream, loader
+    from training.windows import ValWindows, WindowStream, stream_batches
 
     framing = framing_of(job.arch, job.model_config, job.data.resolution)
-    problems = Path(job.run_dir) / "skipped_clips.txt"
     val = ValWindows(job.val_clips, framing, job.data, job.loop.seed) if placement.main and job.val_clips else None
     recipe = ExpertRecipe(job.arch, job.model_config, (lambda: val.batches()) if val is not None and len(val) else None,
                           framing.width)
-    probe = WindowStream(job.train_clips, framing, job.data, job.loop.micro_batch, job.loop.seed)
-
-    def batches(start: int):
-        stream = WindowStream(job.train_clips, framing, job.data, job.loop.micro_batch, job.loop.seed,
-                              placement.rank, placement.world_size, start, problems_file=str(problems))
-        return loader(stream)
-
-    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, epoch_of=probe.epoch_of,
+    batches, epoch_of = stream_batches(
+        partial(WindowStream, job.train_clips, framing, job.data, job.loop.micro_batch, job.loop.seed),
+        placement.rank, placement.world_size, job.run_dir)
+    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, epoch_of=epoch_of,
                init=recipe.init_from(job.init) if job.init else None)

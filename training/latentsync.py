@@ -44,6 +44,7 @@ runs, brings in the data path (PyAV) when it is called.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -390,9 +391,8 @@ def train_latentsync(job: LatentSyncJob, placement: Placement = Placement()) -> 
     """One worker's part of training the U-Net: its share of the stream, the loop, and (rank 0) the validation
     windows. Returns the last metrics."""
     from training.latent_windows import LatentStream, LatentValWindows
-    from training.windows import loader
+    from training.windows import stream_batches
 
-    problems = Path(job.run_dir) / "skipped_clips.txt"
     val = (LatentValWindows(job.val_clips, job.resolution, job.data, job.loop.seed)
            if placement.main and job.val_clips else None)
     networks = frozen_networks(job)
@@ -400,13 +400,9 @@ def train_latentsync(job: LatentSyncJob, placement: Placement = Placement()) -> 
                               networks.get("expert"), networks.get("expert_resolution"), networks.get("lpips"),
                               networks.get("trepa"), (lambda: val.batches()) if val is not None and len(val) else None,
                               job.loop.seed, precision_of(job.loop.precision, torch.device(placement.device)))
-    probe = LatentStream(job.train_clips, job.resolution, job.data, job.loop.micro_batch, job.loop.seed)
-
-    def batches(start: int):
-        stream = LatentStream(job.train_clips, job.resolution, job.data, job.loop.micro_batch, job.loop.seed,
-                              placement.rank, placement.world_size, start, problems_file=str(problems))
-        return loader(stream)
-
-    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, epoch_of=probe.epoch_of,
+    batches, epoch_of = stream_batches(
+        partial(LatentStream, job.train_clips, job.resolution, job.data, job.loop.micro_batch, job.loop.seed),
+        placement.rank, placement.world_size, job.run_dir)
+    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, epoch_of=epoch_of,
                init=recipe.init_from(job.init) if job.init else None, on_validate=job.on_validate)
 

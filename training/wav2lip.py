@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Literal
 
@@ -294,19 +295,14 @@ def train_wav2lip(job: Wav2LipJob, placement: Placement = Placement()) -> dict:
     validation windows. Returns the last metrics."""
     from networks.syncnet.experts import load_expert
     from training.face_windows import FaceStream, FaceValWindows
-    from training.windows import loader
+    from training.windows import stream_batches
 
-    problems = Path(job.run_dir) / "skipped_clips.txt"
     val = FaceValWindows(job.val_clips, job.size, job.data, job.loop.seed) if placement.main and job.val_clips else None
     _, expert = load_expert(job.expert, placement.device, arch="wav2lip")
     recipe = Wav2LipRecipe(job.size, expert, job.loss, job.gan,
                            (lambda: val.batches()) if val is not None and len(val) else None)
-    probe = FaceStream(job.train_clips, job.size, job.data, job.loop.micro_batch, job.loop.seed)
-
-    def batches(start: int):
-        stream = FaceStream(job.train_clips, job.size, job.data, job.loop.micro_batch, job.loop.seed,
-                            placement.rank, placement.world_size, start, problems_file=str(problems))
-        return loader(stream)
-
-    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, epoch_of=probe.epoch_of,
+    batches, epoch_of = stream_batches(
+        partial(FaceStream, job.train_clips, job.size, job.data, job.loop.micro_batch, job.loop.seed),
+        placement.rank, placement.world_size, job.run_dir)
+    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, epoch_of=epoch_of,
                init=recipe.init_from(job.init) if job.init else None, on_validate=job.on_validate)

@@ -237,6 +237,19 @@ class WindowStream(torch.utils.data.IterableDataset):
                 "index": index}
 
 
+def stream_batches(make_stream: Callable, rank: int, world_size: int, run_dir) -> tuple[Callable, Callable]:
+    """What the harness's `fit` takes from a recipe's stream: `batches(start)`, this worker's share from
+    micro-batch `start` (through `loader`; unreadable clips listed in the run's skipped_clips.txt), and the
+    stream's `epoch_of`. `make_stream(rank, world_size, start, problems_file=...)` builds the stream; called
+    with nothing, the whole of it."""
+    problems = f"{run_dir}/skipped_clips.txt"
+
+    def batches(start: int) -> Iterator[dict]:
+        return loader(make_stream(rank, world_size, start, problems_file=problems))
+
+    return batches, make_stream().epoch_of
+
+
 def loader(stream: WindowStream) -> Iterator[dict]:
     """The stream through a DataLoader of `num_workers` processes (in this process for 0), in order."""
     workers = stream.settings.num_workers
