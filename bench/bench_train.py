@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curate.results import file_lists, load_results  # noqa: E402
+from curate.results import open_view, write_file_lists  # noqa: E402
 from curate.training_config import load_training_config  # noqa: E402
 from networks.syncnet.experts import framing_of  # noqa: E402
 from media.mel import mel_start  # noqa: E402
@@ -59,8 +59,8 @@ def curated(out: Path | None, work: Path) -> list[str]:
         out = work / "out"
         subprocess.run([sys.executable, "-m", "curate.cli", "run", "--input", str(SHARED), "--output", str(out),
                         "--skip", "sync,quality", "--no-progress"], check=True, capture_output=True)
-    table = file_lists(load_results(out), val_fraction=0)
-    return list(table.abs_path)
+    lists = write_file_lists(open_view(out), work / "lists", val_fraction=0)
+    return lists.written["train"].read_text().splitlines()
 
 
 def ours(clips, batches: int, workers: int = 0) -> dict:

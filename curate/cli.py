@@ -142,9 +142,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _rejects(args: argparse.Namespace) -> int:
-    from curate.results import load_results, rejects
+    from curate.results import open_view, rejects
 
-    table = rejects(load_results(args.output), args.stage, args.reason)
+    table = rejects(open_view(args.output), args.stage, args.reason)
     if args.format == "csv":
         print(table.to_csv(index=False), end="")
     elif args.format == "json":
@@ -161,7 +161,7 @@ def _rejects(args: argparse.Namespace) -> int:
 
 def _filelist(args: argparse.Namespace) -> int:
     from curate.layouts import read_speaker_list
-    from curate.results import file_lists, load_results, write_file_lists
+    from curate.results import open_view, write_file_lists
     from curate.words import counted
 
     if not 0 <= args.val_fraction < 1:
@@ -174,25 +174,19 @@ def _filelist(args: argparse.Namespace) -> int:
         except re.error as exc:
             raise RunError(f"--speaker-pattern is not a valid regular expression: {exc}") from None
     hold_out = read_speaker_list(args.hold_out_speakers) if args.hold_out_speakers else None
-    results = load_results(args.output)
-    table = file_lists(results, args.val_fraction, args.seed, args.min_confidence, args.min_quality,
-                       args.speaker_pattern, hold_out)
-    written = write_file_lists(table, args.out, test=hold_out is not None)
-    if table.empty:   # empty lists are written (a trainer reading them must not see stale ones), with the why
-        kept = int((results.clips.status == "kept").sum())
-        why = (f"the run kept no clips (`curate rejects {args.output}` says why)" if not kept else
-               f"none of the {kept} kept clips passes --min-confidence / --min-quality")
+    lists = write_file_lists(open_view(args.output), args.out, args.val_fraction, args.seed, args.min_confidence,
+                             args.min_quality, args.speaker_pattern, hold_out)
+    if not lists.clips:   # empty lists are written (a trainer reading them must not see stale ones), with the why
+        why = (f"the run kept no clips (`curate rejects {args.output}` says why)" if not lists.kept else
+               f"none of the {lists.kept} kept clips passes --min-confidence / --min-quality")
         print(f"curate: warning: the file lists are empty: {why}", file=sys.stderr)
-    for split in ("train", "val", "test"):
-        if split not in written:
-            continue
-        mine = table[table.split == split]
-        print(f"{split}: {counted(len(mine), 'clip')}, {counted(mine.speaker.nunique(), 'speaker')}, "
-              f"{mine.duration_s.sum() / 3600:.3f} h -> {written[split]}")
-    if hold_out is not None and not (table.split == "test").any():
+    for split, count in lists.splits.items():
+        print(f"{split}: {counted(count.clips, 'clip')}, {counted(len(count.speakers), 'speaker')}, "
+              f"{count.seconds / 3600:.3f} h -> {lists.written[split]}")
+    if hold_out is not None and not lists.splits["test"].clips:
         print(f"curate: warning: none of the {counted(len(hold_out), 'speaker')} in {args.hold_out_speakers} has a "
               "kept clip, so test.txt is empty", file=sys.stderr)
-    print(f"split:  {written['split']}")
+    print(f"split:  {lists.written['split']}")
     return 0
 
 

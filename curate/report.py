@@ -2,9 +2,10 @@
 distributions with their thresholds, contact sheets of sample clips per reject reason and of kept clips, and
 the config and versions.
 
-Everything is aggregated with pandas and only a fixed number of clips per reason is decoded for thumbnails,
-so the time and size of the report do not grow with the number of clips beyond the aggregation itself.
-Images are embedded as data URIs; the page has no script and loads nothing from anywhere.
+The manifests are read a part at a time (`Tally`): counts and hours are summed, the scores kept as float32
+(24 bytes a clip), and the sample rows chosen by a seeded hash of their ids, a fixed number per reason, so the
+same clips are drawn whatever the parts. Only those samples are decoded for thumbnails. Images are embedded as
+data URIs; the page has no script and loads nothing from anywhere.
 """
 
 from __future__ import annotations
@@ -14,24 +15,33 @@ import html
 import io
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from curate.config import SKIPPABLE, STAGE_ORDER
-from curate.results import Results, load_results
+from curate.config import SKIPPABLE, STAGE_ORDER, Config
+from curate.results import View, open_view
 from curate.words import counted
 from media.frames import frames_at
 
 SOURCE_STAGES = {"probe", "worker"}   # a clip span rejected here went with its whole source
 THUMB_HEIGHT = 112
+GROUP = ["status", "reject_stage", "reject_reason"]
+SOURCE_COLUMNS = ["source_id", "path", "status", "reject_stage", "reject_reason", "reject_detail", "duration_s"]
+CLIP_COLUMNS = ["source_id", "clip_id", "path", "status", "reject_stage", "reject_reason", "reject_detail",
+                "start_s", "end_s", "fps", "duration_s", "sync_conf", "sync_offset", "quality_score",
+                "face_size_px", "face_detection_rate"]
+SCORES = ["sync_conf", "sync_offset", "quality_score", "face_size_px", "face_detection_rate", "duration_s"]
 
 
 def build_report(output_dir: Path, target: Path, samples: int = 6, seed: int = 0) -> Path:
-    results = load_results(output_dir)
-    page = render(results, samples=samples, seed=seed)
+    page = render(gather(open_view(output_dir), samples=samples, seed=seed))
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     partial.write_text(page, encoding="utf-8")
@@ -39,54 +49,142 @@ def build_report(output_dir: Path, target: Path, samples: int = 6, seed: int = 0
     return target
 
 
+# -- gathering ------------------------------------------------------------------------------------
+
+@dataclass
+class Tally:
+    """What the page shows, gathered from the manifests a part at a time."""
+    view: View
+    samples: int
+    seed: int
+    groups: dict[str, pd.DataFrame] = field(default_factory=dict)     # kind -> count, seconds per GROUP
+    scores: dict[str, list[np.ndarray]] = field(default_factory=lambda: {c: [] for c in SCORES})
+    drawn: dict[str, pd.DataFrame] = field(default_factory=dict)      # kind -> the sample rows, with `group`
+    source_paths: dict[str, str] = field(default_factory=dict)        # of the sampled rows' sources
+
+    @property
+    def output_dir(self) -> Path:
+        return self.view.output_dir
+
+    @property
+    def config(self) -> Config:
+        return self.view.config
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        return self.view.runs
+
+    def add(self, kind: str, batch: pa.Table) -> None:
+        keys = pd.DataFrame({c: batch[c].to_pandas() for c in GROUP})
+        keys["seconds"] = batch["duration_s"].to_pandas().fillna(0.0)
+        counts = keys.groupby(GROUP, dropna=False).agg(count=("seconds", "size"), seconds=("seconds", "sum"))
+        old = self.groups.get(kind)
+        self.groups[kind] = counts if old is None else old.add(counts, fill_value=0)
+        if kind == "clip":
+            for column in SCORES:
+                values = pc.drop_null(batch[column]).to_numpy(zero_copy_only=False).astype(np.float32)
+                self.scores[column].append(values[np.isfinite(values)])
+        self._draw(kind, batch, keys)
+
+    def _draw(self, kind: str, batch: pa.Table, keys: pd.DataFrame) -> None:
+        """Keep, per reject reason (and for the kept clips), the rows of the smallest seeded hashes of their ids."""
+        group = keys.status.where(keys.status != "rejected",
+                                  keys.status + "/" + keys.reject_stage.fillna("") + "/" + keys.reject_reason.fillna(""))
+        wanted = (keys.status == "rejected") | ((keys.status == "kept") & (kind == "clip"))
+        ids = batch["clip_id" if kind == "clip" else "source_id"].to_pandas()
+        hashed = pd.DataFrame({"group": group, "hash": pd.util.hash_array(ids.to_numpy(dtype=object),
+                                                                           hash_key=f"{self.seed:016d}"[-16:])})
+        hashed = hashed[wanted.to_numpy()]
+        if hashed.empty or self.samples == 0:
+            return
+        limit = 2 * self.samples if kind == "clip" else self.samples
+        best = hashed.sort_values("hash", kind="stable").groupby("group", sort=False).head(limit)
+        rows = batch.take(pa.array(best.index.to_numpy())).to_pandas()
+        rows["group"], rows["hash"] = best.group.to_numpy(), best.hash.to_numpy()
+        held = self.drawn.get(kind)
+        rows = rows if held is None else pd.concat([held, rows], ignore_index=True)
+        self.drawn[kind] = rows.sort_values("hash", kind="stable").groupby("group", sort=False).head(limit) \
+            .reset_index(drop=True)
+
+    def counts(self, kind: str) -> pd.DataFrame:
+        table = self.groups.get(kind)
+        if table is None:
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in GROUP} | {"count": pd.Series(dtype=int),
+                                                                              "seconds": pd.Series(dtype=float)})
+        return table.reset_index().astype({"count": int})
+
+    def values(self, column: str) -> np.ndarray:
+        return np.concatenate(self.scores[column]).astype(float) if self.scores[column] else np.zeros(0)
+
+    def sample(self, kind: str, group: str) -> pd.DataFrame:
+        drawn = self.drawn.get(kind)
+        return drawn[drawn.group == group] if drawn is not None else pd.DataFrame()
+
+
+def gather(view: View, samples: int = 6, seed: int = 0, sources: Iterable[pa.Table] | None = None,
+           clips: Iterable[pa.Table] | None = None) -> Tally:
+    """The tally of `view` (or of the `sources` and `clips` tables given instead, as a test does)."""
+    tally = Tally(view, samples, seed)
+    for batch in sources if sources is not None else view.batches("sources", SOURCE_COLUMNS):
+        tally.add("source", batch)
+    for batch in clips if clips is not None else view.batches("clips", CLIP_COLUMNS):
+        tally.add("clip", batch)
+    wanted = set()
+    for drawn in tally.drawn.values():
+        wanted.update(drawn.source_id)
+    if wanted:
+        value_set = pa.array(sorted(wanted), pa.string())
+        for batch in sources if sources is not None else view.batches("sources", ["source_id", "path"]):
+            batch = batch.filter(pc.is_in(batch["source_id"], value_set=value_set))
+            tally.source_paths.update(zip(batch["source_id"].to_pylist(), batch["path"].to_pylist()))
+    return tally
+
+
 # -- numbers --------------------------------------------------------------------------------------
 
-def funnel(results: Results) -> list[tuple[str, int, float]]:
+def funnel(tally: Tally) -> list[tuple[str, int, float]]:
     """(step, count, hours): sources found and readable, the clip spans, those left after each stage that drops
     clips (in run order), and the kept clips."""
-    sources, clips = results.sources, results.clips
-    ok = sources.status == "ok"
-    rows = [("sources found", len(sources), _hours(sources.duration_s)),
-            ("sources readable", int(ok.sum()), _hours(sources.duration_s[ok])),
-            ("clip spans cut", len(clips), _hours(clips.duration_s))]
+    sources, clips = tally.counts("source"), tally.counts("clip")
+    ok = sources[sources.status == "ok"]
+    rows = [("sources found", int(sources["count"].sum()), sources.seconds.sum() / 3600),
+            ("sources readable", int(ok["count"].sum()), ok.seconds.sum() / 3600),
+            ("clip spans cut", int(clips["count"].sum()), clips.seconds.sum() / 3600)]
     gone = set(SOURCE_STAGES)
     for stage in STAGE_ORDER[STAGE_ORDER.index("resample"):]:
         gone.add(stage)
         if stage == "shots":
             continue  # it cuts, never drops
         left = clips[~clips.reject_stage.isin(gone)]
-        skipped = " (skipped)" if stage in SKIPPABLE and results.config.skipped(stage) else ""
-        rows.append((f"left after {stage}{skipped}", len(left), _hours(left.duration_s)))
+        skipped = " (skipped)" if stage in SKIPPABLE and tally.config.skipped(stage) else ""
+        rows.append((f"left after {stage}{skipped}", int(left["count"].sum()), left.seconds.sum() / 3600))
     kept = clips[clips.status == "kept"]
-    rows.append(("kept", len(kept), _hours(kept.duration_s)))
+    rows.append(("kept", int(kept["count"].sum()), kept.seconds.sum() / 3600))
     return rows
 
 
-def reject_counts(results: Results) -> pd.DataFrame:
+def reject_counts(tally: Tally) -> pd.DataFrame:
     """Count and share per (kind, stage, reason); shares are of the sources found or of the clip spans."""
     parts = []
-    for kind, table in (("source", results.sources), ("clip", results.clips)):
+    for kind in ("source", "clip"):
+        table = tally.counts(kind)
         rejected = table[table.status == "rejected"]
-        counts = rejected.groupby(["reject_stage", "reject_reason"]).size().rename("count").reset_index()
+        counts = rejected.groupby(["reject_stage", "reject_reason"], dropna=False) \
+            .agg(count=("count", "sum"), seconds=("seconds", "sum")).reset_index()
         counts.insert(0, "kind", kind)
-        counts["share"] = counts["count"] / max(1, len(table))
-        counts["hours"] = [_hours(rejected.duration_s[(rejected.reject_stage == s) & (rejected.reject_reason == r)])
-                           for s, r in zip(counts.reject_stage, counts.reject_reason)]
+        counts["share"] = counts["count"] / max(1, int(table["count"].sum()))
+        counts["hours"] = counts.pop("seconds") / 3600
         parts.append(counts)
     return pd.concat(parts, ignore_index=True).sort_values(["kind", "count"], ascending=[False, False])
 
 
-def _hours(seconds: pd.Series) -> float:
-    return float(seconds.fillna(0).sum()) / 3600
-
-
 # -- plots ----------------------------------------------------------------------------------------
 
-def distributions(results: Results) -> list[tuple[str, str | None]]:
+def distributions(tally: Tally) -> list[tuple[str, str | None]]:
     """(title, PNG data URI or None when there are no values) for each score, threshold lines drawn."""
     plt = _pyplot()
     out = []
-    for title, figure in figures(results):
+    for title, figure in figures(tally):
         if figure is None:
             out.append((title, None))
             continue
@@ -97,26 +195,25 @@ def distributions(results: Results) -> list[tuple[str, str | None]]:
     return out
 
 
-def figures(results: Results) -> list[tuple[str, object]]:
+def figures(tally: Tally) -> list[tuple[str, object]]:
     """(title, matplotlib figure or None when there are no values) for each score; the caller closes them."""
-    config = results.config.stages
-    clips = results.clips
+    config = tally.config.stages
     positive = (0.0, np.inf)
     specs = [
-        ("SyncNet confidence (LSE-C)", clips.sync_conf, [config.sync.min_confidence], "keep at or above", None),
-        ("|A/V offset| (frames)", clips.sync_offset.abs(), [config.sync.max_offset], "keep at or below", positive),
-        ("HyperIQA score", clips.quality_score, [config.quality.min_score], "keep at or above", None),
-        ("face width (median px)", clips.face_size_px, [config.face.min_face_px], "keep at or above", positive),
-        ("face detection rate", clips.face_detection_rate, [config.face.min_detection_rate], "keep at or above",
-         (0.0, 1.0)),
-        ("clip duration (s)", clips.duration_s, [config.clips.min_seconds, config.clips.max_seconds], "keep between",
+        ("SyncNet confidence (LSE-C)", tally.values("sync_conf"), [config.sync.min_confidence], "keep at or above",
+         None),
+        ("|A/V offset| (frames)", np.abs(tally.values("sync_offset")), [config.sync.max_offset], "keep at or below",
          positive),
+        ("HyperIQA score", tally.values("quality_score"), [config.quality.min_score], "keep at or above", None),
+        ("face width (median px)", tally.values("face_size_px"), [config.face.min_face_px], "keep at or above",
+         positive),
+        ("face detection rate", tally.values("face_detection_rate"), [config.face.min_detection_rate],
+         "keep at or above", (0.0, 1.0)),
+        ("clip duration (s)", tally.values("duration_s"), [config.clips.min_seconds, config.clips.max_seconds],
+         "keep between", positive),
     ]
-    out = []
-    for title, values, thresholds, rule, bounds in specs:
-        values = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
-        out.append((title, histogram(values, thresholds, title, rule, bounds) if len(values) else None))
-    return out
+    return [(title, histogram(values, thresholds, title, rule, bounds) if len(values) else None)
+            for title, values, thresholds, rule, bounds in specs]
 
 
 def x_range(values: np.ndarray, thresholds: list[float], bounds=None) -> tuple[tuple[float, float], list[float]]:
@@ -190,20 +287,20 @@ def clip_frames(path: Path) -> list[np.ndarray]:
     return list(key_frames(str(path)))
 
 
-def _pictures(results: Results, row: pd.Series, kind: str) -> tuple[list[str], str]:
+def _pictures(tally: Tally, row: pd.Series, kind: str) -> tuple[list[str], str]:
     """Thumbnails for a sample row and what they show; never raises (a broken source has none)."""
     try:
-        if kind == "source" and not os.path.isfile(results.source_paths[row["source_id"]]):
+        if kind == "source" and not os.path.isfile(tally.source_paths[row["source_id"]]):
             return [], "not a regular file"  # a pipe would block whoever opens it; a link loop has no frames
-        if kind == "clip" and isinstance(row.get("path"), str) and (results.output_dir / row["path"]).is_file():
-            frames, what = clip_frames(results.output_dir / row["path"]), "clip as written"
+        if kind == "clip" and isinstance(row.get("path"), str) and (tally.output_dir / row["path"]).is_file():
+            frames, what = clip_frames(tally.output_dir / row["path"]), "clip as written"
         else:
             if kind == "clip":
                 last = max(row["start_s"], row["end_s"] - 1.0 / max(1, row["fps"]))
                 times, what = [row["start_s"], (row["start_s"] + row["end_s"]) / 2, last], "source frames"
             else:
                 times, what = [0.0], "the source's first frame"
-            frames = frames_at(results.source_paths[row["source_id"]], times)
+            frames = frames_at(tally.source_paths[row["source_id"]], times)
         if not frames:
             return [], "no picture could be decoded"
         return [_thumb(frame) for frame in frames], what
@@ -240,38 +337,36 @@ def section_id(kind: str, stage: str, reason: str) -> str:
     return f"reject-{kind}-{stage}-{reason}"
 
 
-def render(results: Results, samples: int = 6, seed: int = 0) -> str:
+def render(tally: Tally) -> str:
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              "<link rel='icon' href='data:,'>",
-             f"<title>curate report: {_e(results.output_dir.name)}</title><style>{_STYLE}</style></head><body>",
-             f"<h1>Curation report: {_e(results.output_dir)}</h1>"]
-    parts += _funnel_html(results)
-    counts = reject_counts(results)
+             f"<title>curate report: {_e(tally.output_dir.name)}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>Curation report: {_e(tally.output_dir)}</h1>"]
+    parts += _funnel_html(tally)
+    counts = reject_counts(tally)
     parts += _rejects_html(counts)
     parts.append("<h2 id='distributions'>Distributions</h2><div class='plots'>")
-    for title, uri in distributions(results):
+    for title, uri in distributions(tally):
         parts.append(f"<figure><img alt='{_e(title)}' src='{uri}'></figure>" if uri
                      else f"<figure><p>{_e(title)}: no values in this run</p></figure>")
     parts.append("</div>")
     if not counts.empty:  # with no rejects the rejects section says so; no empty heading here
         parts.append("<h2 id='samples'>Samples per reject reason</h2>")
     for row in counts.itertuples():
-        table = results.sources if row.kind == "source" else results.clips
-        chosen = table[(table.status == "rejected") & (table.reject_stage == row.reject_stage)
-                       & (table.reject_reason == row.reject_reason)]
-        parts += _sheet(results, chosen, row.kind, samples, seed, section_id(row.kind, row.reject_stage, row.reject_reason),
+        chosen = tally.sample(row.kind, f"rejected/{row.reject_stage}/{row.reject_reason}")
+        parts += _sheet(tally, chosen, row.kind, section_id(row.kind, row.reject_stage, row.reject_reason),
                         f"{row.reject_stage} / {row.reject_reason} ({counted(row.count, row.kind)})")
-    kept = results.clips[results.clips.status == "kept"]
+    kept = funnel(tally)[-1][1]
     parts.append("<h2 id='kept'>Kept clips</h2>")
-    parts += _sheet(results, kept, "clip", 2 * samples, seed, "kept-sample",
-                    f"a sample of the {counted(len(kept), 'kept clip')}")
-    parts += _run_html(results)
+    parts += _sheet(tally, tally.sample("clip", "kept"), "clip", "kept-sample",
+                    f"a sample of the {counted(kept, 'kept clip')}")
+    parts += _run_html(tally)
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _funnel_html(results: Results) -> list[str]:
-    rows = funnel(results)
+def _funnel_html(tally: Tally) -> list[str]:
+    rows = funnel(tally)
     top = max(1, rows[2][1])
     out = ["<h2 id='funnel'>Funnel</h2><table id='funnel-table'><tr><th>step</th><th>count</th><th>hours</th><th></th></tr>"]
     for step, count, hours in rows:
@@ -299,12 +394,10 @@ def _rejects_html(counts: pd.DataFrame) -> list[str]:
     return out
 
 
-def _sheet(results: Results, chosen: pd.DataFrame, kind: str, samples: int, seed: int, anchor: str,
-           title: str) -> list[str]:
+def _sheet(tally: Tally, chosen: pd.DataFrame, kind: str, anchor: str, title: str) -> list[str]:
     out = [f"<section id='{_e(anchor)}'><h3>{_e(title)}</h3><div class='sheet'>"]
-    sample = chosen.sample(n=min(samples, len(chosen)), random_state=seed) if len(chosen) else chosen
-    for _, row in sample.iterrows():
-        pictures, what = _pictures(results, row, kind)
+    for _, row in chosen.iterrows():
+        pictures, what = _pictures(tally, row, kind)
         if kind == "clip":
             scores = [(name, row.get(column), digits) for name, column, digits in (
                 ("sync conf", "sync_conf", 2), ("offset", "sync_offset", 0), ("quality", "quality_score", 1),
@@ -313,7 +406,7 @@ def _sheet(results: Results, chosen: pd.DataFrame, kind: str, samples: int, seed
                                + [f"{name} {_fmt(value, digits)}" for name, value, digits in scores if pd.notna(value)])
         else:
             label = row["source_id"]
-        source_path = results.source_paths.get(row["source_id"])
+        source_path = tally.source_paths.get(row["source_id"])
         detail = row.get("reject_detail")
         out.append("<div class='sample'>" + "".join(f"<img alt='frame' src='{uri}'>" for uri in pictures)
                    + f"<div class='caption'><b>{_e(label)}</b><br>source: {_e(source_path)}<br>{_e(what)}"
@@ -324,15 +417,15 @@ def _sheet(results: Results, chosen: pd.DataFrame, kind: str, samples: int, seed
     return out
 
 
-def _run_html(results: Results) -> list[str]:
+def _run_html(tally: Tally) -> list[str]:
     out = ["<h2 id='run'>Runs, config and versions</h2><table><tr><th>started</th><th>wall s</th><th>command</th>"
            "<th>processed</th><th>kept</th></tr>"]
-    for row in results.runs.itertuples():
+    for row in tally.runs.itertuples():
         out.append(f"<tr><td>{_e(row.started_at)}</td><td class='num'>{row.wall_s:.1f}</td><td>{_e(row.command)}</td>"
                    f"<td class='num'>{row.sources_processed}</td><td class='num'>{row.clips_kept}</td></tr>")
     out.append("</table>")
-    if not results.runs.empty:
-        last = results.runs.iloc[-1]
+    if not tally.runs.empty:
+        last = tally.runs.iloc[-1]
         config = json.dumps(json.loads(last["config_json"]), indent=2)
         versions = dict(last["versions"]) if last["versions"] is not None else {}
         out.append(f"<h3>config of the newest run</h3><pre>{_e(config)}</pre><h3>versions</h3><table>")

@@ -1,17 +1,26 @@
-"""Reading a finished output folder: its manifests, the thresholds it ran with, the rejects table and the
-training file lists (`curate rejects`, `curate filelist`; the HTML report is in curate.report)."""
+"""Reading an output folder: the current view of its manifests streamed part by part, the thresholds its newest
+run used, the rejects table and the training file lists (`curate rejects`, `curate filelist`; the HTML report
+is in curate.report).
+
+Nothing here holds every row at once: the view is read a part at a time with only the columns asked for, so
+the memory does not grow with the sources beyond the view's index (manifests.dataset) and what is kept (the
+speakers, for the file lists; the rejected rows, for the rejects table)."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curate import layouts
 from curate.config import CLIP_STAGES, STAGE_ORDER, Config
@@ -20,16 +29,16 @@ from manifests import dataset, io as mio, schema
 
 
 @dataclass
-class Results:
+class View:
+    """An output folder's current view: its parts and what its journal holds since the last one (so a run
+    still going or killed shows every finished source), and its runs."""
     output_dir: Path
-    sources: pd.DataFrame
-    clips: pd.DataFrame
+    journal: tuple[list[dict], list[dict]]
     runs: pd.DataFrame
 
-    @cached_property
-    def source_paths(self) -> dict[str, str]:
-        """source_id -> the input file's absolute path."""
-        return dict(zip(self.sources.source_id, self.sources.path))
+    def batches(self, name: str, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+        """The current rows of 'sources' or 'clips', a part at a time, with only `columns`."""
+        return dataset.iter_current(self.output_dir, name, columns, self.journal)
 
     @cached_property
     def config(self) -> Config:
@@ -39,9 +48,7 @@ class Results:
         return Config.model_validate(json.loads(self.runs.iloc[-1]["config_json"]))
 
 
-def load_results(output_dir: Path) -> Results:
-    """The output folder's manifests: the current view of its sources and clips (with what its journal holds
-    since the last part, so a run still going or killed shows every finished source) and its runs."""
+def open_view(output_dir: Path) -> View:
     if not output_dir.exists():
         raise RunError(f"output folder {output_dir} does not exist")
     if not output_dir.is_dir():
@@ -51,10 +58,8 @@ def load_results(output_dir: Path) -> Results:
     if not runs.is_file() and not dataset.has_manifests(output_dir) and not journal[0]:
         raise RunError(f"{output_dir} has no finished run to read ({runs} missing); "
                        "run `curate run --output` on it first")
-    return Results(output_dir,
-                   dataset.current_table(output_dir, "sources", journal=journal).to_pandas(),
-                   dataset.current_table(output_dir, "clips", journal=journal).to_pandas(),
-                   pd.read_parquet(runs) if runs.is_file() else pd.DataFrame(columns=schema.columns(schema.RUNS)))
+    return View(output_dir, journal,
+                pd.read_parquet(runs) if runs.is_file() else pd.DataFrame(columns=schema.columns(schema.RUNS)))
 
 
 # -- rejects --------------------------------------------------------------------------------------
@@ -68,20 +73,29 @@ REJECT_COLUMNS = ["kind", "source_id", "clip_id", "start_s", "end_s", "reject_st
 REJECT_STAGES = ("scan", "worker", *STAGE_ORDER)
 
 
-def rejects(results: Results, stage: str | None = None, reason: str | None = None) -> pd.DataFrame:
-    """Every rejected source (kind 'source') and clip span (kind 'clip'), optionally of one stage or reason."""
+def rejects(view: View, stage: str | None = None, reason: str | None = None) -> pd.DataFrame:
+    """Every rejected source (kind 'source') and clip span (kind 'clip'), optionally of one stage or reason;
+    only the rejected rows are ever held."""
     if stage is not None and stage not in REJECT_STAGES:
         raise RunError(f"--stage {stage}: no such stage; the stages that reject are {', '.join(REJECT_STAGES)}")
-    sources = results.sources[results.sources.status == "rejected"].assign(kind="source", clip_id=None)
-    sources = sources.rename(columns={"path": "source_path"})
-    clips = results.clips[results.clips.status == "rejected"].assign(kind="clip")
-    table = pd.concat([sources.reindex(columns=REJECT_COLUMNS), clips.reindex(columns=REJECT_COLUMNS)],
-                      ignore_index=True)
-    if stage is not None:
-        table = table[table.reject_stage == stage]
-    if reason is not None:
-        table = table[table.reject_reason == reason]
-    return table.reset_index(drop=True)
+    tables = []
+    for kind, name in (("source", "sources"), ("clip", "clips")):
+        present = [c for c in REJECT_COLUMNS if c in schema.columns(dataset.SCHEMAS[name]) and c != "path"]
+        columns = [*present, "status", "path"]
+        for batch in view.batches(name, columns):
+            wanted = pc.equal(batch["status"], "rejected")
+            if stage is not None:
+                wanted = pc.and_(wanted, pc.equal(batch["reject_stage"], stage))
+            if reason is not None:
+                wanted = pc.and_(wanted, pc.equal(batch["reject_reason"], reason))
+            rows = batch.filter(pc.fill_null(wanted, False)).to_pandas()
+            if kind == "source":
+                rows = rows.drop(columns=["path"])   # a source's path is its input file, not a clip
+            tables.append(rows.assign(kind=kind).reindex(columns=REJECT_COLUMNS))
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=REJECT_COLUMNS)
+    order = pd.Categorical(table.kind, ["source", "clip"], ordered=True)
+    return table.assign(_order=order).sort_values(["_order", "source_id", "start_s"], kind="stable") \
+        .drop(columns="_order").reset_index(drop=True)
 
 
 # -- file lists -----------------------------------------------------------------------------------
@@ -99,7 +113,7 @@ def speaker_of(source_id: str, pattern: re.Pattern | None = None, layout: str = 
     return layouts.voxceleb_speaker(source_id) or source_id
 
 
-def split_speakers(speakers: list[str], val_fraction: float, seed: int) -> set[str]:
+def split_speakers(speakers: list[str] | set[str], val_fraction: float, seed: int) -> set[str]:
     """The validation speakers: a seeded shuffle of the sorted speakers, the first ceil(fraction * n) of them
     (at least one, and never all, when there are two or more)."""
     unique = sorted(set(speakers))
@@ -110,49 +124,119 @@ def split_speakers(speakers: list[str], val_fraction: float, seed: int) -> set[s
     return {unique[i] for i in order[:count]}
 
 
-def file_lists(results: Results, val_fraction: float = 0.05, seed: int = 0, min_confidence: float | None = None,
-               min_quality: float | None = None, speaker_pattern: str | None = None,
-               hold_out: set[str] | None = None) -> pd.DataFrame:
-    """The kept clips that pass the optional stricter filters, with `speaker`, `split` and `abs_path`. The
-    speaker follows the run's `inputs.layout` unless `speaker_pattern` says; the `hold_out` speakers' clips
-    are split `test`, the others `train` or `val`."""
-    kept = results.clips[results.clips.status == "kept"].copy()
-    # a stricter filter on a score the run never computed would leave nothing, silently: say so instead
-    for flag, threshold, column, stage in (("--min-confidence", min_confidence, "sync_conf", "sync"),
-                                           ("--min-quality", min_quality, "quality_score", "quality")):
-        if threshold is None:
-            continue
-        if len(kept) and kept[column].isna().all():
-            raise RunError(f"{flag}: none of the {len(kept)} kept clips has a {stage} score (the run left out the "
-                           f"{stage} stage); run `curate run` with it first, or drop {flag}")
-        kept = kept[kept[column].notna() & (kept[column] >= threshold)]
-    pattern = re.compile(speaker_pattern) if speaker_pattern else None
-    layout = results.config.inputs.layout
-    kept["speaker"] = [speaker_of(source_id, pattern, layout) for source_id in kept.source_id]
-    held = kept.speaker.isin(hold_out or set())
-    val = split_speakers(list(kept.speaker[~held]), val_fraction, seed)
-    kept["split"] = np.where(held, "test", np.where(kept.speaker.isin(val), "val", "train"))
-    root = results.output_dir.resolve()
-    kept["abs_path"] = [str(root / path) for path in kept.path]
-    return kept.sort_values("clip_id").reset_index(drop=True)
+SPLITS = ("train", "val", "test")
+SPLIT_COLUMNS = [*schema.columns(schema.CLIPS), "speaker", "split", "abs_path"]
 
 
-def write_file_lists(table: pd.DataFrame, out_dir: Path, test: bool = False) -> dict[str, Path]:
-    """train.txt and val.txt (one absolute path a line, as LatentSync's trainers read them), with `test` also
-    test.txt (else an earlier one is removed: it would disagree with the rest), and split.parquet."""
+@dataclass
+class SplitCount:
+    clips: int = 0
+    seconds: float = 0.0
+    speakers: set[str] = field(default_factory=set)
+
+
+@dataclass
+class FileLists:
+    """What `write_file_lists` wrote: the files, and per split its clips, speakers and seconds."""
+    written: dict[str, Path]
+    splits: dict[str, SplitCount]
+    kept: int            # kept clips in the run, before the stricter filters
+
+    @property
+    def clips(self) -> int:
+        return sum(count.clips for count in self.splits.values())
+
+
+@dataclass
+class _Lister:
+    view: View
+    min_confidence: float | None
+    min_quality: float | None
+    pattern: re.Pattern | None
+
+    def kept(self, columns: Sequence[str]) -> Iterator[pa.Table]:
+        """The kept clips that pass the stricter filters, a part at a time, each with its `speaker`."""
+        needed = [*columns, *(c for c in ("source_id", "status", "sync_conf", "quality_score") if c not in columns)]
+        layout = self.view.config.inputs.layout
+        for batch in self.view.batches("clips", needed):
+            wanted = pc.equal(batch["status"], "kept")
+            for threshold, column in ((self.min_confidence, "sync_conf"), (self.min_quality, "quality_score")):
+                if threshold is not None:
+                    wanted = pc.and_(wanted, pc.greater_equal(batch[column], threshold))
+            batch = batch.filter(pc.fill_null(wanted, False))
+            ids = pc.unique(batch["source_id"])
+            speakers = pa.array([speaker_of(s, self.pattern, layout) for s in ids.to_pylist()], pa.string())
+            batch = batch.select(list(columns))
+            yield batch.append_column("speaker", speakers.take(pc.index_in(batch["source_id"], value_set=ids)))
+
+    def check_scores(self) -> int:
+        """The run's kept clips; a stricter filter on a score the run never computed would leave nothing,
+        silently, so that is an error instead."""
+        kept = scored_conf = scored_quality = 0
+        for batch in self.view.batches("clips", ["status", "sync_conf", "quality_score"]):
+            batch = batch.filter(pc.equal(batch["status"], "kept"))
+            kept += len(batch)
+            scored_conf += len(batch) - batch["sync_conf"].null_count
+            scored_quality += len(batch) - batch["quality_score"].null_count
+        for flag, threshold, scored, stage in (("--min-confidence", self.min_confidence, scored_conf, "sync"),
+                                               ("--min-quality", self.min_quality, scored_quality, "quality")):
+            if threshold is not None and kept and not scored:
+                raise RunError(f"{flag}: none of the {kept} kept clips has a {stage} score (the run left out the "
+                               f"{stage} stage); run `curate run` with it first, or drop {flag}")
+        return kept
+
+
+def write_file_lists(view: View, out_dir: Path, val_fraction: float = 0.05, seed: int = 0,
+                     min_confidence: float | None = None, min_quality: float | None = None,
+                     speaker_pattern: str | None = None, hold_out: set[str] | None = None) -> FileLists:
+    """train.txt and val.txt (one absolute path a line, as LatentSync's trainers read them) of the kept clips
+    that pass the optional stricter filters, split by speaker, with `hold_out` also test.txt (else an earlier
+    one is removed: it would disagree with the rest), and split.parquet (the clips' manifest columns with
+    `speaker`, `split` and `abs_path`). The speaker follows the run's `inputs.layout` unless `speaker_pattern`
+    says. Two passes over the view: the speakers first, then the rows, written as they are read."""
     writable_folder(out_dir, "--out")
-    written = {}
-    if not test:
+    lister = _Lister(view, min_confidence, min_quality, re.compile(speaker_pattern) if speaker_pattern else None)
+    kept = lister.check_scores()
+    held = hold_out or set()
+    speakers: set[str] = set()
+    for batch in lister.kept(["source_id"]):
+        speakers.update(batch["speaker"].unique().to_pylist())
+    val = split_speakers(speakers - held, val_fraction, seed)
+    splits = SPLITS if hold_out is not None else SPLITS[:2]
+    if hold_out is None:
         (out_dir / "test.txt").unlink(missing_ok=True)
-    for split in ("train", "val", "test")[:3 if test else 2]:
-        path = out_dir / f"{split}.txt"
-        lines = table.abs_path[table.split == split]
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        partial.replace(path)
-        written[split] = path
-    written["split"] = out_dir / "split.parquet"
-    partial = written["split"].with_name("split.parquet.partial")
-    table.to_parquet(partial, index=False)
-    partial.replace(written["split"])
-    return written
+    written = {split: out_dir / f"{split}.txt" for split in splits} | {"split": out_dir / "split.parquet"}
+    counts = {split: SplitCount() for split in splits}
+    root = view.output_dir.resolve()
+    held_array, val_array = pa.array(sorted(held), pa.string()), pa.array(sorted(val), pa.string())
+    lines = {split: written[split].with_name(written[split].name + ".partial").open("w", encoding="utf-8")
+             for split in splits}
+    table_schema = schema.CLIPS.append(pa.field("speaker", pa.string())).append(pa.field("split", pa.string())) \
+        .append(pa.field("abs_path", pa.string()))
+    parquet_partial = written["split"].with_name("split.parquet.partial")
+    try:
+        with pq.ParquetWriter(parquet_partial, table_schema) as parquet:
+            for batch in lister.kept(schema.columns(schema.CLIPS)):
+                batch = batch.take(pc.sort_indices(batch, [("clip_id", "ascending")]))
+                split = pc.if_else(pc.is_in(batch["speaker"], value_set=held_array), "test",
+                                   pc.if_else(pc.is_in(batch["speaker"], value_set=val_array), "val", "train"))
+                paths = pa.array([str(root / p) for p in batch["path"].to_pylist()], pa.string())
+                batch = batch.append_column("split", split).append_column("abs_path", paths)
+                parquet.write_table(batch.cast(table_schema))
+                for name, path, speaker, seconds in zip(split.to_pylist(), paths.to_pylist(),
+                                                        batch["speaker"].to_pylist(), batch["duration_s"].to_pylist()):
+                    lines[name].write(path + "\n")
+                    count = counts[name]
+                    count.clips += 1
+                    count.seconds += seconds or 0.0
+                    count.speakers.add(speaker)
+        for split, handle in lines.items():
+            handle.close()
+            Path(handle.name).replace(written[split])
+        parquet_partial.replace(written["split"])
+    finally:
+        for handle in lines.values():
+            handle.close()
+            Path(handle.name).unlink(missing_ok=True)
+        parquet_partial.unlink(missing_ok=True)
+    return FileLists(written, counts, kept)

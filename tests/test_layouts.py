@@ -16,8 +16,11 @@ from curate.layouts import (
     AnnotationError, annotation_files, hdtf_speaker, match, merge, parse_annotations, parse_time, read_annotations,
     read_speaker_list
 )
-from curate.results import Results, file_lists, speaker_of
+from curate.results import speaker_of
 from curate.scan import scan_inputs
+from manifests.dataset import new_tag, write_part
+from manifests.io import manifest_path, write_table
+from manifests.schema import RUNS
 from stages.clips import ClipSplitter, IntervalSplitter, frames_past
 
 
@@ -193,7 +196,7 @@ def test_speakers_of_each_layout():
     assert speaker_of("dev/mp4/id00012/x/00001.mp4", layout="voxceleb2") == "id00012"
 
 
-def test_held_out_speakers_go_to_test_only(tmp_path, monkeypatch):
+def test_held_out_speakers_go_to_test_only(tmp_path):
     clips = pd.DataFrame({
         "source_id": [f"id{s:05d}/vid{v}/0000{k}.mp4" for s in (12, 17, 18, 20, 21, 22)
                       for v in (1, 2) for k in (1, 2)],
@@ -201,20 +204,21 @@ def test_held_out_speakers_go_to_test_only(tmp_path, monkeypatch):
     clips["clip_id"] = clips.source_id.str.removesuffix(".mp4") + "/0000000-0000150"
     clips["path"] = "clips/" + clips.clip_id + ".mp4"
     config = config_from_dict({"inputs": {"layout": "voxceleb2"}})
-    runs = pd.DataFrame({"config_json": [json.dumps(config.model_dump(mode="json"))]})
-    results = Results(tmp_path / "out", pd.DataFrame({"source_id": [], "path": []}), clips, runs)
+    out = tmp_path / "out"
+    for half in (clips[:10], clips[10:]):   # two parts: the lists are written a part at a time
+        write_part(out, new_tag(), [{"source_id": s, "status": "ok"} for s in half.source_id], half.to_dict("records"))
+    write_table(manifest_path(out, "runs"), [{"config_json": json.dumps(config.model_dump(mode="json"))}], RUNS)
     held = tmp_path / "voxceleb2_test.txt"
     held.write_text("# VoxCeleb2's test speakers\nid00017\n\nhttps://example.org/vox/id00018/abc/00001.wav\n")
     assert read_speaker_list(held) == {"id00017", "id00018"}
-    table = file_lists(results, val_fraction=0.3, seed=1, hold_out=read_speaker_list(held))
+    lists = tmp_path / "lists"
+    assert main(["filelist", str(out), "--out", str(lists), "--val-fraction", "0.3",
+                 "--hold-out-speakers", str(held)]) == 0
+    table = pd.read_parquet(lists / "split.parquet")
     assert set(table.speaker[table.split == "test"]) == {"id00017", "id00018"}
     assert not {"id00017", "id00018"} & set(table.speaker[table.split != "test"])
     assert set(table.split) == {"train", "val", "test"}
-    # through the command line: test.txt beside train.txt and val.txt
-    monkeypatch.setattr("curate.results.load_results", lambda output: results)
-    lists = tmp_path / "lists"
-    assert main(["filelist", str(tmp_path / "out"), "--out", str(lists), "--val-fraction", "0.3",
-                 "--hold-out-speakers", str(held)]) == 0
+    # test.txt beside train.txt and val.txt
     test = (lists / "test.txt").read_text().splitlines()
     assert len(test) == 8 and all("/id00017/" in p or "/id00018/" in p for p in test)
     others = (lists / "train.txt").read_text().splitlines() + (lists / "val.txt").read_text().splitlines()

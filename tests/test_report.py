@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from footage import KITCHEN, TALKING_HEADS, downscaled, read_manifest, synthetic
 
 from curate.cli import main
 from curate.config import config_from_dict
-from footage import read_manifest, KITCHEN, TALKING_HEADS, downscaled, synthetic
 
 SOFA = TALKING_HEADS / "man_sofa_1080x1920_30fps.mp4"
 GARDEN = TALKING_HEADS / "woman_garden_1080x1920_25fps.mp4"
@@ -57,6 +57,21 @@ def run(tmp_path_factory, talking_heads, stand_in_models, curate):
 
 def manifests(out):
     return read_manifest(out, "sources"), read_manifest(out, "clips")
+
+
+def tally_of(run, sources=None, clips=None, samples=0):
+    """The report's tally of `run`, or of its manifests as changed by a test (`sources`, `clips`: frames)."""
+    import pyarrow as pa
+
+    from curate.report import CLIP_COLUMNS, SOURCE_COLUMNS, gather
+    from curate.results import open_view
+
+    read_sources, read_clips = manifests(run)
+    sources = read_sources if sources is None else sources
+    clips = read_clips if clips is None else clips
+    return gather(open_view(run), samples=samples,
+                  sources=[pa.Table.from_pandas(sources[SOURCE_COLUMNS], preserve_index=False)],
+                  clips=[pa.Table.from_pandas(clips[CLIP_COLUMNS], preserve_index=False)])
 
 
 def test_the_run_has_what_the_report_must_show(run):
@@ -131,15 +146,12 @@ def test_report_loads_in_chromium_with_the_manifest_numbers(run, tmp_path):
 def test_funnel_counts_every_stage_that_drops_clips(run):
     """A span the resample stage drops (audio_missing) or a source rejected partway counts where it happened."""
     from curate.report import funnel
-    from curate.results import load_results
 
-    results = load_results(run)
-    clips = results.clips.copy()
+    clips = manifests(run)[1]
     kept = clips.index[clips.status == "kept"]
     clips.loc[kept[0], ["status", "reject_stage", "reject_reason"]] = ["rejected", "resample", "audio_missing"]
     clips.loc[kept[1], ["status", "reject_stage", "reject_reason"]] = ["rejected", "worker", "worker_crashed"]
-    results.clips = clips
-    steps = dict((step, count) for step, count, _ in funnel(results))
+    steps = dict((step, count) for step, count, _ in funnel(tally_of(run, clips=clips)))
     assert steps["left after resample"] == len(clips) - 2 - (clips.reject_stage == "probe").sum()
     assert steps["left after write"] == steps["left after face"]
     assert steps["kept"] == (clips.status == "kept").sum() == steps["left after quality"]
@@ -228,26 +240,44 @@ def test_results_commands_fail_in_one_line_and_say_why_a_list_is_empty(run, tmp_
     assert (tmp_path / "l" / "train.txt").read_text() == ""
 
 
+def test_the_report_draws_the_same_samples_and_counts_whatever_the_parts(run):
+    """The report reads a part at a time: split into parts, the manifests give the same page."""
+    import pyarrow as pa
+
+    from curate.report import CLIP_COLUMNS, SOURCE_COLUMNS, gather, reject_counts, render
+    from curate.results import open_view
+
+    sources, clips = manifests(run)
+    whole = tally_of(run, samples=2)
+    shuffled = clips.sample(frac=1, random_state=5)
+    parts = [shuffled[:len(clips) // 3], shuffled[len(clips) // 3:]]
+    split = gather(open_view(run), samples=2, sources=[pa.Table.from_pandas(sources[SOURCE_COLUMNS])],
+                   clips=[pa.Table.from_pandas(part[CLIP_COLUMNS], preserve_index=False) for part in parts])
+    assert reject_counts(split).equals(reject_counts(whole))
+    for kind in ("source", "clip"):
+        assert sorted(split.drawn[kind].clip_id if kind == "clip" else split.drawn[kind].source_id) == \
+            sorted(whole.drawn[kind].clip_id if kind == "clip" else whole.drawn[kind].source_id)
+    assert (split.drawn["clip"].groupby("group").size() <= 4).all()
+    assert render(split) == render(whole)
+
+
 def test_report_of_a_run_without_rejects_says_so(run):
     """No empty rejects table and no empty heading over the samples when nothing was rejected."""
     from curate.report import render
-    from curate.results import load_results
 
-    results = load_results(run)
-    results.sources = results.sources[results.sources.status == "ok"]
-    results.clips = results.clips[results.clips.status == "kept"]
-    page = render(results, samples=1)
+    sources, clips = manifests(run)
+    sources, clips = sources[sources.status == "ok"], clips[clips.status == "kept"]
+    page = render(tally_of(run, sources, clips, samples=1))
     assert "Nothing was rejected" in page
     assert "rejects-table" not in page and "id='samples'" not in page and "<section id='reject-" not in page
-    assert f"a sample of the {len(results.clips)} kept clips" in page
+    assert f"a sample of the {len(clips)} kept clips" in page
 
 
 def test_report_counts_are_singular_or_plural(run):
     from curate.report import render
-    from curate.results import load_results
 
     sources, clips = manifests(run)
-    page = render(load_results(run), samples=0)
+    page = render(tally_of(run))
     assert (sources.reject_reason == "too_short").sum() == 1
     assert "probe / too_short (1 source)" in page  # the 1 s file
     for kind, table in (("source", sources), ("clip", clips)):
@@ -256,10 +286,10 @@ def test_report_counts_are_singular_or_plural(run):
     assert "1 clips" not in page and "1 sources" not in page
 
 
-def _plots(results):
+def _plots(tally):
     from curate.report import figures
 
-    return {title: figure.axes[0] for title, figure in figures(results) if figure is not None}
+    return {title: figure.axes[0] for title, figure in figures(tally) if figure is not None}
 
 
 def _bars_inside(axes):
@@ -273,23 +303,20 @@ def _bars_inside(axes):
 def test_histogram_zooms_to_the_data_and_marks_a_far_threshold_at_the_edge(run):
     from matplotlib import pyplot as plt
 
-    from curate.results import load_results
-
-    results = load_results(run)
-    threshold = results.config.stages.quality.min_score
+    tally = tally_of(run)
+    threshold = tally.config.stages.quality.min_score
     # the run's own scores lie on both sides of its threshold: drawn as before, with the red line inside
-    axes = _plots(results)["HyperIQA score"]
+    axes = _plots(tally)["HyperIQA score"]
     left, right = axes.get_xlim()
     assert left < threshold < right
     assert any(line.get_xdata()[0] == threshold for line in axes.get_lines())
     assert not [text for text in axes.texts if "off the range" in text.get_text()]
     _bars_inside(axes)
     # scores far above it: the range is the data's, with the threshold marked at the left edge
-    clips = results.clips.copy()
+    clips = manifests(run)[1]
     scored = clips.quality_score.notna()
     clips.loc[scored, "quality_score"] = threshold + 100 + np.linspace(0, 20, scored.sum())
-    results.clips = clips
-    axes = _plots(results)["HyperIQA score"]
+    axes = _plots(tally_of(run, clips=clips))["HyperIQA score"]
     left, right = axes.get_xlim()
     assert threshold + 98 <= left < threshold + 100 and threshold + 120 < right <= threshold + 122
     labels = [text.get_text() for text in axes.texts]
@@ -302,13 +329,9 @@ def test_detection_rate_axis_ends_at_one(run):
     """Every frame with a face (rate 1 for every clip) used to stretch the axis to 1.5."""
     from matplotlib import pyplot as plt
 
-    from curate.results import load_results
-
-    results = load_results(run)
-    clips = results.clips.copy()
+    clips = manifests(run)[1]
     clips.loc[clips.face_detection_rate.notna(), "face_detection_rate"] = 1.0
-    results.clips = clips
-    axes = _plots(results)["face detection rate"]
+    axes = _plots(tally_of(run, clips=clips))["face detection rate"]
     left, right = axes.get_xlim()
     assert 0.8 <= left < 1.0 <= right <= 1.05
     _bars_inside(axes)

@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from footage import read_clip, synthetic, talking_clip
-from networks.syncnet.experts import Framing, framing_of
+
 from media.mel import mel_start
-from training.windows import ValWindows, WindowSettings, WindowStream, loader
+from networks.syncnet.experts import Framing, framing_of
 from training.clips import Clip, DataError, FeatureCache, read_lists, usable
+from training.windows import ValWindows, WindowSettings, WindowStream, loader
 
 STABLE = framing_of("stable")
 WAV2LIP = framing_of("wav2lip")
@@ -21,10 +21,10 @@ WAV2LIP = framing_of("wav2lip")
 @pytest.fixture(scope="session")
 def curated_lists(readme_run, tmp_path_factory):
     """`curate filelist` on the README's run of the shared videos: 5 aligned clips of 3 speakers."""
-    from curate.results import file_lists, load_results, write_file_lists
+    from curate.results import open_view, write_file_lists
 
     lists = tmp_path_factory.mktemp("lists")
-    write_file_lists(file_lists(load_results(readme_run["out"]), val_fraction=0.34), lists)
+    write_file_lists(open_view(readme_run["out"]), lists, val_fraction=0.34)
     return lists
 
 
