@@ -2,6 +2,11 @@
 part, and the time and memory of `curate filelist` and `curate report`.
 
     python bench/bench_state.py [--synthetic 10000 100000 1000000] [--real 200 2000] [--json FILE]
+                                [--only dry_run rerun] [--work DIR]
+
+`--only` measures only the figures named (of dry_run, rerun, filelist, report; the real set's first run is
+always made); `--work DIR` keeps the synthetic sets in DIR and uses one made there before (the same N and
+--part-sources) instead of making it again, so two checkouts can be measured on the same files.
 
 Synthetic: for each size N, an input folder of N empty files in VoxCeleb2's shape (idNNNNN/<video>/NNNNN.mp4)
 and the manifests a finished run over them would have left (one source row and one clip row each, scored by
@@ -123,7 +128,10 @@ def tiny_sources(n: int, raw: Path, work: Path) -> None:
         shutil.copyfile(one, target)
 
 
-def measure(raw: Path, out: Path, lists: Path, real: bool) -> dict:
+FIGURES = ("dry_run", "rerun", "filelist", "report")
+
+
+def measure(raw: Path, out: Path, lists: Path, real: bool, only: tuple[str, ...] = FIGURES) -> dict:
     """The real set: a first run, then the rest with the face stage left out as it was. The synthetic set was
     scored by every stage: its dry run plans the clip stages too (none owed), its rerun leaves them out (their
     weights are not needed to find that nothing is to do)."""
@@ -131,13 +139,17 @@ def measure(raw: Path, out: Path, lists: Path, real: bool) -> dict:
     skip = ["--skip", "face"] if real else []
     if real:
         figures["run"] = driver("run", "--input", str(raw), "--output", str(out), "--no-progress", *skip)
-    figures["dry_run"] = driver("run", "--input", str(raw), "--output", str(out), "--dry-run", *skip)
-    assert " 0 would be processed" in figures["dry_run"]["stdout"], figures["dry_run"]["stdout"]
-    rerun_skip = skip or ["--skip", "sync,quality"]
-    figures["rerun"] = driver("run", "--input", str(raw), "--output", str(out), "--no-progress", *rerun_skip)
-    assert "0 processed now" in figures["rerun"]["stdout"], figures["rerun"]["stdout"]
-    figures["filelist"] = driver("filelist", str(out), "--out", str(lists))
-    figures["report"] = driver("report", str(out), "--samples", "6" if real else "0")
+    if "dry_run" in only:
+        figures["dry_run"] = driver("run", "--input", str(raw), "--output", str(out), "--dry-run", *skip)
+        assert " 0 would be processed" in figures["dry_run"]["stdout"], figures["dry_run"]["stdout"]
+    if "rerun" in only:
+        rerun_skip = skip or ["--skip", "sync,quality"]
+        figures["rerun"] = driver("run", "--input", str(raw), "--output", str(out), "--no-progress", *rerun_skip)
+        assert "0 processed now" in figures["rerun"]["stdout"], figures["rerun"]["stdout"]
+    if "filelist" in only:
+        figures["filelist"] = driver("filelist", str(out), "--out", str(lists))
+    if "report" in only:
+        figures["report"] = driver("report", str(out), "--samples", "6" if real else "0")
     for figure in figures.values():
         figure.pop("stdout")
     return figures
@@ -149,25 +161,36 @@ def main() -> int:
     parser.add_argument("--real", type=int, nargs="*", default=[200, 2000])
     parser.add_argument("--part-sources", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "state.json")
+    parser.add_argument("--only", nargs="+", choices=FIGURES, default=list(FIGURES))
+    parser.add_argument("--work", type=Path, default=None, help="keep the synthetic sets here, and reuse them")
     args = parser.parse_args()
+    only = tuple(args.only)
     results = {"synthetic": {}, "real": {}}
     with tempfile.TemporaryDirectory(prefix="bench-state-") as tmp:
         work = Path(tmp)
         for n in args.synthetic:
-            folder = work / f"synthetic-{n}"
-            started = time.perf_counter()
-            raw, out, append_s = synthetic_set(n, folder, args.part_sources)
-            made_s = time.perf_counter() - started
-            figures = measure(raw, out, folder / "lists", real=False)
+            folder = (args.work or work) / f"synthetic-{n}-{args.part_sources}"
+            made = folder / "made.json"
+            if args.work is not None and made.is_file():
+                append_s, made_s = json.loads(made.read_text())
+                raw, out = folder / "raw", folder / "out"
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+                started = time.perf_counter()
+                raw, out, append_s = synthetic_set(n, folder, args.part_sources)
+                made_s = time.perf_counter() - started
+                made.write_text(json.dumps([append_s, made_s]))
+            figures = measure(raw, out, folder / "lists", real=False, only=only)
             figures["append_part_s"] = round(append_s, 4)
             figures["made_in_s"] = round(made_s, 1)
             results["synthetic"][n] = figures
             print(f"synthetic {n}: {json.dumps(figures)}", flush=True)
-            shutil.rmtree(folder)
+            if args.work is None:
+                shutil.rmtree(folder)
         for n in args.real:
             folder = work / f"real-{n}"
             tiny_sources(n, folder / "raw", work)
-            figures = measure(folder / "raw", folder / "out", folder / "lists", real=True)
+            figures = measure(folder / "raw", folder / "out", folder / "lists", real=True, only=only)
             parts = sorted((folder / "out" / "manifests" / "sources").glob("part-*.parquet"))
             figures["parts"] = len(parts)
             results["real"][n] = figures
@@ -185,7 +208,7 @@ def table(results: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for kind in ("real", "synthetic"):
         for n, f in sorted(results[kind].items(), key=lambda item: int(item[0])):
-            cells = [f"{f[k]['s']} / {f[k]['peak_mb']:.0f}" for k in ("dry_run", "rerun", "filelist", "report")]
+            cells = [f"{f[k]['s']} / {f[k]['peak_mb']:.0f}" if k in f else "-" for k in FIGURES]
             append = f.get("append_part_s", "-")
             first = f" (first run {f['run']['s']} s / {f['run']['peak_mb']:.0f} MB)" if "run" in f else ""
             lines.append(f"| {kind}{first} | {int(n):,} | " + " | ".join(cells) + f" | {append} |")

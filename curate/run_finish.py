@@ -48,9 +48,13 @@ def _scan_changes(out: Path, input_dir: Path, scan: ScanResult) -> list[dict]:
     """Source rows the manifests lack: a row for each path the scan could not look at (a symlink loop, a pipe
     named .mp4, a folder it may not list) unless the same row stands, and a 'removed' row for each source
     that is no longer in the input folder."""
-    current = dataset.current_table(out, "sources", ["source_id", "reject_stage", "reject_reason", "reject_detail"])
+    columns = ["source_id", "reject_stage", "reject_reason", "reject_detail"]
+    current, standing = [], {}   # every current source's id; the rows of those the scan rejected (a few)
+    for table in dataset.iter_current(out, "sources", columns):
+        current.append(table["source_id"].combine_chunks())
+        for row in table.filter(pc.equal(table["reject_stage"], "scan")).to_pylist():
+            standing[row["source_id"]] = row
     rows = []
-    standing = {row["source_id"]: row for row in current.filter(pc.equal(current["reject_stage"], "scan")).to_pylist()}
     for relative, why in scan.skipped:
         row = {"source_id": relative, "path": str(input_dir.resolve() / relative), "status": "rejected",
                "reject_stage": "scan", "reject_reason": scan.reasons.get(relative, "not_looked_at"),
@@ -58,34 +62,39 @@ def _scan_changes(out: Path, input_dir: Path, scan: ScanResult) -> list[dict]:
         same = standing.get(relative)
         if same is None or (same["reject_reason"], same["reject_detail"]) != (row["reject_reason"], why):
             rows.append(row)
-    there = pa.array([s.source_id for s in scan.sources] + [relative for relative, _ in scan.skipped], pa.string())
-    gone = current.filter(pc.invert(pc.is_in(current["source_id"], value_set=there)))["source_id"].to_pylist()
+    there = pa.concat_arrays(scan.sources.source_ids.chunks + [pa.array([r for r, _ in scan.skipped], pa.string())])
+    current = pa.chunked_array(current, pa.string())
+    gone = current.filter(pc.invert(pc.is_in(current, value_set=there))).to_pylist()
     rows.extend({"source_id": source_id, "status": dataset.REMOVED, "reject_stage": "scan",
-                 "reject_reason": "removed", "reject_detail": "no longer in the input folder"} for source_id in gone)
+                 "reject_reason": "removed", "reject_detail": "no longer in the input folder"}
+                for source_id in sorted(gone))
     return rows
 
 
 def _summarise(out: Path, plan: Plan, state: State) -> RunSummary:
-    """The run's summary; the counts of what is kept and rejected are over the whole output folder."""
+    """The run's summary; the counts of what is kept and rejected are over the whole output folder, summed
+    part by part."""
     summary = RunSummary(sources_found=len(plan.scan.sources), sources_processed=state.processed,
                          sources_reused=plan.reused, skipped_paths=list(plan.scan.skipped),
                          cpu_s=sum(state.source_cpu.values()), seconds_processed=state.seconds_processed)
     columns = ["status", "reject_stage", "reject_reason", "duration_s"]
     for kind, name in (("source", "sources"), ("clip", "clips")):
-        table = dataset.current_table(out, name, columns)
-        durations = pc.fill_null(table["duration_s"], 0.0)
-        kept = pc.equal(table["status"], "kept")
-        rejected = table.filter(pc.equal(table["status"], "rejected"))
-        counts = rejected.group_by(["reject_stage", "reject_reason"]).aggregate([("status", "count")])
-        for row in counts.to_pylist():
-            summary.rejects[(kind, row["reject_stage"], row["reject_reason"])] += row["status_count"]
+        seconds, kept_s, kept_n, rejected_n = 0.0, 0.0, 0, 0
+        for table in dataset.iter_current(out, name, columns):
+            durations = pc.fill_null(table["duration_s"], 0.0)
+            kept = pc.equal(table["status"], "kept")
+            rejected = table.filter(pc.equal(table["status"], "rejected"))
+            counts = rejected.group_by(["reject_stage", "reject_reason"]).aggregate([("status", "count")])
+            for row in counts.to_pylist():
+                summary.rejects[(kind, row["reject_stage"], row["reject_reason"])] += row["status_count"]
+            seconds += pc.sum(durations).as_py() or 0.0
+            kept_n += pc.sum(kept).as_py() or 0
+            kept_s += pc.sum(pc.if_else(kept, durations, 0.0)).as_py() or 0.0
+            rejected_n += len(rejected)
         if kind == "source":
-            summary.seconds_in = pc.sum(durations).as_py() or 0.0
-            summary.sources_rejected = len(rejected)
+            summary.seconds_in, summary.sources_rejected = seconds, rejected_n
         else:
-            summary.clips_kept = pc.sum(kept).as_py() or 0
-            summary.seconds_out = pc.sum(pc.if_else(kept, durations, 0.0)).as_py() or 0.0
-            summary.clips_rejected = len(rejected)
+            summary.clips_kept, summary.seconds_out, summary.clips_rejected = kept_n, kept_s, rejected_n
     return summary
 
 

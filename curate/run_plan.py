@@ -8,6 +8,7 @@ one as the run hands them out (`tasks`)."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -23,8 +24,9 @@ from curate.scan import scan_inputs
 from curate.source_task import SourceTask
 from manifests import dataset, io as mio
 
-# what decides whether a source is unchanged, read for every source; the rest only for those that changed
-PREVIOUS = ["source_id", "path", "size_bytes", "mtime_ns", "fingerprint", "reject_stage", "annotated_intervals"]
+# what decides whether a source is unchanged, read for every source (part by part, and cut at once to the
+# columns below); the rest only for those that changed
+PREVIOUS = ["source_id", "path", "size_bytes", "mtime_ns", "fingerprint", "reject_stage"]
 CHANGED = ["source_id", "sha256", "fingerprints", "status", "shot_cuts"]
 
 
@@ -49,33 +51,38 @@ def make_plan(options: RunOptions) -> Plan:
     scan = scan_inputs(options.input_dir, config.inputs, exclude=exclude, fps=config.stages.resample.fps)
     journal = dataset.fold_journal(mio.Journal(out).records(), CLIP_STAGES)   # empty unless a dry run after a kill
     fingerprints = config.stage_fingerprints()
-    found = pa.table({
-        "source_id": pa.array([s.source_id for s in scan.sources], pa.string()),
-        "path": pa.array([s.path for s in scan.sources], pa.string()),
-        "out_key": pa.array([s.out_key for s in scan.sources], pa.string()),
-        "size_bytes": pa.array([s.size_bytes for s in scan.sources], pa.int64()),
-        "mtime_ns": pa.array([s.mtime_ns for s in scan.sources], pa.int64()),
-    })
-    previous = dataset.current_table(out, "sources", PREVIOUS, journal)
-    previous = previous.filter(pc.fill_null(pc.not_equal(previous["reject_stage"], "scan"), True))
-    at = pc.index_in(found["source_id"], value_set=previous["source_id"])
-    before = previous.take(at)                 # the previous row of each found source (nulls where new)
+    found = scan.sources.table                 # source_id, size_bytes, mtime_ns, suffixed
+    previous = _previous(out, scan, fingerprints["write"], journal)
+    previous_ids = previous["source_id"].combine_chunks()
+    at = pc.index_in(found["source_id"], value_set=previous_ids)
+    # the previous row of each found source (nulls where new), without its id: it is the found one's
+    before = previous.drop_columns(["source_id"]).take(at)
     known = pc.is_valid(at).to_numpy(zero_copy_only=False)
     same_stat = _true(pc.and_(pc.equal(found["size_bytes"], before["size_bytes"]),
                               pc.equal(found["mtime_ns"], before["mtime_ns"])))
-    same_path = _true(pc.equal(found["path"], before["path"]))
-    same_write = _true(pc.equal(before["fingerprint"], fingerprints["write"]))
+    same_path = _true(before["same_path"])
+    same_write = _true(before["same_write"])
     same_intervals = _same_intervals(scan, found, before)
     reuse = known & same_stat & same_path & same_write & same_intervals
+    # the sources that are not unchanged, of those the manifests hold (what the clip stages look past)
+    reused_rows = np.zeros(len(previous), dtype=bool)
+    reused_rows[pc.fill_null(at, 0).to_numpy(zero_copy_only=False)[reuse]] = True
+    others = previous_ids.filter(pa.array(~reused_rows))
+    del before, previous, previous_ids, reused_rows
 
-    # why, and what an earlier pass still lends (content hash, shot cuts), for the sources to process
-    changed = found["source_id"].filter(pa.array(known & ~reuse))
+    # why, and what an earlier pass still lends (content hash, shot cuts), for the sources to process alone
+    rows = np.flatnonzero(~reuse)
+    known, same_stat, same_path, same_intervals = (mask[rows] for mask in (known, same_stat, same_path,
+                                                                          same_intervals))
+    todo = found.take(pa.array(rows, pa.int64()))
+    ids = todo["source_id"]
+    changed = ids.filter(pa.array(known))
     detail = dataset.empty_table("sources", CHANGED)
     if len(changed):
         detail = pa.concat_tables([detail] + [table.filter(pc.is_in(table["source_id"], value_set=changed))
                                               for table in dataset.iter_current(out, "sources", CHANGED, journal)])
-    before = detail.take(pc.index_in(found["source_id"], value_set=detail["source_id"]))
-    why = np.full(len(found), "settings changed", dtype=object)
+    before = detail.take(pc.index_in(ids, value_set=detail["source_id"]))
+    why = np.full(len(todo), "settings changed", dtype=object)
     for stage in reversed(list(fingerprints)):   # the first stage whose settings changed names the reason
         differs = ~_true(pc.equal(pc.map_lookup(before["fingerprints"], stage, "first"), fingerprints[stage]))
         why[differs] = f"stages.{stage} settings changed"
@@ -85,18 +92,46 @@ def make_plan(options: RunOptions) -> Plan:
     why[~known] = "new"
     shots_same = _true(pc.equal(pc.map_lookup(before["fingerprints"], "shots", "first"), fingerprints["shots"]))
     cuts_known = same_stat & shots_same & _true(pc.equal(before["status"], "ok"))
-    todo = found.append_column("why", pa.array(why, pa.string()))
-    todo = todo.append_column("sha256", before["sha256"].take(_where(same_stat, len(found))))
-    todo = todo.append_column("known_cuts", before["shot_cuts"].take(_where(cuts_known, len(found))))
-    todo = todo.filter(pa.array(~reuse))
+    todo = pa.table({
+        "source_id": ids, "path": scan.sources.paths(ids), "out_key": scan.sources.out_keys(ids, todo["suffixed"]),
+        "size_bytes": todo["size_bytes"], "mtime_ns": todo["mtime_ns"], "why": pa.array(why, pa.string()),
+        "sha256": before["sha256"].take(_where(same_stat, len(todo))),
+        "known_cuts": before["shot_cuts"].take(_where(cuts_known, len(todo))),
+    })
     todo = todo.take(pc.sort_indices(todo, [("size_bytes", "descending"), ("source_id", "ascending")]))
     plan = Plan(scan, todo, int(reuse.sum()))
     if config.clip_stages():
         # the clips to look at are those of the unchanged sources: every current source but the few others
-        others = previous["source_id"].filter(pc.invert(pc.is_in(previous["source_id"],
-                                                                 value_set=found["source_id"].filter(pa.array(reuse)))))
         _owed_clips(plan, others, out, config, journal)
     return plan
+
+
+def _previous(out: Path, scan, write_fingerprint: str, journal) -> pa.Table:
+    """The current rows of the sources the scan did not reject, cut as each part is read to what decides
+    whether a source is unchanged: source_id, size_bytes, mtime_ns, same_path (recorded at the path the scan
+    finds it at, <input>/<source_id>), same_write (processed with these settings of the write stage), and
+    annotated_intervals where the scan found some (HDTF's)."""
+    prefix = os.path.join(scan.sources.root, "")
+    columns = PREVIOUS + (["annotated_intervals"] if scan.intervals else [])
+    tables = []
+    for table in dataset.iter_current(out, "sources", columns, journal):
+        table = table.filter(pc.fill_null(pc.not_equal(table["reject_stage"], "scan"), True))
+        cut = table.select(["source_id", "size_bytes", "mtime_ns"])
+        cut = cut.append_column("same_path", pc.equal(table["path"], pc.binary_join_element_wise(
+            prefix, table["source_id"], "")))
+        cut = cut.append_column("same_write", pc.equal(table["fingerprint"], write_fingerprint))
+        if scan.intervals:
+            cut = cut.append_column("annotated_intervals", table["annotated_intervals"])
+        tables.append(cut)
+    if not tables:
+        empty = dataset.empty_table("sources", ["source_id", "size_bytes", "mtime_ns"])
+        empty = empty.append_column("same_path", pa.array([], pa.bool_()))
+        empty = empty.append_column("same_write", pa.array([], pa.bool_()))
+        if scan.intervals:
+            empty = empty.append_column("annotated_intervals",
+                                        dataset.empty_table("sources", ["annotated_intervals"])[0])
+        return empty
+    return pa.concat_tables(tables)
 
 
 def tasks(plan: Plan, options: RunOptions) -> Iterator[SourceTask]:
@@ -178,10 +213,12 @@ def _records(out: Path, sources: pa.Array, journal) -> dict[str, dict]:
 
 
 def dry_summary(plan: Plan) -> RunSummary:
-    why = plan.todo["why"].to_pylist()
+    why = plan.todo["why"]
+    planned = Counter({row["values"]: row["counts"] for row in pc.value_counts(why).to_pylist()})
     return RunSummary(sources_found=len(plan.scan.sources), sources_processed=0, sources_reused=plan.reused,
-                      skipped_paths=list(plan.scan.skipped), planned=Counter(why),
-                      planned_sample=list(zip(plan.todo["source_id"].slice(0, 20).to_pylist(), why[:20])),
+                      skipped_paths=list(plan.scan.skipped), planned=planned,
+                      planned_sample=list(zip(plan.todo["source_id"].slice(0, 20).to_pylist(),
+                                              why.slice(0, 20).to_pylist())),
                       planned_clips=plan.owed_why, seconds_in=0.0)
 
 
@@ -189,7 +226,7 @@ def _same_intervals(scan, found: pa.Table, before: pa.Table) -> np.ndarray:
     """Per found source, whether its annotated intervals (HDTF's) are those it was processed with."""
     if not scan.intervals:
         return np.ones(len(found), dtype=bool)
-    recorded = before["annotated_intervals"].to_pylist()
+    recorded = before["annotated_intervals"].to_pylist()   # HDTF's sources are a few hundred
     return np.array([tuple(map(tuple, scan.intervals.get(source_id, ()))) == tuple(map(tuple, old or ()))
                      for source_id, old in zip(found["source_id"].to_pylist(), recorded)], dtype=bool)
 

@@ -170,13 +170,24 @@ def current_parts(output_dir: Path, journal_sources: list[dict] | None = None) -
     keys = [_with_part(_read(path, "sources", ["source_id", "status"]), index) for index, path in enumerate(paths)]
     if journal_sources:
         keys.append(_with_part(_table(journal_sources, "sources", ["source_id", "status"]), len(paths)))
-    if not keys:
+    every = pa.concat_tables(keys) if keys else None
+    del keys
+    if every is None or not every.num_rows:
         return paths, pa.table({"source_id": pa.array([], pa.string()), "part": pa.array([], pa.int32())})
-    every = pa.concat_tables(keys)
-    newest = every.group_by("source_id").aggregate([("part", "max")]).rename_columns(["source_id", "part"])
-    latest = every.join(newest, keys=["source_id", "part"], join_type="inner")
-    live = latest.filter(pc.not_equal(latest["status"], REMOVED))
-    return paths, live.sort_by("part").select(["source_id", "part"])
+    # the rows are in the order the parts were written, so a source's last row is its newest: number the
+    # sources (a dictionary encoding, the one hash table over them) and keep each one's last row, in order
+    codes = pc.dictionary_encode(every["source_id"])
+    if any(len(chunk.dictionary) != len(codes.chunk(0).dictionary) for chunk in codes.chunks):
+        codes = pc.dictionary_encode(every["source_id"].combine_chunks())   # one dictionary for every chunk
+    numbers = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in codes.chunks])
+    last = np.full(len(codes.chunk(0).dictionary), -1, np.int64)
+    del codes
+    np.maximum.at(last, numbers, np.arange(len(numbers), dtype=np.int64))
+    del numbers
+    last.sort()
+    newest = every.take(pa.array(last))
+    live = newest.filter(pc.not_equal(newest["status"], REMOVED))
+    return paths, live.select(["source_id", "part"])
 
 
 def _with_part(table: pa.Table, index: int) -> pa.Table:
