@@ -32,6 +32,7 @@ from manifests.files import OutputError, file_sha256, write_arrays
 from manifests.rejected import Rejected
 from media import probe as probe_stage
 from media.encode import scaled_size
+from media.frames import reformat
 from media.timeline import AudioTrack, DecodedTimeline, FrameRateConverter, samples_per_frame
 from stages.clips import ClipSplitter, IntervalSplitter, Span, frames_past
 from stages.face import FaceStage
@@ -55,8 +56,9 @@ _NOT_WRITTEN = {
 class StageClock:
     """CPU and wall seconds spent per stage inside the pass.
 
-    CPU is this thread's time: decoding and encoding run single-threaded in it (thread count 1, the
-    default), and Ray's own threads in the worker process are left out.
+    CPU is this thread's time: decoding, encoding, swscale and OpenCV run single-threaded in it (thread count
+    1, the default: media.frames.reformat, cv2.setNumThreads), and Ray's own threads in the worker process are
+    left out.
     """
 
     def __init__(self):
@@ -153,6 +155,10 @@ class _Pass:
         self.sample_rate = stages.resample.sample_rate
         self.spf = samples_per_frame(self.fps, self.sample_rate)
         threads = max(1, round(config.resources.source_pass.num_cpus))
+        # OpenCV's pool (the face warp, the shot detector's conversions) as wide as the task's CPUs, like the decoder
+        # and encoder: by default it is one thread per core of the machine, whose share of the work no stage clock
+        # sees, and which wait for work spinning, on cores the other source tasks hold
+        cv2.setNumThreads(threads)
         self.writer = ClipWriter(stages.write, self.fps, self.sample_rate, threads)
         self.frc = FrameRateConverter(self.fps)
         skip = set(config.run.skip)
@@ -286,7 +292,7 @@ class _Pass:
         if replaying:
             return None, None
         width, height = self._analysis_size
-        bgr = frame.reformat(width=width, height=height, format="bgr24", interpolation="AREA").to_ndarray()
+        bgr = reformat(frame, width=width, height=height, format="bgr24", interpolation="AREA").to_ndarray()
         return None, (np.ascontiguousarray(np.rot90(bgr, self._rotation // 90)) if self._rotation % 360 else bgr)
 
     def _finish(self) -> None:

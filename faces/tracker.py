@@ -18,6 +18,7 @@ import numpy as np
 from faces import align as face_align
 from faces.landmarks import FaceBox, LandmarkBackend
 from faces.settings import FaceParams
+from media.frames import reformat, to_ndarray
 
 GREY_Y, GREY_UV = 125, 128  # RGB (127, 127, 127) in limited-range YUV, LatentSync's border colour
 _FULL_RANGE = np.clip((np.arange(256) - 16) * 255.0 / 219.0, 0, 255).astype(np.uint8)
@@ -42,7 +43,7 @@ class FrameView:
                 plane = self.frame.planes[0]
                 picture = np.frombuffer(plane, np.uint8).reshape(self.frame.height, plane.line_size)[:, :self.frame.width]
             else:
-                picture = self.frame.to_ndarray(format="rgb24")
+                picture = to_ndarray(self.frame, "rgb24")
             self._cache[key] = np.rot90(picture, self.turns) if self.turns else picture
         return self._cache[key]
 
@@ -67,8 +68,8 @@ class FrameView:
         if key not in self._cache:
             width = max(16, round(self.frame.width * scale / 2) * 2)
             height = max(16, round(self.frame.height * scale / 2) * 2)
-            picture = self.frame.reformat(width=width, height=height, format="gray" if channels == 1 else "rgb24",
-                                          interpolation="AREA").to_ndarray()
+            picture = reformat(self.frame, width=width, height=height, format="gray" if channels == 1 else "rgb24",
+                               interpolation="AREA").to_ndarray()
             self._cache[key] = np.ascontiguousarray(np.rot90(picture, self.turns)) if self.turns else picture
         return self._cache[key]
 

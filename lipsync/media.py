@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from media import probe as probe_stage
+from media.frames import reformat
 from media.timeline import DecodedTimeline
 
 FPS = 25
@@ -176,7 +177,7 @@ class VideoWriter:
 
     def write(self, rgb: np.ndarray) -> None:
         frame = av.VideoFrame.from_ndarray(rgb[:self._video.height, :self._video.width], format="rgb24")
-        frame = frame.reformat(format="yuv420p")
+        frame = reformat(frame, format="yuv420p")
         frame.pts, frame.time_base = self._written, Fraction(1, FPS)
         self._container.mux(self._video.encode(frame))
         self._written += 1

@@ -16,6 +16,8 @@ from typing import Sequence
 import av
 import numpy as np
 
+from media.frames import reformat, to_ndarray
+
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """Size with the shorter side at `short_side` (never upscaled), aspect kept, both sides even."""
@@ -30,11 +32,11 @@ def stored_picture(frame: av.VideoFrame, size: tuple[int, int], rotation: int = 
     turns it upright.
     """
     width, height = size
-    small = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+    small = reformat(frame, width=width, height=height, format="yuv420p", interpolation="AREA")
     if rotation % 360 == 0:
         return small
-    upright = np.ascontiguousarray(np.rot90(small.to_ndarray(format="bgr24"), rotation // 90))
-    return av.VideoFrame.from_ndarray(upright, format="bgr24").reformat(format="yuv420p")
+    upright = np.ascontiguousarray(np.rot90(to_ndarray(small, "bgr24"), rotation // 90))
+    return reformat(av.VideoFrame.from_ndarray(upright, format="bgr24"), format="yuv420p")
 
 
 def encode_clip(target: Path, frames: Sequence[av.VideoFrame], audio: np.ndarray, fps: int, sample_rate: int,
@@ -56,7 +58,7 @@ def encode_clip(target: Path, frames: Sequence[av.VideoFrame], audio: np.ndarray
         for i, picture in enumerate(frames):
             # the encoder takes its own reference with the pts it has now, so a picture repeated by
             # frame-rate conversion can be given again with the next pts
-            frame = picture.reformat(format="yuv420p")
+            frame = reformat(picture, format="yuv420p")
             frame.pts, frame.time_base = i, time_base
             out.mux(video.encode(frame))
             # keep the streams interleaved: audio up to the end of this frame

@@ -1,6 +1,7 @@
 """Decoded pictures: a short clip's as one array (the one loop the trainers read clips with: whole faces for
 the generators, the lower half of the face for the experts), a clip's key frames, every frame in turn, and a
-source's frames at given times (the report's samples)."""
+source's frames at given times (the report's samples); and a decoded frame scaled or converted in the calling
+thread (`reformat`, `to_ndarray`), as every per-frame conversion in the project is."""
 
 from __future__ import annotations
 
@@ -16,6 +17,32 @@ FFmpegError = av.error.FFmpegError    # what any read of a broken file raises, f
 
 class MediaUnreadable(Exception):
     """A file that cannot be decoded as far as asked; the message says why in one line."""
+
+
+def _one_thread() -> dict:
+    """swscale in the calling thread, where this PyAV lets us ask (`threads`, from the PyAV that scales through
+    sws_scale_frame): its default is a pool of one thread per core, started and stopped for every frame."""
+    try:
+        av.VideoFrame(16, 16, "yuv420p").reformat(format="gray", threads=1)
+    except TypeError:
+        return {}
+    return {"threads": 1}
+
+
+_ONE_THREAD = _one_thread()
+
+
+def reformat(frame: av.VideoFrame, **options) -> av.VideoFrame:
+    """`frame.reformat(**options)` in the calling thread. A frame's own reformat makes a scaler per frame, and
+    PyAV's scaler (threads=0, automatic) starts a thread per core for it and stops them after: in the source
+    pass that was hundreds of threads a second, their CPU outside every stage clock, on top of the task's one
+    core. One thread scales the same pixels."""
+    return frame.reformat(**options, **_ONE_THREAD)
+
+
+def to_ndarray(frame: av.VideoFrame, format: str) -> np.ndarray:
+    """`frame.to_ndarray(format=format)`, converted in the calling thread (see `reformat`)."""
+    return reformat(frame, format=format).to_ndarray()
 
 
 def read_pictures(path: str, count: int, size: tuple[int, int], channel_order: str = "bgr",
@@ -36,12 +63,12 @@ def read_pictures(path: str, count: int, size: tuple[int, int], channel_order: s
                     break
                 if lower_half:
                     if frame.format.name != "yuv420p" or frame.height % 4:
-                        frame = frame.reformat(format="yuv420p", height=frame.height // 4 * 4)
+                        frame = reformat(frame, format="yuv420p", height=frame.height // 4 * 4)
                     picture = cv2.cvtColor(lower_i420(frame), code)
                 else:
                     if frame.format.name != "yuv420p" or frame.height % 2 or frame.width % 2:
-                        frame = frame.reformat(format="yuv420p", width=frame.width // 2 * 2,
-                                               height=frame.height // 2 * 2)
+                        frame = reformat(frame, format="yuv420p", width=frame.width // 2 * 2,
+                                         height=frame.height // 2 * 2)
                     picture = cv2.cvtColor(frame.to_ndarray(), code)
                 if picture.shape[:2] != (height, width):
                     picture = cv2.resize(picture, (width, height), interpolation=cv2.INTER_AREA)
@@ -88,7 +115,7 @@ def key_frames(path: str) -> np.ndarray:
         kept, last, count = {}, None, 0
         for count, frame in enumerate(container.decode(stream), start=1):
             if count - 1 in wanted:
-                kept[count - 1] = frame.to_ndarray(format="rgb24")
+                kept[count - 1] = to_ndarray(frame, "rgb24")
             last = frame
     if last is None:
         raise ValueError(f"{path} has no video frames")
@@ -96,16 +123,16 @@ def key_frames(path: str) -> np.ndarray:
         with av.open(path) as container:
             for index, frame in enumerate(container.decode(video=0)):
                 if index == count // 2:
-                    kept[index] = frame.to_ndarray(format="rgb24")
+                    kept[index] = to_ndarray(frame, "rgb24")
                     break
-    return np.stack([kept[0], kept[count // 2], last.to_ndarray(format="rgb24")])
+    return np.stack([kept[0], kept[count // 2], to_ndarray(last, "rgb24")])
 
 
 def rgb_frames(path: str | Path) -> Iterator[np.ndarray]:
     """Every frame of `path`'s video stream as RGB, in decoding order."""
     with av.open(str(path)) as container:
         for frame in container.decode(container.streams.video[0]):
-            yield frame.to_ndarray(format="rgb24")
+            yield to_ndarray(frame, "rgb24")
 
 
 def frames_at(path: str, times: list[float]) -> list[np.ndarray]:
@@ -125,7 +152,7 @@ def frames_at(path: str, times: list[float]) -> list[np.ndarray]:
 
 def upright(frame: av.VideoFrame) -> np.ndarray:
     """A frame as RGB, turned as its display rotation says."""
-    rgb = frame.to_ndarray(format="rgb24")
+    rgb = to_ndarray(frame, "rgb24")
     return np.ascontiguousarray(np.rot90(rgb, (frame.rotation or 0) // 90)) if frame.rotation else rgb
 
 
@@ -137,4 +164,4 @@ def ffmpeg_version() -> str:
 def all_frames(path: str, pixel_format: str = "bgr24") -> np.ndarray:
     """Every frame of a short clip as one (N, H, W, 3) array in `pixel_format`."""
     with av.open(path) as container:
-        return np.stack([frame.to_ndarray(format=pixel_format) for frame in container.decode(video=0)])
+        return np.stack([to_ndarray(frame, pixel_format) for frame in container.decode(video=0)])

@@ -19,6 +19,7 @@ from faces.landmarks import get_backend
 from faces.settings import FaceParams
 from faces.tracker import FaceTracker, FrameView
 from media import probe as probe_stage
+from media.frames import to_ndarray
 from media.timeline import AudioTrack, DecodedTimeline
 from stages.sync_crops import SIZE, boxes_from_landmarks, crops
 from stages.sync_score import SAMPLES_PER_FRAME, SyncResult, SyncScorer
@@ -54,7 +55,7 @@ def load(path: str, precropped: bool, face: FaceParams) -> tuple[np.ndarray, np.
     if precropped:
         frames = []
         for frame, t0 in _frames_at_25(path, facts.video_index):
-            bgr = frame.to_ndarray(format="bgr24")
+            bgr = to_ndarray(frame, "bgr24")
             frames.append(bgr if bgr.shape[:2] == (SIZE, SIZE) else cv2.resize(bgr, (SIZE, SIZE)))
         pictures = np.stack(frames)
     else:
@@ -72,7 +73,7 @@ def load(path: str, precropped: bool, face: FaceParams) -> tuple[np.ndarray, np.
         if present.mean() < 0.5:
             raise ValueError(f"a face is found in only {present.mean():.0%} of the frames")
         boxes = boxes_from_landmarks(landmarks, present)
-        upright = (np.rot90(f.to_ndarray(format="bgr24"), (f.rotation or 0) // 90) for f, _ in _frames_at_25(path, facts.video_index))
+        upright = (np.rot90(to_ndarray(f, "bgr24"), (f.rotation or 0) // 90) for f, _ in _frames_at_25(path, facts.video_index))
         pictures = crops([np.ascontiguousarray(p) for p in upright], boxes)
     audio = AudioTrack(path, facts.audio_index, SAMPLE_RATE, t0 or 0.0)
     audio.ensure(len(pictures) * SAMPLES_PER_FRAME)
