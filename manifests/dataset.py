@@ -9,11 +9,13 @@ that names it. What finished after the last part is in the journal (manifests.io
 turns its records into the same rows, so a reader sees every finished source.
 
 Reading a view holds only the columns asked for; streamed part by part (`iter_current`), what grows with the
-sources is the table of which part holds each source's current rows.
+sources is the index of which rows are current (`live_rows`: 17 bytes a row of every part).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import time
 import uuid
 from datetime import datetime, timezone
@@ -163,35 +165,39 @@ def empty_table(name: str, columns: Sequence[str] | None = None) -> pa.Table:
     return _table([], name, columns)
 
 
-def current_parts(output_dir: Path, journal_sources: list[dict] | None = None) -> tuple[list[Path], pa.Table]:
-    """The sources parts, oldest first, and for each source still in the input its current part's index
-    (table `source_id`, `part`, sorted by part; the journal's rows, when given, count as part len(parts))."""
+def _keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 16-byte digest of each source id: the view's index holds these, not the ids (two ids digesting alike:
+    a chance of about 1e-27 at 10^6 sources)."""
+    return np.frombuffer(b"".join(hashlib.blake2b(i.encode(), digest_size=16).digest() for i in ids.to_pylist()),
+                         "V16")
+
+
+def live_rows(output_dir: Path, journal_sources: list[dict] | None = None) -> tuple[list[Path], list[np.ndarray]]:
+    """The sources parts, oldest first, and for each of them and then for the journal's rows (when given) the
+    positions of its current rows: each source's row in the newest part naming it, unless that row says it was
+    removed. The index over every part holds 17 bytes a row, never the ids."""
     paths = parts(output_dir)
-    keys = [_with_part(_read(path, "sources", ["source_id", "status"]), index) for index, path in enumerate(paths)]
+    tables = (_read(path, "sources", ["source_id", "status"]) for path in paths)
     if journal_sources:
-        keys.append(_with_part(_table(journal_sources, "sources", ["source_id", "status"]), len(paths)))
-    every = pa.concat_tables(keys) if keys else None
+        tables = itertools.chain(tables, [_table(journal_sources, "sources", ["source_id", "status"])])
+    keys, removed, sizes = [], [], [0]
+    for table in tables:
+        keys.append(_keys(table["source_id"]))
+        removed.append(pc.fill_null(pc.equal(table["status"], REMOVED), False).to_numpy(zero_copy_only=False))
+        sizes.append(len(table))
+    if not journal_sources:
+        sizes.append(0)
+    every = np.concatenate(keys) if keys else np.zeros(0, "V16")
     del keys
-    if every is None or not every.num_rows:
-        return paths, pa.table({"source_id": pa.array([], pa.string()), "part": pa.array([], pa.int32())})
-    # the rows are in the order the parts were written, so a source's last row is its newest: number the
-    # sources (a dictionary encoding, the one hash table over them) and keep each one's last row, in order
-    codes = pc.dictionary_encode(every["source_id"])
-    if any(len(chunk.dictionary) != len(codes.chunk(0).dictionary) for chunk in codes.chunks):
-        codes = pc.dictionary_encode(every["source_id"].combine_chunks())   # one dictionary for every chunk
-    numbers = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in codes.chunks])
-    last = np.full(len(codes.chunk(0).dictionary), -1, np.int64)
-    del codes
-    np.maximum.at(last, numbers, np.arange(len(numbers), dtype=np.int64))
-    del numbers
-    last.sort()
-    newest = every.take(pa.array(last))
-    live = newest.filter(pc.not_equal(newest["status"], REMOVED))
-    return paths, live.select(["source_id", "part"])
-
-
-def _with_part(table: pa.Table, index: int) -> pa.Table:
-    return table.append_column("part", pa.array(np.full(len(table), index, np.int32)))
+    # the rows are in the order they were written, so a source's last row is its newest
+    _, first_from_the_end = np.unique(every[::-1], return_index=True)
+    del every
+    last = np.sort(sum(sizes) - 1 - first_from_the_end)
+    if len(last):
+        last = last[~np.concatenate(removed)[last]]
+    bounds = np.cumsum(sizes)
+    cuts = np.searchsorted(last, bounds)
+    return paths, [last[cuts[i]:cuts[i + 1]] - bounds[i] for i in range(len(paths) + 1)]
 
 
 def iter_current(output_dir: Path, name: str, columns: Sequence[str] | None = None,
@@ -199,27 +205,28 @@ def iter_current(output_dir: Path, name: str, columns: Sequence[str] | None = No
     """The current rows of `name` ('sources' or 'clips'), one table per part, oldest first; then the rows of
     the journal (`journal`: (source rows, clip rows) from fold_journal) that are current."""
     journal_sources, journal_clips = journal if journal is not None else ([], [])
-    paths, live = current_parts(output_dir, journal_sources)
+    paths, live = live_rows(output_dir, journal_sources)
     columns = list(columns) if columns is not None else SCHEMAS[name].names
     wanted = columns if "source_id" in columns else [*columns, "source_id"]
-    part_of = live["part"].to_numpy()
-    bounds = np.searchsorted(part_of, np.arange(len(paths) + 2))
-    for index in range(len(paths) + 1):
-        ids = live["source_id"].slice(bounds[index], bounds[index + 1] - bounds[index])
-        if index < len(paths):
-            path = paths[index] if name == "sources" else dataset_dir(output_dir, name) / paths[index].name
+    for index, positions in enumerate(live):
+        if not len(positions):
+            continue
+        journal_part = index == len(paths)
+        if name == "sources":
+            table = _table(journal_sources, name, wanted) if journal_part else _read(paths[index], name, wanted)
+            yield table.take(pa.array(positions)).select(columns)
+            continue
+        sources = _table(journal_sources, "sources", ["source_id"]) if journal_part else \
+            _read(paths[index], "sources", ["source_id"])
+        ids = sources["source_id"].take(pa.array(positions))
+        if journal_part:
+            table = _table(journal_clips, name, wanted)
+        else:
+            path = dataset_dir(output_dir, name) / paths[index].name
             if not path.exists():
                 continue
             table = _read(path, name, wanted)
-        else:
-            rows = journal_sources if name == "sources" else journal_clips
-            if not rows:
-                continue
-            table = _table(rows, name, wanted)
-        if len(ids) == 0:
-            continue
-        table = table.filter(pc.is_in(table["source_id"], value_set=ids))
-        yield table.select(columns)
+        yield table.filter(pc.is_in(table["source_id"], value_set=ids)).select(columns)
 
 
 def current_table(output_dir: Path, name: str, columns: Sequence[str] | None = None,
