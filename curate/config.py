@@ -19,7 +19,9 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from faces.settings import FaceParams
 from manifests.settings import StrictSettings
-from stages.settings import ClipParams, ProbeParams, QualityParams, ResampleParams, ShotParams, SyncParams, WriteParams
+from stages.settings import (
+    ClipParams, ProbeParams, QualityParams, ResampleParams, ShotParams, SpeechParams, SyncParams, WriteParams
+)
 
 
 class ConfigError(ValueError):
@@ -29,7 +31,7 @@ class ConfigError(ValueError):
 # stages a run may leave out (`--skip`); without `face` the clips are written unaligned, and the clip stages
 # are left out too: `sync` crops from the face stage's landmarks, and `quality`'s threshold (LatentSync's 40)
 # is meant for the aligned face, not for the middle of a whole frame
-SKIPPABLE = ("shots", "face", "sync", "quality")
+SKIPPABLE = ("shots", "face", "speech", "sync", "quality")
 
 
 class RunSettings(StrictSettings):
@@ -98,6 +100,7 @@ class StageSettings(StrictSettings):
     resample: ResampleParams = ResampleParams()
     shots: ShotParams = ShotParams()
     clips: ClipParams = ClipParams()
+    speech: SpeechParams = SpeechParams()
     face: FaceParams = FaceParams()
     write: WriteParams = WriteParams()
     sync: SyncParams = SyncParams()
@@ -106,7 +109,7 @@ class StageSettings(StrictSettings):
 
 # The order the stages run in; a stage's fingerprint covers its own parameters and every earlier stage's.
 # probe .. write run in one pass per source; the clip stages (sync, then quality) work on the written clips.
-STAGE_ORDER = ("probe", "resample", "shots", "clips", "face", "write", "sync", "quality")
+STAGE_ORDER = ("probe", "resample", "shots", "clips", "speech", "face", "write", "sync", "quality")
 SOURCE_PASS = STAGE_ORDER[:STAGE_ORDER.index("write") + 1]
 CLIP_STAGES = STAGE_ORDER[len(SOURCE_PASS):]
 
@@ -117,6 +120,14 @@ class Config(StrictSettings):
     resources: ResourceSettings = ResourceSettings()
     models: ModelSettings = ModelSettings()
     stages: StageSettings = StageSettings()
+
+    @model_validator(mode="after")
+    def _speech_rate(self) -> "Config":
+        # Silero VAD takes 16 or 8 kHz audio only (stages.speech)
+        if not self.skipped("speech") and self.stages.resample.sample_rate not in (8000, 16000):
+            raise ValueError(f"stages.speech needs stages.resample.sample_rate 16000 or 8000, not "
+                             f"{self.stages.resample.sample_rate} (or run with --skip speech)")
+        return self
 
     def skipped(self, stage: str) -> bool:
         """Whether `stage` does not run: asked to be skipped, or it needs a stage that is."""

@@ -36,8 +36,9 @@ GROUP = ["status", "reject_stage", "reject_reason"]
 SOURCE_COLUMNS = ["source_id", "path", "status", "reject_stage", "reject_reason", "reject_detail", "duration_s"]
 CLIP_COLUMNS = ["source_id", "clip_id", "path", "status", "reject_stage", "reject_reason", "reject_detail",
                 "start_s", "end_s", "fps", "duration_s", "sync_conf", "sync_offset", "quality_score",
-                "face_size_px", "face_detection_rate"]
-SCORES = ["sync_conf", "sync_offset", "quality_score", "face_size_px", "face_detection_rate", "duration_s"]
+                "face_size_px", "face_detection_rate", "speech_fraction"]
+SCORES = ["sync_conf", "sync_offset", "quality_score", "face_size_px", "face_detection_rate", "duration_s",
+          "speech_fraction"]
 
 
 def build_report(output_dir: Path, target: Path, samples: int = 6, seed: int = 0) -> Path:
@@ -208,6 +209,8 @@ def figures(tally: Tally) -> list[tuple[str, object]]:
         ("face width (median px)", tally.values("face_size_px"), [config.face.min_face_px], "keep at or above",
          positive),
         ("face detection rate", tally.values("face_detection_rate"), [config.face.min_detection_rate],
+         "keep at or above", (0.0, 1.0)),
+        ("speech fraction (Silero VAD)", tally.values("speech_fraction"), [config.speech.min_fraction],
          "keep at or above", (0.0, 1.0)),
         ("clip duration (s)", tally.values("duration_s"), [config.clips.min_seconds, config.clips.max_seconds],
          "keep between", positive),
@@ -401,7 +404,8 @@ def _sheet(tally: Tally, chosen: pd.DataFrame, kind: str, anchor: str, title: st
         if kind == "clip":
             scores = [(name, row.get(column), digits) for name, column, digits in (
                 ("sync conf", "sync_conf", 2), ("offset", "sync_offset", 0), ("quality", "quality_score", 1),
-                ("face px", "face_size_px", 0), ("detected", "face_detection_rate", 2))]
+                ("face px", "face_size_px", 0), ("detected", "face_detection_rate", 2),
+                ("speech", "speech_fraction", 2))]
             label = " · ".join([f"{row['clip_id']}", f"{row['start_s']:.2f}–{row['end_s']:.2f} s"]
                                + [f"{name} {_fmt(value, digits)}" for name, value, digits in scores if pd.notna(value)])
         else:

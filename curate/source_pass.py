@@ -1,4 +1,4 @@
-"""One source, decoded once, streamed through probe -> resample -> shots -> clips -> face -> write.
+"""One source, decoded once, streamed through probe -> resample -> shots -> clips -> speech -> face -> write.
 
 This is the body of the Ray task that handles a source. Each decoded frame gives, right away, a small picture
 for the shot detector and the picture the writer stores: the face stage's aligned frame (a few frames later,
@@ -37,6 +37,7 @@ from media.timeline import AudioTrack, DecodedTimeline, FrameRateConverter, samp
 from stages.clips import ClipSplitter, IntervalSplitter, Span, frames_past
 from stages.face import FaceStage
 from stages.shots import KnownShots, ShotDetector
+from stages.speech import SpeechStage
 from stages.write import ClipWriter
 
 CLIPS_DIR = "clips"
@@ -49,7 +50,7 @@ CONTEXT_FRAMES = 15
 _NOT_WRITTEN = {
     "path": None, "width": None, "height": None, "bytes": None, "audio_samples": None, "landmarks_path": None,
     "face_backend": None, "face_detection_rate": None, "face_size_px": None, "face_jitter_px": None,
-    "face_max_faces": None, "aligned_size": None,
+    "face_max_faces": None, "aligned_size": None, "speech_fraction": None,
 }
 
 
@@ -170,6 +171,7 @@ class _Pass:
             self.detector = ShotDetector(stages.shots, self.fps)
         self.face_on = "face" not in skip
         self.faces: FaceStage | None = None
+        self.speech = None if "speech" in skip else SpeechStage(stages.speech, self.sample_rate, self.fps, threads)
         self.analysis_width = stages.shots.analysis_width
         self.splitter = ClipSplitter(
             min_frames=round(stages.clips.min_seconds * self.fps),
@@ -350,6 +352,7 @@ class _Pass:
             "sample_rate": self.sample_rate,
             "clips_status": "rejected" if span.rejected else "done",
             "face_status": None if self.face_on else "skipped",
+            "speech_status": None if self.speech is not None else "skipped",
             "write_status": None,
             **_NOT_WRITTEN,
         }
@@ -363,6 +366,12 @@ class _Pass:
                     f"the audio stream ends at {self.audio.available / self.sample_rate:.2f} s, "
                     f"before the clip's end at {span.end / self.fps:.2f} s",
                 )
+        speech = None
+        if rejected is None and self.speech is not None:   # before the writer: a silent span costs no encode
+            with self.clock("speech"):
+                speech = self.speech.judge(self.audio.take(span.start * self.spf, span.end * self.spf), span.frames)
+            row.update(speech.columns, speech_status="rejected" if speech.rejected else "done")
+            rejected = speech.rejected
         faces = None
         if rejected is None and self.faces is not None:
             with self.clock("face"):
@@ -379,7 +388,9 @@ class _Pass:
             written = self.writer.write(Path(self.task.output_dir) / relative, pictures, audio)
             if faces is not None:
                 landmarks = relative.with_suffix(".npz")
-                write_arrays(Path(self.task.output_dir) / landmarks, {**faces.arrays, **self._audio_context(span)})
+                speech_arrays = {"speech_prob": speech.per_frame} if speech is not None else {}
+                write_arrays(Path(self.task.output_dir) / landmarks,
+                             {**faces.arrays, **speech_arrays, **self._audio_context(span)})
                 row["landmarks_path"] = landmarks.as_posix()
         return {**row, "status": "kept", "reject_stage": None, "reject_reason": None, "reject_detail": None,
                 "write_status": "done", "path": relative.as_posix(), "width": written["width"],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 # the stages whose CPU seconds the source pass measures, in the order they run
-TIMED_STAGES = ("probe", "decode", "resample", "scale", "shots", "face", "write")
+TIMED_STAGES = ("probe", "decode", "resample", "scale", "shots", "speech", "face", "write")
 
 
 def _field(name: str, kind: pa.DataType, description: str) -> pa.Field:
@@ -98,6 +98,7 @@ CLIPS = pa.schema([
     *_rejection("clip"),
     _field("clips_status", pa.string(), "clips stage: 'done' or 'rejected'"),
     _field("face_status", pa.string(), "face stage: 'done', 'rejected', 'skipped', or null when not reached"),
+    _field("speech_status", pa.string(), "speech stage: 'done', 'rejected', 'skipped', or null when not reached"),
     _field("write_status", pa.string(), "write stage: 'done', or null when not reached"),
     _field("sync_status", pa.string(), "sync stage: 'done', 'rejected', 'skipped', or null when not reached"),
     _field("quality_status", pa.string(), "quality stage: 'done', 'rejected', 'skipped', or null when not reached"),
@@ -107,6 +108,7 @@ CLIPS = pa.schema([
     _field("face_jitter_px", pa.float64(), "RMS frame-to-frame wobble of the crop window, in aligned pixels"),
     _field("face_max_faces", pa.int32(), "most prominent faces one detection pass found in the clip"),
     _field("aligned_size", pa.int32(), "side of the aligned square picture"),
+    _field("speech_fraction", pa.float64(), "share of the clip's 32 ms audio windows Silero VAD hears as speech"),
     _field("landmarks_path", pa.string(), "per-frame landmarks (source and aligned) and affine matrices (.npz)"),
     _field("sync_offset", pa.int32(), "SyncNet audio-video offset in frames (> 0: sound before lips); the clip's "
                                       "audio has been delayed by it"),

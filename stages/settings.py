@@ -65,3 +65,8 @@ class WriteParams(StrictSettings):
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
     ] = "veryfast"
     audio_codec: Literal["flac", "pcm_s16le", "aac"] = "flac"
+
+
+class SpeechParams(StrictSettings):
+    min_fraction: float = Field(0.5, ge=0, le=1)
+    threshold: float = Field(0.5, gt=0, lt=1)
