@@ -36,9 +36,10 @@ GROUP = ["status", "reject_stage", "reject_reason"]
 SOURCE_COLUMNS = ["source_id", "path", "status", "reject_stage", "reject_reason", "reject_detail", "duration_s"]
 CLIP_COLUMNS = ["source_id", "clip_id", "path", "status", "reject_stage", "reject_reason", "reject_detail",
                 "start_s", "end_s", "fps", "duration_s", "sync_conf", "sync_offset", "quality_score",
-                "face_size_px", "face_detection_rate", "speech_fraction"]
+                "face_size_px", "face_detection_rate", "speech_fraction", "face_mouth_sharpness", "face_off_pose_share",
+                "face_turn_deg_s"]
 SCORES = ["sync_conf", "sync_offset", "quality_score", "face_size_px", "face_detection_rate", "duration_s",
-          "speech_fraction"]
+          "speech_fraction", "face_mouth_sharpness", "face_off_pose_share", "face_turn_deg_s"]
 
 
 def build_report(output_dir: Path, target: Path, samples: int = 6, seed: int = 0) -> Path:
@@ -206,10 +207,16 @@ def figures(tally: Tally) -> list[tuple[str, object]]:
         ("|A/V offset| (frames)", np.abs(tally.values("sync_offset")), [config.sync.max_offset], "keep at or below",
          positive),
         ("HyperIQA score", tally.values("quality_score"), [config.quality.min_score], "keep at or above", None),
-        ("face width (median px)", tally.values("face_size_px"), [config.face.min_face_px], "keep at or above",
+        ("mouth sharpness (Laplacian variance, median)", tally.values("face_mouth_sharpness"),
+         [config.face.min_mouth_sharpness], "keep at or above", positive),
+        ("face width (median px)", tally.values("face_size_px"), [config.face.min_face], "keep at or above",
          positive),
         ("face detection rate", tally.values("face_detection_rate"), [config.face.min_detection_rate],
          "keep at or above", (0.0, 1.0)),
+        ("share of frames past the yaw / pitch limits", tally.values("face_off_pose_share"),
+         [config.face.max_off_pose_share], "keep at or below", (0.0, 1.0)),
+        ("head turn speed (deg/s, 95th percentile)", tally.values("face_turn_deg_s"), [config.face.max_turn_deg_s],
+         "keep at or below", positive),
         ("speech fraction (Silero VAD)", tally.values("speech_fraction"), [config.speech.min_fraction],
          "keep at or above", (0.0, 1.0)),
         ("clip duration (s)", tally.values("duration_s"), [config.clips.min_seconds, config.clips.max_seconds],
@@ -405,7 +412,8 @@ def _sheet(tally: Tally, chosen: pd.DataFrame, kind: str, anchor: str, title: st
             scores = [(name, row.get(column), digits) for name, column, digits in (
                 ("sync conf", "sync_conf", 2), ("offset", "sync_offset", 0), ("quality", "quality_score", 1),
                 ("face px", "face_size_px", 0), ("detected", "face_detection_rate", 2),
-                ("speech", "speech_fraction", 2))]
+                ("speech", "speech_fraction", 2), ("mouth sharpness", "face_mouth_sharpness", 1),
+                ("off pose", "face_off_pose_share", 2))]
             label = " · ".join([f"{row['clip_id']}", f"{row['start_s']:.2f}–{row['end_s']:.2f} s"]
                                + [f"{name} {_fmt(value, digits)}" for name, value, digits in scores if pd.notna(value)])
         else:

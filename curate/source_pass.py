@@ -253,7 +253,8 @@ class _Pass:
         self.audio = AudioTrack(self.task.path, self.facts.audio_index, self.sample_rate, t0)
         if self.face_on:
             params = self.config.stages.face
-            self.faces = FaceStage(params, get_backend(params.backend), self._rotation, upright[0], self.detector.lag)
+            self.faces = FaceStage(params, get_backend(params.backend), self._rotation, upright[0], self.detector.lag,
+                                   self.fps)
 
     def _take_slots(self, slots: list[tuple[int, av.VideoFrame]]) -> None:
         previous, picture, analysis = None, None, None

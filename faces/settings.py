@@ -16,12 +16,26 @@ class FaceParams(StrictSettings):
     detect_every: int = Field(50, ge=1)
     search_every: int = Field(10, ge=1)
     shape_tolerance: float = Field(0.08, gt=0)
-    min_face_px: int = Field(96, ge=8)
+    min_face_px: int | None = Field(None, ge=8)   # None: follows the resolution (see min_face)
     min_detection_rate: float = Field(0.9, ge=0, le=1)
     max_multi_face_share: float = Field(0.2, ge=0, le=1)
     prominent_ratio: float = Field(0.5, gt=0, le=1)
     max_gap_frames: int = Field(10, ge=0)
     smooth_sigma_frames: float = Field(2.0, ge=0)
+    min_mouth_sharpness: float = Field(8.5, ge=0)
+    max_yaw_deg: float = Field(30.0, gt=0, le=90)
+    max_pitch_deg: float = Field(30.0, gt=0, le=90)
+    max_off_pose_share: float = Field(0.2, ge=0, le=1)
+    max_mouth_outside_share: float = Field(0.05, ge=0, le=1)
+    max_turn_deg_s: float = Field(150.0, gt=0)
+    max_move_widths_s: float = Field(2.0, gt=0)
+
+    @property
+    def min_face(self) -> int:
+        """The minimum face width in source pixels: `min_face_px`, or by default 96 px for a 256-pixel target
+        and in proportion above (192 for 512): a face upscaled to the aligned size more than about 2.7x shows
+        its blur, and a larger target needs a proportionally larger face for the same sharpness."""
+        return self.min_face_px if self.min_face_px is not None else round(self.resolution * 96 / 256)
 
     @model_validator(mode="after")
     def _even(self) -> "FaceParams":

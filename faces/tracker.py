@@ -219,7 +219,7 @@ class FaceTracker:
         if previous is not None and previous.box is not None:
             # the tracked face at about 140 px: a second face half its size is still found
             return [min(1.0, 140.0 / max(previous.box.size, 1.0))]
-        search = [min(1.0, 384.0 / self.frame_width), min(1.0, 80.0 / self.params.min_face_px)]
+        search = [min(1.0, 384.0 / self.frame_width), min(1.0, 80.0 / self.params.min_face)]
         return sorted(set(search))
 
     # -- tracking -------------------------------------------------------------------------------------

@@ -107,6 +107,17 @@ CLIPS = pa.schema([
     _field("face_size_px", pa.float64(), "median face width in source pixels (extent of the 68 landmarks)"),
     _field("face_jitter_px", pa.float64(), "RMS frame-to-frame wobble of the crop window, in aligned pixels"),
     _field("face_max_faces", pa.int32(), "most prominent faces one detection pass found in the clip"),
+    _field("face_yaw_deg", pa.float64(), "median |yaw| of the head in degrees (solvePnP of the landmarks on a generic "
+           "3-D face); per frame in the side file's `pose` (yaw, pitch, roll)"),
+    _field("face_pitch_deg", pa.float64(), "median |pitch| of the head in degrees"),
+    _field("face_off_pose_share", pa.float64(), "share of the frames with the face whose yaw or pitch passes its "
+           "limit"),
+    _field("face_mouth_outside_share", pa.float64(), "share of the frames with the face whose mouth landmarks leave "
+           "the picture"),
+    _field("face_turn_deg_s", pa.float64(), "95th percentile of how fast the head turns (yaw or pitch), degrees/s"),
+    _field("face_move_widths_s", pa.float64(), "95th percentile of how fast the face moves, face widths per second"),
+    _field("face_mouth_sharpness", pa.float64(), "median variance of the Laplacian of the aligned mouth (resized to "
+           "96x48 luma); per frame in the side file's `mouth_sharpness`"),
     _field("aligned_size", pa.int32(), "side of the aligned square picture"),
     _field("speech_fraction", pa.float64(), "share of the clip's 32 ms audio windows Silero VAD hears as speech"),
     _field("landmarks_path", pa.string(), "per-frame landmarks (source and aligned) and affine matrices (.npz)"),

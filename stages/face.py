@@ -12,17 +12,21 @@ Per frame, in the single pass:
 The stage holds a few full-resolution frames (the smoothing window and the gap it may fill, plus the shot
 detector's lag); it hands back aligned yuv420p frames in order. At the end of a clip it judges the clip: too
 few frames with the face, several prominent faces, a track that was lost (the face replaced by another, or
-missing for longer than a gap can be filled), or a face smaller than the minimum reject it, in that order.
+missing for longer than a gap can be filled), a face smaller than the minimum, a mouth outside the picture in
+too many frames, a head turned too far (yaw or pitch) in too many frames, a head that turns or moves too fast, or
+a blurry mouth reject it, in that order. Per frame it keeps the head pose (faces.pose, from the landmarks) and the
+aligned mouth's sharpness beside the landmarks.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import av
 import numpy as np
 
-from faces import align as face_align
+from faces import align as face_align, pose as face_pose
 from faces.landmarks import LandmarkBackend
 from faces.settings import FaceParams
 from faces.tracker import FaceFrame, FaceTracker, FrameView
@@ -37,6 +41,7 @@ class _Held:
     record: FaceFrame
     segment: int
     matrix: np.ndarray | None = None
+    sharpness: float = float("nan")
 
 
 @dataclass
@@ -51,7 +56,8 @@ class ClipFaces:
 class FaceStage:
     """Streams frames in, hands aligned frames out `lag` frames later, and judges clips."""
 
-    def __init__(self, params: FaceParams, backend: LandmarkBackend, rotation: int, frame_width: int, shot_lag: int):
+    def __init__(self, params: FaceParams, backend: LandmarkBackend, rotation: int, frame_width: int, shot_lag: int,
+                 fps: float = 25.0):
         self.params = params
         self.backend = backend
         self.rotation = rotation
@@ -66,9 +72,12 @@ class FaceStage:
         self.segment = 0
         self.pushed = 0
         self.finalized = 0
+        self.frame_size: tuple[int, int] | None = None
+        self.fps = fps
 
     def push(self, index: int, frame: av.VideoFrame) -> None:
         view = FrameView(frame, self.rotation)
+        self.frame_size = self.frame_size or tuple(view.size)
         self.held[index] = _Held(view, self.tracker.step(view), self.segment)
         self.pushed = index + 1
 
@@ -115,6 +124,11 @@ class FaceStage:
             matrix = face_align.align_matrix(anchors, self.size)
         held.matrix = matrix
         picture = held.view.warp(matrix, self.size)
+        if held.record.present:
+            mouth = held.record.landmarks[face_pose.MOUTH] @ matrix[:, :2].T + matrix[:, 2]
+            plane = picture.planes[0]
+            luma = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+            held.sharpness = face_pose.mouth_sharpness(luma, mouth)
         held.view = None  # the full-resolution frame is no longer needed
         self.finalized = index + 1
         return index, picture
@@ -150,6 +164,7 @@ class FaceStage:
         passes = [r for r in records if r.detected]
         crowded = sum(1 for r in passes if r.faces > 1)
         longest_gap = _longest_run(~present)
+        motion = self._motion(start, end, records, present)
         columns = {
             "face_backend": self.backend.name,
             "face_detection_rate": round(rate, 4),
@@ -157,6 +172,7 @@ class FaceStage:
             "face_jitter_px": round(face_align.jitter_px(matrices, self.size), 4),
             "face_max_faces": max((r.faces for r in passes), default=0),
             "aligned_size": self.size,
+            **motion["columns"],
         }
         rejected = None
         if rate < params.min_detection_rate:
@@ -169,16 +185,98 @@ class FaceStage:
             why = "the tracked face was replaced by another" if any(r.switched for r in records) else \
                 f"the face is missing for {longest_gap} frames in a row"
             rejected = Rejected(STAGE, "track_lost", why)
-        elif size < params.min_face_px:
+        elif size < params.min_face:
             rejected = Rejected(STAGE, "face_too_small", f"the face is {size:.0f} px wide (median), "
-                                f"smaller than {params.min_face_px} px")
+                                f"smaller than {params.min_face} px")
+        else:
+            rejected = self._judge_motion(columns)
         arrays = {}
         if rejected is None:
             source = np.array([r.landmarks if r.present else np.full((68, 2), np.nan) for r in records], np.float32)
             aligned = np.einsum("tij,tkj->tki", matrices[:, :, :2], source) + matrices[:, None, :, 2]
             arrays = {"landmarks_source": source, "landmarks_aligned": aligned.astype(np.float32),
-                      "matrices": matrices.astype(np.float32), "present": present}
+                      "matrices": matrices.astype(np.float32), "present": present,
+                      "pose": motion["pose"], "mouth_sharpness": motion["sharpness"]}
         return ClipFaces(rejected, columns, arrays)
+
+
+    def _motion(self, start: int, end: int, records: list[FaceFrame], present: np.ndarray) -> dict:
+        """Per-frame head pose (yaw, pitch, roll, NaN without the face) and mouth sharpness, and the clip's
+        figures of them: median |yaw| and |pitch|, the share of frames past the pose limits or with the mouth
+        outside the picture, the 95th percentile of the turn (deg/s) and move (face widths/s) speeds."""
+        params, count = self.params, len(records)
+        width, height = self.frame_size or (1, 1)
+        pose = np.full((count, 3), np.nan)
+        centres = np.full((count, 2), np.nan)
+        widths = np.full(count, np.nan)
+        outside = np.zeros(count, bool)
+        for k, record in enumerate(records):
+            if record.present:
+                points = record.landmarks
+                pose[k] = face_pose.head_pose(points, (width, height))
+                centres[k] = points.mean(0)
+                widths[k] = max(float(np.ptp(points[:, 0])), 1.0)
+                mouth = points[face_pose.MOUTH]
+                outside[k] = bool((mouth < 0).any() or (mouth[:, 0] >= width).any() or (mouth[:, 1] >= height).any())
+        sharpness = np.array([self.held[i].sharpness for i in range(start, end)])
+        found = present & ~np.isnan(pose[:, 0])
+        off = found & ((np.abs(pose[:, 0]) > params.max_yaw_deg) | (np.abs(pose[:, 1]) > params.max_pitch_deg))
+        span = 5   # speeds over 0.2 s, which the landmarks' frame-to-frame noise does not dominate
+        turn = move = np.array([])
+        if count > 2 * span and found.any():   # a moving median over `span` frames first: the landmarks' noise
+            steady, middle = _moving_median(pose[:, :2], span), _moving_median(centres, span)
+            turn = np.abs(steady[span:] - steady[:-span]).max(1) * self.fps / span
+            move = np.linalg.norm(middle[span:] - middle[:-span], axis=1) / np.nanmedian(widths) * self.fps / span
+        columns = {
+            "face_yaw_deg": _round(np.nanmedian(np.abs(pose[:, 0])) if found.any() else np.nan, 2),
+            "face_pitch_deg": _round(np.nanmedian(np.abs(pose[:, 1])) if found.any() else np.nan, 2),
+            "face_off_pose_share": round(float(off.sum() / max(found.sum(), 1)), 4),
+            "face_mouth_outside_share": round(float(outside.sum() / max(present.sum(), 1)), 4),
+            "face_turn_deg_s": _round(_p95(turn), 2),
+            "face_move_widths_s": _round(_p95(move), 4),
+            "face_mouth_sharpness": _round(np.nanmedian(sharpness) if (~np.isnan(sharpness)).any() else np.nan, 2),
+        }
+        return {"columns": columns, "pose": pose.astype(np.float32), "sharpness": sharpness.astype(np.float32)}
+
+    def _judge_motion(self, columns: dict) -> Rejected | None:
+        params = self.params
+        if columns["face_mouth_outside_share"] > params.max_mouth_outside_share:
+            return Rejected(STAGE, "mouth_outside", f"the mouth is outside the picture in "
+                            f"{columns['face_mouth_outside_share']:.0%} of the frames with the face, more than "
+                            f"{params.max_mouth_outside_share:.0%}")
+        if columns["face_off_pose_share"] > params.max_off_pose_share:
+            return Rejected(STAGE, "off_pose", f"the head is turned past {params.max_yaw_deg:g} deg (yaw) or "
+                            f"{params.max_pitch_deg:g} deg (pitch) in {columns['face_off_pose_share']:.0%} of the "
+                            f"frames, more than {params.max_off_pose_share:.0%} (median |yaw| "
+                            f"{columns['face_yaw_deg']:.0f}, |pitch| {columns['face_pitch_deg']:.0f})")
+        if (columns["face_turn_deg_s"] or 0) > params.max_turn_deg_s:
+            return Rejected(STAGE, "fast_motion", f"the head turns at {columns['face_turn_deg_s']:.0f} deg/s "
+                            f"(95th percentile), faster than {params.max_turn_deg_s:g}")
+        if (columns["face_move_widths_s"] or 0) > params.max_move_widths_s:
+            return Rejected(STAGE, "fast_motion", f"the head moves {columns['face_move_widths_s']:.2f} face "
+                            f"widths/s (95th percentile), faster than {params.max_move_widths_s:g}")
+        sharpness = columns.get("face_mouth_sharpness")
+        if sharpness is not None and sharpness < params.min_mouth_sharpness:
+            return Rejected(STAGE, "blurry_mouth", f"the mouth's sharpness (variance of the Laplacian, median) is "
+                            f"{sharpness:.1f}, below {params.min_mouth_sharpness:g}")
+        return None
+
+
+def _moving_median(values: np.ndarray, width: int) -> np.ndarray:
+    """Median over each run of `width` rows of (n, k) values, NaN rows left out (n - width + 1 rows)."""
+    windows = np.lib.stride_tricks.sliding_window_view(values, width, axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN window is NaN
+        return np.nanmedian(windows, axis=-1)
+
+
+def _p95(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(np.percentile(values, 95)) if values.size else float("nan")
+
+
+def _round(value: float, digits: int) -> float | None:
+    return None if value is None or np.isnan(value) else round(float(value), digits)
 
 
 def _longest_run(flags: np.ndarray) -> int:

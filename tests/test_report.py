@@ -336,3 +336,20 @@ def test_detection_rate_axis_ends_at_one(run):
     assert 0.8 <= left < 1.0 <= right <= 1.05
     _bars_inside(axes)
     plt.close("all")
+
+
+def test_mouth_sharpness_is_drawn_beside_hyperiqa_with_its_minimum(run):
+    from matplotlib import pyplot as plt
+
+    from curate.report import figures
+
+    tally = tally_of(run)
+    titles = [title for title, _ in figures(tally)]
+    sharpness = "mouth sharpness (Laplacian variance, median)"
+    assert titles.index(sharpness) == titles.index("HyperIQA score") + 1
+    axes = _plots(tally)[sharpness]
+    minimum = tally.config.stages.face.min_mouth_sharpness
+    left, right = axes.get_xlim()
+    assert left <= minimum <= right or [text for text in axes.texts if "off the range" in text.get_text()]
+    assert len(tally.values("face_mouth_sharpness")) > 0
+    plt.close("all")
