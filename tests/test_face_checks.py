@@ -93,13 +93,46 @@ def test_head_pose_reads_the_angles_of_a_turned_face(angles):
     assert np.allclose(found, angles, atol=1.0), (found, angles)
 
 
-def test_the_pose_limit_rejects_a_clip_with_its_reason(kitchen, tmp_path):
-    """The frontal speaker against a 1 degree yaw limit: the whole path from the pose to the reject row."""
-    path = kitchen[1]["sharp"][0]
-    config = config_from_dict({"run": {"skip": ["sync", "quality"]}, "stages": {"face": {"max_yaw_deg": 1}}})
-    [row] = run_source(path, tmp_path, config)
-    assert (row["status"], row["reject_reason"]) == ("rejected", "off_pose"), row
-    assert "yaw" in row["reject_detail"] and row["face_off_pose_share"] > 0.2
+def turned_on_a_cylinder(source, path, degrees: float):
+    """The video with its face turned by `degrees`: each frame's face band mapped onto a vertical cylinder about
+    as wide as the face (found by dlib in the first frame) and the cylinder turned, the far side hidden; the
+    audio copied. A real face seen three-quarters on, with the landmarks a turned head gives."""
+    import subprocess
+
+    import av
+    from footage import ffmpeg_exe
+
+    from faces.landmarks import DlibBackend
+
+    with av.open(str(source)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    backend, grey = DlibBackend(), cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)
+    landmarks = backend.landmarks(grey, backend.detect(grey)[0])
+    centre, radius = landmarks[:, 0].mean(), 0.58 * np.ptp(landmarks[:, 0])
+    height, width = frames[0].shape[:2]
+    columns = np.arange(width, dtype=np.float32)
+    seen = np.arcsin(np.clip((columns - centre) / radius, -1, 1)) - np.radians(degrees)
+    band = np.abs(columns - centre) < radius
+    mapx = np.where(band, np.where(np.abs(seen) < np.pi / 2 - 0.05, centre + radius * np.sin(seen), -1), columns)
+    mapx = np.tile(mapx.astype(np.float32), (height, 1))
+    mapy = np.tile(np.arange(height, dtype=np.float32)[:, None], (1, width))
+    command = [ffmpeg_exe(), "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r",
+               "25", "-i", "-", "-i", str(source), "-map", "0:v", "-map", "1:a", *x264(), "-c:a", "copy", str(path)]
+    pictures = b"".join(cv2.remap(f, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).tobytes()
+                        for f in frames)
+    subprocess.run(command, input=pictures, check=True)
+    return path
+
+
+def test_a_turned_face_is_rejected_for_pose(kitchen):
+    """The kitchen speaker turned 45 degrees on a cylinder (dlib still finds the face in over 90 % of the frames;
+    at 50 it does not): off pose at the defaults, where the same frames unturned are kept."""
+    work, runs = kitchen
+    turned = turned_on_a_cylinder(runs["sharp"][0], work / "turned.mp4", 45)
+    [row] = run_source(turned, work / "out", config_from_dict({"run": {"skip": ["sync", "quality"]}}))
+    assert (row["status"], row["reject_stage"], row["reject_reason"]) == ("rejected", "face", "off_pose"), row
+    assert row["face_yaw_deg"] > 20 > 15 > runs["sharp"][1][0]["face_yaw_deg"]
+    assert "yaw" in row["reject_detail"] and row["face_off_pose_share"] > FaceParams().max_off_pose_share
 
 
 def test_min_face_follows_the_target_resolution_unless_set():
