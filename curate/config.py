@@ -100,8 +100,8 @@ class StageSettings(StrictSettings):
     resample: ResampleParams = ResampleParams()
     shots: ShotParams = ShotParams()
     clips: ClipParams = ClipParams()
-    speech: SpeechParams = SpeechParams()
     face: FaceParams = FaceParams()
+    speech: SpeechParams = SpeechParams()
     write: WriteParams = WriteParams()
     sync: SyncParams = SyncParams()
     quality: QualityParams = QualityParams()
@@ -109,7 +109,7 @@ class StageSettings(StrictSettings):
 
 # The order the stages run in; a stage's fingerprint covers its own parameters and every earlier stage's.
 # probe .. write run in one pass per source; the clip stages (sync, then quality) work on the written clips.
-STAGE_ORDER = ("probe", "resample", "shots", "clips", "speech", "face", "write", "sync", "quality")
+STAGE_ORDER = ("probe", "resample", "shots", "clips", "face", "speech", "write", "sync", "quality")
 SOURCE_PASS = STAGE_ORDER[:STAGE_ORDER.index("write") + 1]
 CLIP_STAGES = STAGE_ORDER[len(SOURCE_PASS):]
 

@@ -1,4 +1,4 @@
-"""One source, decoded once, streamed through probe -> resample -> shots -> clips -> speech -> face -> write.
+"""One source, decoded once, streamed through probe -> resample -> shots -> clips -> face -> speech -> write.
 
 This is the body of the Ray task that handles a source. Each decoded frame gives, right away, a small picture
 for the shot detector and the picture the writer stores: the face stage's aligned frame (a few frames later,
@@ -367,18 +367,18 @@ class _Pass:
                     f"the audio stream ends at {self.audio.available / self.sample_rate:.2f} s, "
                     f"before the clip's end at {span.end / self.fps:.2f} s",
                 )
-        speech = None
-        if rejected is None and self.speech is not None:   # before the writer: a silent span costs no encode
-            with self.clock("speech"):
-                speech = self.speech.judge(self.audio.take(span.start * self.spf, span.end * self.spf), span.frames)
-            row.update(speech.columns, speech_status="rejected" if speech.rejected else "done")
-            rejected = speech.rejected
         faces = None
         if rejected is None and self.faces is not None:
             with self.clock("face"):
                 faces = self.faces.judge(span.start, span.end)
             row.update(faces.columns, face_status="rejected" if faces.rejected else "done")
             rejected = faces.rejected
+        speech = None
+        if rejected is None and self.speech is not None:   # after the face's verdict, before the writer: a silent span costs no encode
+            with self.clock("speech"):
+                speech = self.speech.judge(self.audio.take(span.start * self.spf, span.end * self.spf), span.frames)
+            row.update(speech.columns, speech_status="rejected" if speech.rejected else "done")
+            rejected = speech.rejected
         if rejected is not None:
             return {**row, "status": "rejected", "reject_stage": rejected.stage,
                     "reject_reason": rejected.reason, "reject_detail": rejected.detail}

@@ -1,7 +1,8 @@
 """Speech stage: how much of a clip span's audio is voice, by Silero VAD, and the span dropped when too little is.
 
 It runs in the source pass on the 16 kHz mono samples the resample stage holds, as soon as a span is settled:
-before the face stage's verdict and the writer, so a silent span costs no encode and never reaches SyncNet.
+after the face stage's verdict and before the writer, so a silent span costs no encode and never reaches
+SyncNet (a span without a face is dropped for that first: the reason a user can see).
 Silero VAD (the `silero-vad` wheel, MIT) is a small recurrent network shipped inside the wheel as TorchScript:
 offline, no download, torch only (the wheel's own dependencies are torch and packaging; torchaudio only for its
 file readers, which are not used). It gives each 32 ms window (512 samples at 16 kHz, 256 at 8 kHz, the two

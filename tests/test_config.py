@@ -73,7 +73,8 @@ def test_changing_a_stage_changes_its_fingerprint_and_later_ones_only():
     assert other.stage_fingerprints() == base
     # a skipped stage has a fingerprint of its own, so turning it back on redoes it and what follows
     skipped = config_from_dict({"run": {"skip": ["face"]}}).stage_fingerprints()
-    assert [stage for stage in STAGE_ORDER if base[stage] != skipped[stage]] == ["face", "write", "sync", "quality"]
+    assert [stage for stage in STAGE_ORDER if base[stage] != skipped[stage]] == ["face", "speech", "write", "sync",
+                                                                                 "quality"]
     # a sync threshold changes the clip stages only: the source pass keeps its fingerprint
     stricter = config_from_dict({"stages": {"sync": {"min_confidence": 4}}}).stage_fingerprints()
     assert [stage for stage in STAGE_ORDER if base[stage] != stricter[stage]] == ["sync", "quality"]

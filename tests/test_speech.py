@@ -49,7 +49,7 @@ def test_a_talking_face_over_silence_or_noise_is_rejected_for_speech(tmp_path, t
     out = tmp_path / "out"
     [row] = clip_rows(garden_with(tmp_path / f"{name}.mp4", audio), out, config_from_dict(CONFIG))
     assert (row["status"], row["reject_stage"], row["reject_reason"]) == ("rejected", "speech", "too_little_speech")
-    assert row["speech_status"] == "rejected" and row["face_status"] is None   # judged before the face's verdict
+    assert row["speech_status"] == "rejected" and row["face_status"] == "done"   # judged after the face's verdict
     assert row["speech_fraction"] < 0.1
     assert row["path"] is None and not list(out.rglob("*.mp4"))                # nothing encoded
 
@@ -60,4 +60,4 @@ def test_the_minimum_is_a_setting_and_the_stage_can_be_left_out(tmp_path, talkin
     assert row["status"] == "kept" and row["speech_status"] == "skipped" and row["speech_fraction"] is None
     base, looser = (config_from_dict({"stages": {"speech": s}}).stage_fingerprints()
                     for s in ({}, {"min_fraction": 0.2}))
-    assert [stage for stage in base if base[stage] != looser[stage]] == ["speech", "face", "write", "sync", "quality"]
+    assert [stage for stage in base if base[stage] != looser[stage]] == ["speech", "write", "sync", "quality"]
