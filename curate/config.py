@@ -131,7 +131,8 @@ class Config(StrictSettings):
 
     def skipped(self, stage: str) -> bool:
         """Whether `stage` does not run: asked to be skipped, or it needs a stage that is."""
-        return stage in self.run.skip or (stage in CLIP_STAGES and "face" in self.run.skip)
+        return (stage in self.run.skip or (stage in CLIP_STAGES and "face" in self.run.skip)
+                or (stage == "speech" and not self.stages.speech.enabled))
 
     def clip_stages(self) -> list[str]:
         """The clip stages this run does, in order."""

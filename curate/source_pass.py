@@ -171,7 +171,8 @@ class _Pass:
             self.detector = ShotDetector(stages.shots, self.fps)
         self.face_on = "face" not in skip
         self.faces: FaceStage | None = None
-        self.speech = None if "speech" in skip else SpeechStage(stages.speech, self.sample_rate, self.fps, threads)
+        self.speech = None if config.skipped("speech") else SpeechStage(stages.speech, self.sample_rate, self.fps,
+                                                                         threads)
         self.analysis_width = stages.shots.analysis_width
         self.splitter = ClipSplitter(
             min_frames=round(stages.clips.min_seconds * self.fps),
@@ -374,7 +375,7 @@ class _Pass:
             row.update(faces.columns, face_status="rejected" if faces.rejected else "done")
             rejected = faces.rejected
         speech = None
-        if rejected is None and self.speech is not None:   # after the face's verdict, before the writer: a silent span costs no encode
+        if rejected is None and self.speech is not None:   # after the face, before the writer: no encode for silence
             with self.clock("speech"):
                 speech = self.speech.judge(self.audio.take(span.start * self.spf, span.end * self.spf), span.frames)
             row.update(speech.columns, speech_status="rejected" if speech.rejected else "done")

@@ -18,7 +18,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from manifests.rejected import Rejected
 from stages.settings import SpeechParams
@@ -52,11 +51,15 @@ class SpeechStage:
             raise ValueError(f"the speech stage needs audio at {' or '.join(map(str, WINDOW))} Hz, not {sample_rate}")
         self.params, self.sample_rate, self.fps = params, sample_rate, fps
         self.window = WINDOW[sample_rate]
+        import torch   # here, not at import: a worker that never judges speech never loads torch
+
         torch.set_num_threads(threads)   # in the calling thread, as the pass's other stages, by default
         self.model = _model()
 
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """Speech probability of each whole window of `audio` (int16 samples); a last partial window is left out."""
+        import torch
+
         n = audio.size // self.window
         if n == 0:
             return np.zeros(0, np.float32)

@@ -24,8 +24,7 @@ GARDEN = TALKING_HEADS / "woman_garden_1080x1920_25fps.mp4"
 def settings(models, min_score):
     return config_from_dict({"run": {"skip": ["sync"]}, "models": {"dir": str(models)},
                              "stages": {"clips": {"min_seconds": 2, "max_seconds": 4}, "face": {"min_face_px": 64},
-                                        # the kitchen's 3 s from 8 s in hold a pause: 44 % speech, kept here
-                                        "speech": {"min_fraction": 0.3}, "quality": {"min_score": min_score}}})
+                                        "quality": {"min_score": min_score}}})
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from curate.source_pass import process_source
 from curate.source_task import SourceTask
 
 # the face stage on a half-size copy (its face is then about 75 px wide, as in test_face)
-CONFIG = {"stages": {"face": {"min_face_px": 64}}}
+CONFIG = {"stages": {"face": {"min_face_px": 64}, "speech": {"enabled": True}}}
 
 
 def garden_with(path, audio: list[str] | None):
@@ -58,6 +58,7 @@ def test_the_minimum_is_a_setting_and_the_stage_can_be_left_out(tmp_path, talkin
     source = garden_with(tmp_path / "silence.mp4", ["-f", "lavfi", "-i", "anullsrc=r=44100:cl=mono"])
     [row] = clip_rows(source, tmp_path / "out", config_from_dict({"run": {"skip": ["speech", "face"]}}))
     assert row["status"] == "kept" and row["speech_status"] == "skipped" and row["speech_fraction"] is None
-    base, looser = (config_from_dict({"stages": {"speech": s}}).stage_fingerprints()
+    base, looser = (config_from_dict({"stages": {"speech": {"enabled": True, **s}}}).stage_fingerprints()
                     for s in ({}, {"min_fraction": 0.2}))
+    assert config_from_dict({}).skipped("speech")   # off unless asked for
     assert [stage for stage in base if base[stage] != looser[stage]] == ["speech", "write", "sync", "quality"]
