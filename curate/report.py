@@ -77,19 +77,21 @@ class Tally:
         return self.view.runs
 
     def add(self, kind: str, batch: pa.Table) -> None:
-        keys = pd.DataFrame({c: batch[c].to_pandas() for c in GROUP})
-        keys["seconds"] = batch["duration_s"].to_pandas().fillna(0.0)
-        counts = keys.groupby(GROUP, dropna=False).agg(count=("seconds", "size"), seconds=("seconds", "sum"))
+        keys = pa.table({**{c: batch[c] for c in GROUP}, "seconds": pc.fill_null(batch["duration_s"], 0.0)})
+        counts = keys.group_by(GROUP, use_threads=False).aggregate([("seconds", "count"), ("seconds", "sum")]) \
+            .to_pandas().rename(columns={"seconds_count": "count", "seconds_sum": "seconds"}).set_index(GROUP)
         old = self.groups.get(kind)
         self.groups[kind] = counts if old is None else old.add(counts, fill_value=0)
         if kind == "clip":
             for column in SCORES:
                 values = pc.drop_null(batch[column]).to_numpy(zero_copy_only=False).astype(np.float32)
                 self.scores[column].append(values[np.isfinite(values)])
-        self._draw(kind, batch, keys)
+        if self.samples:
+            self._draw(kind, batch)
 
-    def _draw(self, kind: str, batch: pa.Table, keys: pd.DataFrame) -> None:
+    def _draw(self, kind: str, batch: pa.Table) -> None:
         """Keep, per reject reason (and for the kept clips), the rows of the smallest seeded hashes of their ids."""
+        keys = pd.DataFrame({c: batch[c].to_pandas() for c in GROUP})
         group = keys.status.where(keys.status != "rejected",
                                   keys.status + "/" + keys.reject_stage.fillna("") + "/" + keys.reject_reason.fillna(""))
         wanted = (keys.status == "rejected") | ((keys.status == "kept") & (kind == "clip"))
@@ -97,7 +99,7 @@ class Tally:
         hashed = pd.DataFrame({"group": group, "hash": pd.util.hash_array(ids.to_numpy(dtype=object),
                                                                            hash_key=f"{self.seed:016d}"[-16:])})
         hashed = hashed[wanted.to_numpy()]
-        if hashed.empty or self.samples == 0:
+        if hashed.empty:
             return
         limit = 2 * self.samples if kind == "clip" else self.samples
         best = hashed.sort_values("hash", kind="stable").groupby("group", sort=False).head(limit)
