@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curate.config import Config
+from curate.config import CLIP_STAGES, Config
 from manifests import schema
 
 
@@ -23,7 +23,7 @@ def clip_work(record: dict, output_dir: Path) -> list:
 
 def passed_source_pass(clip: dict) -> bool:
     """The source pass kept the clip (a clip stage may have rejected it since)."""
-    return clip["status"] == "kept" or clip.get("reject_stage") in ("sync", "quality")
+    return clip["status"] == "kept" or clip.get("reject_stage") in CLIP_STAGES
 
 
 def following_stage(stage: str, row: dict, config: Config) -> str | None:

@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from faces.settings import FaceParams
 from manifests.settings import StrictSettings
 from stages.settings import (
-    ClipParams, ProbeParams, QualityParams, ResampleParams, ShotParams, SpeechParams, SyncParams, WriteParams
+    ClipParams, DuplicateParams, ProbeParams, QualityParams, ResampleParams, ShotParams, SpeechParams, SyncParams,
+    WriteParams,
 )
 
 
@@ -31,7 +32,7 @@ class ConfigError(ValueError):
 # stages a run may leave out (`--skip`); without `face` the clips are written unaligned, and the clip stages
 # are left out too: `sync` crops from the face stage's landmarks, and `quality`'s threshold (LatentSync's 40)
 # is meant for the aligned face, not for the middle of a whole frame
-SKIPPABLE = ("shots", "face", "speech", "sync", "quality")
+SKIPPABLE = ("shots", "face", "speech", "sync", "quality", "duplicates")
 
 
 class RunSettings(StrictSettings):
@@ -105,13 +106,16 @@ class StageSettings(StrictSettings):
     write: WriteParams = WriteParams()
     sync: SyncParams = SyncParams()
     quality: QualityParams = QualityParams()
+    duplicates: DuplicateParams = DuplicateParams()
 
 
 # The order the stages run in; a stage's fingerprint covers its own parameters and every earlier stage's.
-# probe .. write run in one pass per source; the clip stages (sync, then quality) work on the written clips.
-STAGE_ORDER = ("probe", "resample", "shots", "clips", "face", "speech", "write", "sync", "quality")
+# probe .. write run in one pass per source; the clip stages (sync, then quality, then duplicates) work on the
+# written clips: sync and quality in actor pools, duplicates in the driver (it compares a clip with every other).
+STAGE_ORDER = ("probe", "resample", "shots", "clips", "face", "speech", "write", "sync", "quality", "duplicates")
 SOURCE_PASS = STAGE_ORDER[:STAGE_ORDER.index("write") + 1]
 CLIP_STAGES = STAGE_ORDER[len(SOURCE_PASS):]
+DRIVER_STAGES = ("duplicates",)
 
 
 class Config(StrictSettings):
@@ -131,12 +135,16 @@ class Config(StrictSettings):
 
     def skipped(self, stage: str) -> bool:
         """Whether `stage` does not run: asked to be skipped, or it needs a stage that is."""
-        return (stage in self.run.skip or (stage in CLIP_STAGES and "face" in self.run.skip)
+        return (stage in self.run.skip or (stage in ("sync", "quality") and "face" in self.run.skip)
                 or (stage == "speech" and not self.stages.speech.enabled))
 
     def clip_stages(self) -> list[str]:
         """The clip stages this run does, in order."""
         return [stage for stage in CLIP_STAGES if not self.skipped(stage)]
+
+    def pool_stages(self) -> list[str]:
+        """The clip stages this run does in actor pools (every one but the driver's own)."""
+        return [stage for stage in self.clip_stages() if stage not in DRIVER_STAGES]
 
     def stage_fingerprints(self) -> dict[str, str]:
         """Fingerprint of each stage: a hash of its parameters chained with the stage before it.

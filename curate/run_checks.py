@@ -98,7 +98,7 @@ def check_pools_placeable(config: Config) -> None:
     import ray
 
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    for stage in config.clip_stages():
+    for stage in config.pool_stages():
         wants = getattr(config.resources, stage)
         for kind, amount in (("CPU", wants.num_cpus), ("GPU", wants.num_gpus)):
             most = max((node.get(kind, 0) for node in nodes), default=0)
@@ -112,5 +112,5 @@ def pools_fit(config: Config, cluster_cpus: float) -> bool:
     whole run, so on a small machine (2 cores: sync 1 + quality 1) they would hold every CPU while they wait
     for clips that no source task can run to make: a deadlock. Then they hold none and share the cores."""
     wanted = sum(getattr(config.resources, stage).num_cpus * getattr(config.resources, stage).workers
-                 for stage in config.clip_stages())
+                 for stage in config.pool_stages())
     return wanted + config.resources.source_pass.num_cpus <= cluster_cpus

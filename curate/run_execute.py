@@ -16,7 +16,7 @@ from pathlib import Path
 
 from curate.clip_chain import clip_work, following_stage
 from curate.cluster import connect_ray
-from curate.config import CLIP_STAGES
+from curate.config import CLIP_STAGES, DRIVER_STAGES
 from curate.errors import RunError
 from curate.progress import Progress
 from curate.run_checks import check_pools_placeable, pools_fit
@@ -60,6 +60,10 @@ class Books:
             entry.owed -= 1
             if not entry.owed:
                 self._settle(record["source_id"])
+
+    def clip_row(self, work) -> dict:
+        """The row of the clip a ClipWork of an unsettled source stands for."""
+        return next(clip for clip in self.unsettled[work.source_id].record["clips"] if clip["clip_id"] == work.clip_id)
 
     def _settle(self, source_id: str) -> None:
         entry = self.unsettled.pop(source_id)
@@ -107,13 +111,16 @@ def execute(options: RunOptions, plan: Plan, models: dict) -> State:
         state.cluster_cpus = ray.cluster_resources().get("CPU", 1)
         limit = config.run.max_in_flight or max(2, int(2 * state.cluster_cpus / resources.num_cpus))
         if config.clip_stages():
+            from curate.duplicates import DuplicateStage
             from curate.pools import ClipStagePool
 
             weights = {"sync": "syncnet", "quality": "hyperiqa"}
             check_pools_placeable(config)
             reserve = pools_fit(config, state.cluster_cpus)
             for stage in config.clip_stages():
-                pools[stage] = ClipStagePool(stage, config, models[weights[stage]][0], reserve_cpus=reserve)
+                pools[stage] = DuplicateStage(config, options.output_dir, plan, books.clip_row) \
+                    if stage in DRIVER_STAGES else \
+                    ClipStagePool(stage, config, models[weights[stage]][0], reserve_cpus=reserve)
             owed = Counter(work.source_id for works in plan.clip_todo.values() for work in works)
             for source_id, record in plan.owed.items():
                 books.source(record, owed[source_id])
@@ -132,8 +139,12 @@ def execute(options: RunOptions, plan: Plan, models: dict) -> State:
             for pool in pools.values():    # in chain order: a pool waits while the ones before it still work
                 pool.dispatch(upstream_running=upstream)
                 upstream = upstream or pool.busy
+            for pool in pools.values():    # a stage the driver runs itself (duplicates) judges its queue at once
+                while getattr(pool, "local", False) and pool.busy:
+                    _stage_results(pool, pool.run(), pools, books, progress)
             owner = {ref: pool for pool in pools.values() for ref in pool.refs()}
-            ready, _ = ray.wait(list(running) + list(owner), num_returns=1, timeout=1.0)
+            waiting = list(running) + list(owner)
+            ready = ray.wait(waiting, num_returns=1, timeout=1.0)[0] if waiting else []
             for ref in ready:
                 if ref in running:
                     _source_event(ref, running, books, progress, pools)

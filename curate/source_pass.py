@@ -35,6 +35,7 @@ from media.encode import scaled_size
 from media.frames import reformat
 from media.timeline import AudioTrack, DecodedTimeline, FrameRateConverter, samples_per_frame
 from stages.clips import ClipSplitter, IntervalSplitter, Span, frames_past
+from stages.duplicates import fingerprint as clip_fingerprint
 from stages.face import FaceStage
 from stages.shots import KnownShots, ShotDetector
 from stages.speech import SpeechStage
@@ -388,6 +389,7 @@ class _Pass:
         pictures = [self.frames[i - self.base] for i in range(span.start, span.end)]
         with self.clock("write"):
             written = self.writer.write(Path(self.task.output_dir) / relative, pictures, audio)
+            row.update(clip_fingerprint(pictures, audio, self.sample_rate))   # for the duplicates stage
             if faces is not None:
                 landmarks = relative.with_suffix(".npz")
                 speech_arrays = {"speech_prob": speech.per_frame} if speech is not None else {}

@@ -102,11 +102,23 @@ CLIPS = pa.schema([
     _field("write_status", pa.string(), "write stage: 'done', or null when not reached"),
     _field("sync_status", pa.string(), "sync stage: 'done', 'rejected', 'skipped', or null when not reached"),
     _field("quality_status", pa.string(), "quality stage: 'done', 'rejected', 'skipped', or null when not reached"),
+    _field("duplicates_status", pa.string(), "duplicates stage: 'done', 'rejected' (a copy of a clip kept before it), "
+           "'skipped', or null when not reached"),
     _field("face_backend", pa.string(), "landmark backend that aligned the clip: dlib or fan"),
     _field("face_detection_rate", pa.float64(), "share of the clip's frames where the face was found"),
     _field("face_size_px", pa.float64(), "median face width in source pixels (extent of the 68 landmarks)"),
     _field("face_jitter_px", pa.float64(), "RMS frame-to-frame wobble of the crop window, in aligned pixels"),
     _field("face_max_faces", pa.int32(), "most prominent faces one detection pass found in the clip"),
+    _field("face_track", pa.int32(), "which face of the shot the clip follows: 0 the largest at the shot's first "
+           "detection, k the k-th largest (its clip_id ends in -f<k>)"),
+    _field("face_tracks", pa.int32(), "faces followed through the span and judged (stages.face.several_faces)"),
+    _field("speaker_group", pa.string(), "the span's clip_id, shared by the clips of its faces when several passed "
+           "the face checks; null with one"),
+    _field("speaker_cue", pa.float64(), "how well the face's mouth movement follows the speech band's loudness: "
+           "mean correlation over 3 s windows at the best lag (faces.speaking)"),
+    _field("speaker_lag", pa.int32(), "the lag of that best correlation, frames (> 0: sound before lips)"),
+    _field("speaker_choice", pa.string(), "how the kept face of a span with several was chosen: 'cue' (sync "
+           "skipped), 'syncnet', or 'syncnet+cue' (confidences within stages.sync.speaker_tie_conf)"),
     _field("face_yaw_deg", pa.float64(), "median |yaw| of the head in degrees (solvePnP of the landmarks on a generic "
            "3-D face); per frame in the side file's `pose` (yaw, pitch, roll)"),
     _field("face_pitch_deg", pa.float64(), "median |pitch| of the head in degrees"),
@@ -128,10 +140,20 @@ CLIPS = pa.schema([
     _field("quality_score", pa.float64(), "HyperIQA score (0..100 with koniq_pretrained.pkl): mean over the clip's "
                                           "first, middle and last frame"),
     _field("quality_frame_scores", pa.list_(pa.float64()), "HyperIQA score of the first, middle and last frame"),
+    _field("video_phash", pa.list_(pa.uint64()), "64-bit pHash of the written frames at 1/8, 3/8, 5/8 and 7/8 of "
+           "the clip (stages.duplicates)"),
+    _field("audio_hash", pa.uint64(), "64-bit hash of the clip's band energies over time (stages.duplicates; null "
+           "for digital silence)"),
+    _field("duplicates_of", pa.string(), "the kept clip this one is a copy of (its clip_id; null when none)"),
+    _field("duplicates_video_distance", pa.int32(), "bits of the four picture hashes (of 256) that differ from the "
+           "kept copy's"),
+    _field("duplicates_audio_distance", pa.int32(), "bits of the audio hash (of 64) that differ from the kept copy's"),
     _field("generation", pa.string(), "the processing of the source the clip came from (sources.generation)"),
     _field("sync_fingerprint", pa.string(), "fingerprint of the sync settings that scored the clip (null: not scored)"),
     _field("quality_fingerprint", pa.string(), "fingerprint of the quality settings that scored the clip (null: not "
                                                "scored)"),
+    _field("duplicates_fingerprint", pa.string(), "fingerprint of the duplicates settings that judged the clip (null: "
+                                                  "not judged)"),
 ])
 
 STAGE_TIMING = pa.struct([

@@ -71,3 +71,8 @@ class SpeechParams(StrictSettings):
     enabled: bool = False
     min_fraction: float = Field(0.5, ge=0, le=1)
     threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class DuplicateParams(StrictSettings):
+    max_video_distance: int = Field(32, ge=0, le=256)   # summed Hamming distance of the 4 picture hashes (of 256)
+    max_audio_distance: int = Field(16, ge=0, le=64)    # Hamming distance of the audio hashes (of 64)

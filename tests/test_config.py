@@ -74,13 +74,16 @@ def test_changing_a_stage_changes_its_fingerprint_and_later_ones_only():
     # a skipped stage has a fingerprint of its own, so turning it back on redoes it and what follows
     skipped = config_from_dict({"run": {"skip": ["face"]}}).stage_fingerprints()
     assert [stage for stage in STAGE_ORDER if base[stage] != skipped[stage]] == ["face", "speech", "write", "sync",
-                                                                                 "quality"]
+                                                                                 "quality", "duplicates"]
     # a sync threshold changes the clip stages only: the source pass keeps its fingerprint
     stricter = config_from_dict({"stages": {"sync": {"min_confidence": 4}}}).stage_fingerprints()
-    assert [stage for stage in STAGE_ORDER if base[stage] != stricter[stage]] == ["sync", "quality"]
+    assert [stage for stage in STAGE_ORDER if base[stage] != stricter[stage]] == ["sync", "quality", "duplicates"]
     # and a quality threshold the quality stage alone
     stricter = config_from_dict({"stages": {"quality": {"min_score": 50}}}).stage_fingerprints()
-    assert [stage for stage in STAGE_ORDER if base[stage] != stricter[stage]] == ["quality"]
+    assert [stage for stage in STAGE_ORDER if base[stage] != stricter[stage]] == ["quality", "duplicates"]
+    # and the duplicates stage's distances that stage alone: no clip is scored again for them
+    looser = config_from_dict({"stages": {"duplicates": {"max_audio_distance": 20}}}).stage_fingerprints()
+    assert [stage for stage in STAGE_ORDER if base[stage] != looser[stage]] == ["duplicates"]
 
 
 def test_the_docs_config_keys_and_example_are_valid():

@@ -61,4 +61,5 @@ def test_the_minimum_is_a_setting_and_the_stage_can_be_left_out(tmp_path, talkin
     base, looser = (config_from_dict({"stages": {"speech": {"enabled": True, **s}}}).stage_fingerprints()
                     for s in ({}, {"min_fraction": 0.2}))
     assert config_from_dict({}).skipped("speech")   # off unless asked for
-    assert [stage for stage in base if base[stage] != looser[stage]] == ["speech", "write", "sync", "quality"]
+    assert [stage for stage in base if base[stage] != looser[stage]] == ["speech", "write", "sync", "quality",
+                                                                      "duplicates"]
