@@ -1,18 +1,18 @@
-"""`curate report`: one self-contained HTML file about a run: the funnel, the rejects, the score
-distributions with their thresholds, contact sheets of sample clips per reject reason and of kept clips, and
-the config and versions.
+"""`curate report`: one self-contained HTML file about a run: the funnel with what each stage dropped and
+why, the rejects, the scores of kept and dropped clips with their thresholds, contact sheets of sample clips
+per reject reason and of kept clips, and the config and versions.
 
 The manifests are read a part at a time (`Tally`): counts and hours are summed, the scores kept as float32
-(24 bytes a clip), and the sample rows chosen by a seeded hash of their ids, a fixed number per reason, so the
-same clips are drawn whatever the parts. Only those samples are decoded for thumbnails. Images are embedded as
-data URIs; the page has no script and loads nothing from anywhere.
+apart for kept and dropped clips (4 bytes a score a clip, 56 a clip), and the sample rows chosen by a seeded
+hash of their ids, a fixed number per reason, so the same clips are drawn whatever the parts. Only those
+samples are decoded for thumbnails. Images are embedded as data URIs; the page has no script and loads
+nothing from anywhere.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.config import SKIPPABLE, STAGE_ORDER, Config
+from curate.report_plots import GROUPS, distributions
 from curate.results import View, open_view
 from curate.words import counted
 from media.frames import frames_at
@@ -34,12 +35,12 @@ SOURCE_STAGES = {"probe", "worker"}   # a clip span rejected here went with its 
 THUMB_HEIGHT = 112
 GROUP = ["status", "reject_stage", "reject_reason"]
 SOURCE_COLUMNS = ["source_id", "path", "status", "reject_stage", "reject_reason", "reject_detail", "duration_s"]
-CLIP_COLUMNS = ["source_id", "clip_id", "path", "status", "reject_stage", "reject_reason", "reject_detail",
-                "start_s", "end_s", "fps", "duration_s", "sync_conf", "sync_offset", "quality_score",
-                "face_size_px", "face_detection_rate", "speech_fraction", "face_mouth_sharpness", "face_off_pose_share",
-                "face_turn_deg_s"]
 SCORES = ["sync_conf", "sync_offset", "quality_score", "face_size_px", "face_detection_rate", "duration_s",
-          "speech_fraction", "face_mouth_sharpness", "face_off_pose_share", "face_turn_deg_s"]
+          "speech_fraction", "face_mouth_sharpness", "face_yaw_deg", "face_pitch_deg", "face_off_pose_share",
+          "face_mouth_outside_share", "face_turn_deg_s", "face_move_widths_s"]
+CLIP_COLUMNS = ["source_id", "clip_id", "path", "status", "reject_stage", "reject_reason", "reject_detail",
+                "start_s", "end_s", "fps", *SCORES]
+SIDES = ("kept", "dropped", "other")   # a clip's status kept, rejected (at any stage), or anything else
 
 
 def build_report(output_dir: Path, target: Path, samples: int = 6, seed: int = 0) -> Path:
@@ -60,7 +61,10 @@ class Tally:
     samples: int
     seed: int
     groups: dict[str, pd.DataFrame] = field(default_factory=dict)     # kind -> count, seconds per GROUP
-    scores: dict[str, list[np.ndarray]] = field(default_factory=lambda: {c: [] for c in SCORES})
+    # score -> side -> float32 arrays of the finite values, a part at a time; clips per side
+    scores: dict[str, dict[str, list[np.ndarray]]] = field(
+        default_factory=lambda: {c: {side: [] for side in SIDES} for c in SCORES})
+    clips_per_side: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIDES, 0))
     drawn: dict[str, pd.DataFrame] = field(default_factory=dict)      # kind -> the sample rows, with `group`
     source_paths: dict[str, str] = field(default_factory=dict)        # of the sampled rows' sources
 
@@ -83,9 +87,16 @@ class Tally:
         old = self.groups.get(kind)
         self.groups[kind] = counts if old is None else old.add(counts, fill_value=0)
         if kind == "clip":
+            status = batch["status"].to_numpy(zero_copy_only=False)
+            kept, dropped = status == "kept", status == "rejected"
+            masks = {"kept": kept, "dropped": dropped, "other": ~(kept | dropped)}
+            for side, mask in masks.items():
+                self.clips_per_side[side] += int(mask.sum())
             for column in SCORES:
-                values = pc.drop_null(batch[column]).to_numpy(zero_copy_only=False).astype(np.float32)
-                self.scores[column].append(values[np.isfinite(values)])
+                values = pc.fill_null(pc.cast(batch[column], pa.float32()), np.nan).to_numpy(zero_copy_only=False)
+                finite = np.isfinite(values)
+                for side, mask in masks.items():
+                    self.scores[column][side].append(values[mask & finite])
         if self.samples:
             self._draw(kind, batch)
 
@@ -117,8 +128,14 @@ class Tally:
                                                                               "seconds": pd.Series(dtype=float)})
         return table.reset_index().astype({"count": int})
 
-    def values(self, column: str) -> np.ndarray:
-        return np.concatenate(self.scores[column]).astype(float) if self.scores[column] else np.zeros(0)
+    def values(self, column: str, side: str | None = None) -> np.ndarray:
+        """The finite values of a score: of the kept or the dropped clips, or with no side of every clip."""
+        arrays = [a for s in ([side] if side else SIDES) for a in self.scores[column][s]]
+        return np.concatenate(arrays).astype(float) if arrays else np.zeros(0)
+
+    def missing(self, column: str, side: str) -> int:
+        """The clips of a side without a value of `column` (a clip dropped before the stage that measures it)."""
+        return self.clips_per_side[side] - sum(len(a) for a in self.scores[column][side])
 
     def sample(self, kind: str, group: str) -> pd.DataFrame:
         drawn = self.drawn.get(kind)
@@ -149,22 +166,45 @@ def gather(view: View, samples: int = 6, seed: int = 0, sources: Iterable[pa.Tab
 def funnel(tally: Tally) -> list[tuple[str, int, float]]:
     """(step, count, hours): sources found and readable, the clip spans, those left after each stage that drops
     clips (in run order), and the kept clips."""
+    return [(step, count, hours) for step, count, hours, _ in funnel_steps(tally)]
+
+
+def funnel_steps(tally: Tally) -> list[tuple[str, int, float, pd.DataFrame]]:
+    """The funnel's steps, each with the rejects it counts off (kind, reject_stage, reject_reason, count, hours),
+    whatever the reasons. A clip stage the run order does not name (a stage newer than this report) gets its own
+    step after the known ones, so no drop goes uncounted before 'kept'."""
     sources, clips = tally.counts("source"), tally.counts("clip")
     ok = sources[sources.status == "ok"]
-    rows = [("sources found", int(sources["count"].sum()), sources.seconds.sum() / 3600),
-            ("sources readable", int(ok["count"].sum()), ok.seconds.sum() / 3600),
-            ("clip spans cut", int(clips["count"].sum()), clips.seconds.sum() / 3600)]
+    none = _dropped(clips, "clip", set())
+    rows = [("sources found", int(sources["count"].sum()), sources.seconds.sum() / 3600, none),
+            ("sources readable", int(ok["count"].sum()), ok.seconds.sum() / 3600,
+             _dropped(sources, "source", set(sources.reject_stage.dropna()))),
+            ("clip spans cut", int(clips["count"].sum()), clips.seconds.sum() / 3600, none)]
+    known = {*SOURCE_STAGES, *STAGE_ORDER}
+    later = sorted(set(clips.reject_stage.dropna()) - known)
     gone = set(SOURCE_STAGES)
-    for stage in STAGE_ORDER[STAGE_ORDER.index("resample"):]:
+    for stage in [*STAGE_ORDER[STAGE_ORDER.index("resample"):], *later]:
+        new = {stage} | (gone if stage == "resample" else set())   # the first step also counts the sources' drops
         gone.add(stage)
         if stage == "shots":
             continue  # it cuts, never drops
         left = clips[~clips.reject_stage.isin(gone)]
         skipped = " (skipped)" if stage in SKIPPABLE and tally.config.skipped(stage) else ""
-        rows.append((f"left after {stage}{skipped}", int(left["count"].sum()), left.seconds.sum() / 3600))
+        rows.append((f"left after {stage}{skipped}", int(left["count"].sum()), left.seconds.sum() / 3600,
+                     _dropped(clips, "clip", new)))
     kept = clips[clips.status == "kept"]
-    rows.append(("kept", int(kept["count"].sum()), kept.seconds.sum() / 3600))
+    rows.append(("kept", int(kept["count"].sum()), kept.seconds.sum() / 3600, none))
     return rows
+
+
+def _dropped(table: pd.DataFrame, kind: str, stages: set[str]) -> pd.DataFrame:
+    """The rejects of `table` (counts per GROUP) at `stages`, one row per stage and reason, the most first."""
+    rejected = table[(table.status == "rejected") & table.reject_stage.isin(stages)]
+    out = rejected.groupby(["reject_stage", "reject_reason"], dropna=False) \
+        .agg(count=("count", "sum"), seconds=("seconds", "sum")).reset_index()
+    out.insert(0, "kind", kind)
+    return out.sort_values(["count", "reject_stage", "reject_reason"], ascending=[False, True, True],
+                           kind="stable").reset_index(drop=True)
 
 
 def reject_counts(tally: Tally) -> pd.DataFrame:
@@ -180,105 +220,6 @@ def reject_counts(tally: Tally) -> pd.DataFrame:
         counts["hours"] = counts.pop("seconds") / 3600
         parts.append(counts)
     return pd.concat(parts, ignore_index=True).sort_values(["kind", "count"], ascending=[False, False])
-
-
-# -- plots ----------------------------------------------------------------------------------------
-
-def distributions(tally: Tally) -> list[tuple[str, str | None]]:
-    """(title, PNG data URI or None when there are no values) for each score, threshold lines drawn."""
-    plt = _pyplot()
-    out = []
-    for title, figure in figures(tally):
-        if figure is None:
-            out.append((title, None))
-            continue
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        plt.close(figure)
-        out.append((title, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()))
-    return out
-
-
-def figures(tally: Tally) -> list[tuple[str, object]]:
-    """(title, matplotlib figure or None when there are no values) for each score; the caller closes them."""
-    config = tally.config.stages
-    positive = (0.0, np.inf)
-    specs = [
-        ("SyncNet confidence (LSE-C)", tally.values("sync_conf"), [config.sync.min_confidence], "keep at or above",
-         None),
-        ("|A/V offset| (frames)", np.abs(tally.values("sync_offset")), [config.sync.max_offset], "keep at or below",
-         positive),
-        ("HyperIQA score", tally.values("quality_score"), [config.quality.min_score], "keep at or above", None),
-        ("mouth sharpness (Laplacian variance, median)", tally.values("face_mouth_sharpness"),
-         [config.face.min_mouth_sharpness], "keep at or above", positive),
-        ("face width (median px)", tally.values("face_size_px"), [config.face.min_face], "keep at or above",
-         positive),
-        ("face detection rate", tally.values("face_detection_rate"), [config.face.min_detection_rate],
-         "keep at or above", (0.0, 1.0)),
-        ("share of frames past the yaw / pitch limits", tally.values("face_off_pose_share"),
-         [config.face.max_off_pose_share], "keep at or below", (0.0, 1.0)),
-        ("head turn speed (deg/s, 95th percentile)", tally.values("face_turn_deg_s"), [config.face.max_turn_deg_s],
-         "keep at or below", positive),
-        ("speech fraction (Silero VAD)", tally.values("speech_fraction"), [config.speech.min_fraction],
-         "keep at or above", (0.0, 1.0)),
-        ("clip duration (s)", tally.values("duration_s"), [config.clips.min_seconds, config.clips.max_seconds],
-         "keep between", positive),
-    ]
-    return [(title, histogram(values, thresholds, title, rule, bounds) if len(values) else None)
-            for title, values, thresholds, rule, bounds in specs]
-
-
-def x_range(values: np.ndarray, thresholds: list[float], bounds=None) -> tuple[tuple[float, float], list[float]]:
-    """The x range to draw and the thresholds that lie off it. The range is the data's with a margin, widened to
-    each threshold within one data width of the data; one further off would squeeze the bars to slivers, so it
-    is left out and marked at the edge instead. `bounds` (lowest, highest possible value) clip the margin."""
-    low, high = float(values.min()), float(values.max())
-    width = high - low or abs(high) * 0.1 or 1.0  # a single value: a tenth of it (1 for a 0)
-    near = [t for t in thresholds if low - width <= t <= high + width]
-    left, right = min([low, *near]), max([high, *near])
-    margin = 0.05 * (right - left) if right > left else width / 2
-    left, right = left - margin, right + margin
-    if bounds is not None:
-        left, right = max(left, bounds[0]), min(right, bounds[1])
-    return (left, right), [t for t in thresholds if t not in near]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    from matplotlib import pyplot
-
-    return pyplot
-
-
-def histogram(values: np.ndarray, thresholds: list[float], title: str, rule: str, bounds=None):
-    plt = _pyplot()
-    (left, right), off = x_range(values, thresholds, bounds)
-    figure, axes = plt.subplots(figsize=(4.2, 2.4), dpi=80)
-    # bins over the data only; one distinct value gets bins over the drawn range (matplotlib's own is +-0.5)
-    span = (values.min(), values.max()) if values.max() > values.min() else (left, right)
-    axes.hist(values, bins=min(50, max(5, int(np.sqrt(len(values))))), range=span, color="#4a78b0")
-    axes.set_xlim(left, right)
-    for threshold in thresholds:
-        if threshold not in off:
-            axes.axvline(threshold, color="#c0392b", linestyle="--", linewidth=1.5)
-    for below in (True, False):  # those off the range: drawn at the edge they lie beyond, with their values
-        side = [f"{t:g}" for t in off if (t < left) == below]
-        if not side:
-            continue
-        edge = axes.spines["left" if below else "right"]
-        edge.set(color="#c0392b", linestyle="--", linewidth=2)
-        axes.set_ylim(top=axes.get_ylim()[1] * 1.2)  # room for the label over the bars
-        label = f"threshold {', '.join(side)} (off the range)"
-        axes.text(0.02 if below else 0.98, 0.95, f"← {label}" if below else f"{label} →", transform=axes.transAxes,
-                  ha="left" if below else "right", va="top", fontsize=7, color="#c0392b",
-                  bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
-    axes.set_title(f"{title}  (n = {len(values)})", fontsize=9)
-    axes.set_xlabel(f"red: threshold ({rule} {', '.join(f'{t:g}' for t in thresholds)})", fontsize=8)
-    axes.tick_params(labelsize=7)
-    figure.tight_layout()
-    return figure
 
 
 # -- thumbnails -----------------------------------------------------------------------------------
@@ -329,7 +270,9 @@ h3{font-size:15px;margin-bottom:4px}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .bar{background:#4a78b0;height:10px}
-.plots{display:flex;flex-wrap:wrap;gap:12px} .plots figure{margin:0}
+tr.dropped td{color:#8a4b0f;font-size:12px;border-top:none} tr.dropped td:first-child{padding-left:24px}
+.plots{display:flex;flex-wrap:wrap;gap:12px} .plots figure{margin:0;max-width:336px}
+figcaption,.no-values{font-size:11px;color:#444}
 .sheet{display:flex;flex-wrap:wrap;gap:12px}
 .sample{border:1px solid #ddd;padding:6px;font-size:11px;max-width:420px}
 .sample img{height:112px;margin-right:2px}
@@ -357,11 +300,7 @@ def render(tally: Tally) -> str:
     parts += _funnel_html(tally)
     counts = reject_counts(tally)
     parts += _rejects_html(counts)
-    parts.append("<h2 id='distributions'>Distributions</h2><div class='plots'>")
-    for title, uri in distributions(tally):
-        parts.append(f"<figure><img alt='{_e(title)}' src='{uri}'></figure>" if uri
-                     else f"<figure><p>{_e(title)}: no values in this run</p></figure>")
-    parts.append("</div>")
+    parts += _distributions_html(tally)
     if not counts.empty:  # with no rejects the rejects section says so; no empty heading here
         parts.append("<h2 id='samples'>Samples per reject reason</h2>")
     for row in counts.itertuples():
@@ -377,14 +316,55 @@ def render(tally: Tally) -> str:
     return "\n".join(parts)
 
 
+def _distributions_html(tally: Tally) -> list[str]:
+    """The kept and dropped clips' scores: the new checks' section, then the other scores."""
+    kept, dropped = tally.clips_per_side["kept"], tally.clips_per_side["dropped"]
+    out = ["<h2 id='kept-dropped'>Kept and dropped clips, per check</h2>",
+           f"<p>Each score of the {counted(kept, 'kept clip')} (blue) and the {counted(dropped, 'dropped clip')} "
+           "(orange: rejected at any stage) on the same bins, the thresholds in red. A clip dropped before the "
+           "stage that measures a score (no face found, say) has no value of it: each plot says how many.</p>"]
+    current = None
+    for check, uri in distributions(tally):
+        if check.group != current:
+            if current is not None:
+                out.append("</div>")
+            current = check.group
+            heading = "h2" if check.group == "other" else "h3"
+            anchor = "distributions" if check.group == "other" else f"kept-dropped-{check.group}"
+            out.append(f"<{heading} id='{anchor}'>{_e(GROUPS[check.group])}</{heading}><div class='plots'>")
+        numbers = {side: (len(check.values(tally, side)), tally.missing(check.column, side))
+                   for side in ("kept", "dropped")}
+        attributes = " ".join(f"data-{side}='{n}' data-{side}-missing='{m}'" for side, (n, m) in numbers.items())
+        missing = [f"{m} {side}" for side, (_, m) in numbers.items() if m]
+        rule = f"threshold: {check.rule} {', '.join(f'{t:g}' for t in check.thresholds)}"
+        notes = [check.note] if check.note else []
+        if check.stage in SKIPPABLE and tally.config.skipped(check.stage):
+            notes.append(f"the {check.stage} stage did not run in the newest run")
+        caption = " · ".join([f"kept {numbers['kept'][0]}, dropped {numbers['dropped'][0]}",
+                              *([f"no value: {', '.join(missing)}"] if missing else []), rule, *notes])
+        body = (f"<img alt='{_e(check.title)}' src='{uri}'>" if uri
+                else f"<p class='no-values'>{_e(check.title)}: no clip has a value in this run</p>")
+        out.append(f"<figure data-score='{_e(check.column)}' {attributes}>{body}"
+                   f"<figcaption>{_e(caption)}</figcaption></figure>")
+    out.append("</div>")
+    return out
+
+
 def _funnel_html(tally: Tally) -> list[str]:
-    rows = funnel(tally)
+    rows = funnel_steps(tally)
     top = max(1, rows[2][1])
     out = ["<h2 id='funnel'>Funnel</h2><table id='funnel-table'><tr><th>step</th><th>count</th><th>hours</th><th></th></tr>"]
-    for step, count, hours in rows:
+    for step, count, hours, dropped in rows:
         width = 0 if step.startswith("sources") else round(300 * count / top)
         out.append(f"<tr data-step='{_e(step)}'><td>{_e(step)}</td><td class='num' data-count='{count}'>{count}</td>"
                    f"<td class='num'>{hours:.3f}</td><td><div class='bar' style='width:{width}px'></div></td></tr>")
+        for row in dropped.itertuples():  # what this step counted off, reason by reason
+            anchor = section_id(row.kind, row.reject_stage, row.reject_reason)
+            reason = f"{row.kind}/{row.reject_stage}/{row.reject_reason}"
+            out.append(f"<tr class='dropped' data-reason='{_e(reason)}'>"
+                       f"<td>− <a href='#{_e(anchor)}'>{_e(row.reject_stage)} / {_e(row.reject_reason)}</a></td>"
+                       f"<td class='num' data-dropped='{row.count}'>−{row.count}</td>"
+                       f"<td class='num'>{row.seconds / 3600:.3f}</td><td></td></tr>")
     out.append("</table>")
     return out
 

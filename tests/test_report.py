@@ -134,7 +134,7 @@ def test_report_loads_in_chromium_with_the_manifest_numbers(run, tmp_path):
         for stage, reason in set(zip(table.reject_stage.dropna(), table.reject_reason.dropna())):
             assert f"reject-{kind}-{stage}-{reason}" in page.sections
     assert "kept-sample" in page.sections
-    # every embedded picture decodes; thumbnails of clips and sources, and the six plots' PNGs
+    # every embedded picture decodes; thumbnails of clips and sources, and the plots' PNGs
     assert len(page.images) >= 10
     for uri in page.images:
         header, data = uri.split(",", 1)
@@ -287,17 +287,18 @@ def test_report_counts_are_singular_or_plural(run):
 
 
 def _plots(tally):
-    from curate.report import figures
+    from curate.report_plots import figures
 
-    return {title: figure.axes[0] for title, figure in figures(tally) if figure is not None}
+    return {check.title: figure.axes[0] for check, figure in figures(tally) if figure is not None}
 
 
 def _bars_inside(axes):
+    """Every histogram (kept and dropped, each a filled outline of its bars) lies within the drawn x range."""
     left, right = axes.get_xlim()
-    bars = [bar for bar in axes.patches if bar.get_height() > 0]
-    assert bars
-    for bar in bars:
-        assert left - 1e-9 <= bar.get_x() and bar.get_x() + bar.get_width() <= right + 1e-9
+    outlines = [patch.get_xy() for patch in axes.patches if patch.get_xy()[:, 1].max() > 0]
+    assert outlines
+    for xy in outlines:
+        assert left - 1e-9 <= xy[:, 0].min() and xy[:, 0].max() <= right + 1e-9
 
 
 def test_histogram_zooms_to_the_data_and_marks_a_far_threshold_at_the_edge(run):
@@ -341,15 +342,200 @@ def test_detection_rate_axis_ends_at_one(run):
 def test_mouth_sharpness_is_drawn_beside_hyperiqa_with_its_minimum(run):
     from matplotlib import pyplot as plt
 
-    from curate.report import figures
+    from curate.report_plots import figures
 
     tally = tally_of(run)
-    titles = [title for title, _ in figures(tally)]
+    titles = [check.title for check, _ in figures(tally)]
     sharpness = "mouth sharpness (Laplacian variance, median)"
-    assert titles.index(sharpness) == titles.index("HyperIQA score") + 1
+    assert abs(titles.index(sharpness) - titles.index("HyperIQA score")) == 1
     axes = _plots(tally)[sharpness]
     minimum = tally.config.stages.face.min_mouth_sharpness
     left, right = axes.get_xlim()
     assert left <= minimum <= right or [text for text in axes.texts if "off the range" in text.get_text()]
     assert len(tally.values("face_mouth_sharpness")) > 0
     plt.close("all")
+
+
+# -- the kept and dropped clips per check (#29 item 7) ----------------------------------------------
+
+class Figures(HTMLParser):
+    """The figures of the page's kept/dropped plots: per score, its attributes, caption, heading and picture."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures, self.headings, self._figure, self._heading, self._in = {}, [], None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("h2", "h3"):
+            self._heading = attrs.get("id")
+        if tag == "figure" and "data-score" in attrs:
+            self._figure = {**attrs, "section": self._heading, "img": None, "text": ""}
+            self.figures[attrs["data-score"]] = self._figure
+            self.headings.append(self._heading)
+        if tag == "img" and self._figure is not None:
+            self._figure["img"] = attrs["src"]
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self._figure = None
+
+    def handle_data(self, data):
+        if self._figure is not None:
+            self._figure["text"] += data
+
+
+def figures_of(page):
+    parsed = Figures()
+    parsed.feed(page)
+    return parsed.figures
+
+
+NEW_CHECKS = {"kept-dropped-pose": ["face_yaw_deg", "face_pitch_deg", "face_off_pose_share",
+                                    "face_mouth_outside_share", "face_turn_deg_s", "face_move_widths_s"],
+              "kept-dropped-size": ["face_size_px"], "kept-dropped-speech": ["speech_fraction"],
+              "kept-dropped-sharpness": ["face_mouth_sharpness", "quality_score"]}
+
+
+def test_kept_and_dropped_section_shows_each_check_with_the_manifest_counts(run):
+    """One figure per score under its heading, the kept and dropped clips with a value and without one counted as
+    the manifest has them, the threshold in the caption; the speech check, off in this run, says it has no
+    values instead of a picture."""
+    from curate.report import render
+
+    _, clips = manifests(run)
+    page = render(tally_of(run))
+    assert "<h2 id='kept-dropped'>" in page
+    found = figures_of(page)
+    for section, scores in NEW_CHECKS.items():
+        assert [score for score in found if found[score]["section"] == section] == scores
+    kept, dropped = clips.status == "kept", clips.status == "rejected"
+    assert kept.sum() >= 2 and dropped.sum() >= 2
+    for score in [s for scores in NEW_CHECKS.values() for s in scores]:
+        figure, valued = found[score], clips[score].notna()
+        numbers = {key: int(figure[f"data-{key}"]) for key in ("kept", "kept-missing", "dropped", "dropped-missing")}
+        assert numbers == {"kept": (kept & valued).sum(), "kept-missing": (kept & ~valued).sum(),
+                           "dropped": (dropped & valued).sum(), "dropped-missing": (dropped & ~valued).sum()}, score
+        assert (figure["img"] is not None) == bool(valued.any()), score
+    # the clip with no face was dropped before the pose was measured: it is counted as having no value
+    no_face = (clips.reject_reason == "no_face").sum()
+    assert no_face >= 1 and int(found["face_yaw_deg"]["data-dropped-missing"]) >= no_face
+    assert f"no value: {int(found['face_yaw_deg']['data-dropped-missing'])} dropped" in found["face_yaw_deg"]["text"]
+    face = tally_of(run).config.stages.face
+    assert f"keep at or above {face.min_mouth_sharpness:g}" in found["face_mouth_sharpness"]["text"]
+    assert f"keep at or above {face.min_face:g}" in found["face_size_px"]["text"]
+    assert f"per-frame limit {face.max_yaw_deg:g}" in found["face_yaw_deg"]["text"]
+    speech = found["speech_fraction"]
+    assert speech["img"] is None and "no clip has a value in this run" in speech["text"]
+    assert "the speech stage did not run" in speech["text"]
+    assert int(speech["data-kept-missing"]) + int(speech["data-dropped-missing"]) == len(clips)
+
+
+def _legend_and_lines(axes):
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    lines = [line.get_xdata()[0] for line in axes.get_lines()]
+    edge = " ".join(text.get_text() for text in axes.texts)
+    return legend, lines, edge
+
+
+def test_each_plot_draws_kept_and_dropped_apart_with_its_thresholds(run):
+    """Speech fractions given to the run's clips (kept high, dropped low, one dropped as too_little_speech):
+    every plot with values has a kept and a dropped histogram whose legend counts match, and every threshold is
+    a red line or marked at the edge."""
+    from matplotlib import pyplot as plt
+
+    from curate.report_plots import figures
+
+    clips = manifests(run)[1]
+    kept, dropped = clips.index[clips.status == "kept"], clips.index[clips.status == "rejected"]
+    clips.loc[kept, "speech_fraction"] = np.linspace(0.7, 0.95, len(kept))
+    clips.loc[dropped[:2], "speech_fraction"] = [0.1, 0.2]
+    clips.loc[dropped[0], ["reject_stage", "reject_reason"]] = ["speech", "too_little_speech"]
+    tally = tally_of(run, clips=clips)
+    drawn = {}
+    for check, figure in figures(tally):
+        if figure is None:
+            assert not len(tally.values(check.column)), check.column
+            continue
+        drawn[check.column] = legend, lines, edge = _legend_and_lines(figure.axes[0])
+        valued = clips[check.column].notna()
+        assert legend == [f"kept (n = {(valued & (clips.status == 'kept')).sum()})",
+                          f"dropped (n = {(valued & (clips.status == 'rejected')).sum()})"], check.column
+        for threshold in check.thresholds:
+            assert threshold in lines or f"{threshold:g}" in edge, (check.column, threshold)
+        plt.close(figure)
+    assert len(drawn) >= 10
+    legend, lines, _ = drawn["speech_fraction"]
+    assert legend == [f"kept (n = {len(kept)})", "dropped (n = 2)"]
+    assert tally.config.stages.speech.min_fraction in lines
+
+
+NEW_REASONS = [("face", "off_pose"), ("face", "mouth_outside"), ("face", "fast_motion"), ("face", "blurry_mouth"),
+               ("speech", "too_little_speech"), ("face", "not_the_speaker"), ("face", "speakers_take_turns"),
+               ("sync", "not_the_speaker"), ("duplicates", "duplicate_of")]
+
+
+def _with_new_reasons(clips):
+    """The run's clips, one more copied per new reason and rejected for it (a stage this report does not know,
+    'duplicates', among them)."""
+    template = clips[clips.status == "kept"].iloc[0]
+    extra = pd.DataFrame([template] * len(NEW_REASONS)).reset_index(drop=True)
+    extra["clip_id"] = [f"{template.clip_id}-new{i}" for i in range(len(NEW_REASONS))]
+    extra["status"] = "rejected"
+    extra["reject_stage"], extra["reject_reason"] = zip(*NEW_REASONS)
+    extra["reject_detail"] = "made by the test"
+    return pd.concat([clips, extra], ignore_index=True)
+
+
+def test_funnel_and_rejects_table_show_every_new_reason(run):
+    """Reasons the report has no word for show in the funnel under the step that dropped them and in the rejects
+    table, and a stage it does not know gets its own step, so the steps still add up to the kept clips."""
+    from curate.report import funnel, render
+
+    clips = _with_new_reasons(manifests(run)[1])
+    tally = tally_of(run, clips=clips)
+    page = render(tally)
+    funnel_html = page[page.index("id='funnel-table'"):page.index("</table>", page.index("id='funnel-table'"))]
+    for stage, reason in NEW_REASONS:
+        assert f"data-reason='clip/{stage}/{reason}'><td>− <a href='#reject-clip-{stage}-{reason}'>" in funnel_html
+        assert f"<a href='#reject-clip-{stage}-{reason}'>{reason}</a></td>" in page   # the rejects table
+        assert f"<section id='reject-clip-{stage}-{reason}'>" in page
+    steps = funnel(tally)
+    names = [step for step, _, _ in steps]
+    assert names.index("left after quality") < names.index("left after duplicates") == len(names) - 2
+    counts = dict((step, count) for step, count, _ in steps)
+    assert counts["left after duplicates"] == counts["kept"] == (clips.status == "kept").sum()
+    # each step is the one before it less the rejects listed under it
+    dropped = {key: int(n) for key, n in re.findall(r"data-reason='clip/([^']+)'>.*?data-dropped='(\d+)'",
+                                                      funnel_html)}
+    assert dropped["duplicates/duplicate_of"] == 1
+    clip_steps = names[names.index("clip spans cut"):]
+    for before, after in zip(clip_steps, clip_steps[1:-1]):
+        stage = after.removeprefix("left after ").removesuffix(" (skipped)")
+        assert counts[before] - counts[after] == sum(n for key, n in dropped.items()
+                                                     if key.split("/")[0] in ({stage} | ({"probe", "worker"} if stage == "resample" else set()))), after
+
+
+def test_curate_rejects_lists_new_reasons(run, tmp_path, capsys):
+    """A part written with the new reasons: `curate rejects` lists each, by reason and by stage."""
+    import pyarrow.compute as pc
+
+    from manifests.dataset import current_table, new_tag, write_part
+
+    out = tmp_path / "out"
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("*.mp4", "*.npz"))
+    clips = current_table(out, "clips")
+    template = clips.filter(pc.equal(clips["status"], "kept")).to_pylist()[0]
+    sources = current_table(out, "sources")
+    source = sources.filter(pc.equal(sources["source_id"], template["source_id"])).to_pylist()
+    rows = clips.filter(pc.equal(clips["source_id"], template["source_id"])).to_pylist()
+    rows += [{**template, "clip_id": f"{template['clip_id']}-new{i}", "status": "rejected", "reject_stage": stage,
+              "reject_reason": reason, "reject_detail": "made by the test"}
+             for i, (stage, reason) in enumerate(NEW_REASONS)]
+    write_part(out, new_tag(), source, rows)
+    assert main(["rejects", str(out), "--format", "json"]) == 0
+    listed = {(row["reject_stage"], row["reject_reason"]) for row in json.loads(capsys.readouterr().out)}
+    assert set(NEW_REASONS) <= listed
+    assert main(["rejects", str(out), "--reason", "not_the_speaker", "--format", "csv"]) == 0
+    table = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert sorted(table.reject_stage) == ["face", "sync"] and (table.reject_detail == "made by the test").all()
