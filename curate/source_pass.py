@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,8 @@ import numpy as np
 from curate.config import Config
 from curate.source_task import SourceTask, TransientSourceError
 from faces.landmarks import get_backend
+from faces.speaking import mouth_opening, speaking_cue, speech_envelope
+from faces.tracker import FrameView
 from manifests.files import OutputError, file_sha256, write_arrays
 from manifests.rejected import Rejected
 from media import probe as probe_stage
@@ -36,7 +39,7 @@ from media.frames import reformat
 from media.timeline import AudioTrack, DecodedTimeline, FrameRateConverter, samples_per_frame
 from stages.clips import ClipSplitter, IntervalSplitter, Span, frames_past
 from stages.duplicates import fingerprint as clip_fingerprint
-from stages.face import FaceStage
+from stages.face import ClipFaces, FaceStage
 from stages.shots import KnownShots, ShotDetector
 from stages.speech import SpeechStage
 from stages.write import ClipWriter
@@ -53,6 +56,16 @@ _NOT_WRITTEN = {
     "face_backend": None, "face_detection_rate": None, "face_size_px": None, "face_jitter_px": None,
     "face_max_faces": None, "aligned_size": None, "speech_fraction": None,
 }
+
+
+@dataclass
+class _OtherFace:
+    """A face besides the largest, followed from the frame a detection first found it on, and its aligned
+    pictures [base, base + len(frames))."""
+
+    stage: FaceStage
+    base: int
+    frames: deque = field(default_factory=deque)
 
 
 class StageClock:
@@ -138,6 +151,43 @@ def _remove_partials(folder: Path) -> None:
         raise OutputError(exc.errno, f"cannot clean {folder}: {exc.strerror or exc}") from exc
 
 
+def _rejected(row: dict, rejected: Rejected) -> dict:
+    return {**row, "status": "rejected", "reject_stage": rejected.stage, "reject_reason": rejected.reason,
+            "reject_detail": rejected.detail}
+
+
+def _distinct_faces(faces: list) -> list:
+    """The faces judged on a span less any other face's stage that followed the largest face itself (a
+    detection that lost its own face can land on it): same place in most frames."""
+    first = faces[0][1].arrays.get("landmarks_source")
+    if first is None or len(faces) == 1:
+        return faces
+    kept = faces[:1]
+    for other, verdict in faces[1:]:
+        points = verdict.arrays.get("landmarks_source")
+        if points is not None:
+            apart = np.linalg.norm(np.nanmean(points, 1) - np.nanmean(first, 1), axis=1)
+            width = np.nanmedian(np.ptp(first[:, :, 0], axis=1))
+            with np.errstate(invalid="ignore"):
+                if np.nanmean(apart < 0.5 * width) > 0.5:
+                    continue
+        kept.append((other, verdict))
+    return kept
+
+
+def _turn_shares(cues: list, margin: float) -> list[float]:
+    """Per face, the share of the windows where its cue leads every other face's by at least `margin`."""
+    count = min(cue.windows.size for cue in cues)
+    if count == 0:
+        return [0.0] * len(cues)
+    windows = np.stack([cue.windows[:count] for cue in cues])
+    shares = []
+    for k in range(len(cues)):
+        rest = np.delete(windows, k, axis=0).max(0)
+        shares.append(float(np.mean(windows[k] >= rest + margin)))
+    return shares
+
+
 def _source_event(row: dict, clock: StageClock, started: float, rejected: Rejected | None) -> dict:
     row = dict(row)
     row["status"] = "rejected" if rejected else "ok"
@@ -172,6 +222,7 @@ class _Pass:
             self.detector = ShotDetector(stages.shots, self.fps)
         self.face_on = "face" not in skip
         self.faces: FaceStage | None = None
+        self.others: list[_OtherFace] = []   # the other faces' stages under several_faces: speaker
         self.speech = None if config.skipped("speech") else SpeechStage(stages.speech, self.sample_rate, self.fps,
                                                                          threads)
         self.analysis_width = stages.shots.analysis_width
@@ -270,10 +321,17 @@ class _Pass:
                 cuts = self.detector.push(index, analysis)
             if self.faces is not None:
                 with self.clock("face"):
-                    self.faces.push(index, source_frame)
+                    view = FrameView(source_frame, self._rotation)
+                    self.faces.push(index, source_frame, view)
+                    for other in self.others:
+                        other.stage.push(index, source_frame, view)
+                    self._follow_more_faces()
                     for cut in cuts:
-                        self.frames.extend(p for _, p in self.faces.cut(cut))
-                    self.frames.extend(p for _, p in self.faces.ready(index - self.detector.lag + 1))
+                        self._face_cut(cut)
+                    known = index - self.detector.lag + 1
+                    self.frames.extend(p for _, p in self.faces.ready(known))
+                    for other in self.others:
+                        other.frames.extend(p for _, p in other.stage.ready(known))
             else:
                 self.frames.append(picture)
             for cut in cuts:
@@ -306,8 +364,10 @@ class _Pass:
         if self.faces is not None:
             with self.clock("face"):
                 for cut in cuts:
-                    self.frames.extend(p for _, p in self.faces.cut(cut))
+                    self._face_cut(cut)
                 self.frames.extend(p for _, p in self.faces.finish())
+                for other in self.others:
+                    other.frames.extend(p for _, p in other.stage.finish())
         self._need_audio(self.frames_out * self.spf)
         # the timeline ends with the shorter of the two streams
         end = min(self.frames_out, self.audio.available // self.spf)
@@ -315,6 +375,29 @@ class _Pass:
             if cut < end:
                 self._handle(self.splitter.cut(cut))
         self._handle(self.splitter.finish(end))
+
+    def _face_cut(self, cut: int) -> None:
+        self.frames.extend(p for _, p in self.faces.cut(cut))
+        for other in self.others:
+            other.frames.extend(p for _, p in other.stage.cut(cut))
+        self._follow_more_faces()   # the new shot's first detection may find more faces
+
+    def _follow_more_faces(self) -> None:
+        """Under several_faces: speaker, start following one more face when a detection of the largest face's
+        stage found more prominent faces than are followed (up to max_faces); from that frame on."""
+        params = self.config.stages.face
+        if params.several_faces != "speaker" or len(self.others) + 1 >= params.max_faces:
+            return
+        rank = len(self.others) + 1
+        start = self.faces.crowded_since(rank + 1)
+        if start is None:
+            return
+        stage = FaceStage(params, self.faces.backend, self._rotation, self.faces.tracker.frame_width,
+                          self.detector.lag, self.fps, rank=rank, first=start)
+        for index in range(start, self.faces.pushed):
+            view = self.faces.view(index)
+            stage.push(index, view.frame, view)
+        self.others.append(_OtherFace(stage, start))
 
     def _need_audio(self, upto: int) -> None:
         with self.clock("resample"):
@@ -326,18 +409,26 @@ class _Pass:
     # -- spans to clips -----------------------------------------------------------------------------
     def _handle(self, spans: list[Span]) -> None:
         for span in spans:
-            self.ready.append(self._clip(span))
+            self.ready.extend(self._clip(span))
         keep_from = self.splitter.held_from
         while self.base < keep_from and self.frames:
             self.frames.popleft()
             self.base += 1
+        for other in self.others:
+            while other.base < keep_from and other.frames:
+                other.frames.popleft()
+                other.base += 1
         if self.audio is not None and keep_from > self._released:
             self.audio.release((keep_from - CONTEXT_FRAMES) * self.spf)  # the next clip's audio context
             self._released = keep_from
             if self.faces is not None:
                 self.faces.release(keep_from)
+                for other in self.others:
+                    other.stage.release(keep_from)
 
-    def _clip(self, span: Span) -> dict:
+    def _clip(self, span: Span) -> list[dict]:
+        """The rows of a clip span: one for the span (its largest face), and one for each other face followed
+        through it that passed the face checks (several_faces: speaker). Kept ones are written."""
         clip_id = f"{self.task.out_key}/{span.start:07d}-{span.end:07d}"
         row = {
             "clip_id": clip_id,
@@ -369,12 +460,17 @@ class _Pass:
                     f"the audio stream ends at {self.audio.available / self.sample_rate:.2f} s, "
                     f"before the clip's end at {span.end / self.fps:.2f} s",
                 )
-        faces = None
+        faces: list[tuple[_OtherFace | None, ClipFaces]] = []    # (None for the largest face, its verdict)
         if rejected is None and self.faces is not None:
             with self.clock("face"):
-                faces = self.faces.judge(span.start, span.end)
-            row.update(faces.columns, face_status="rejected" if faces.rejected else "done")
-            rejected = faces.rejected
+                faces = [(None, self.faces.judge(span.start, span.end))]
+                faces += [(other, other.stage.judge(span.start, span.end)) for other in self.others
+                          if other.stage.covers(span.start, span.end)]
+                faces = _distinct_faces(faces)
+            row.update(faces[0][1].columns, face_status="rejected" if faces[0][1].rejected else "done",
+                       face_track=0, face_tracks=len(faces))
+            if all(verdict.rejected for _, verdict in faces):
+                rejected = faces[0][1].rejected
         speech = None
         if rejected is None and self.speech is not None:   # after the face, before the writer: no encode for silence
             with self.clock("speech"):
@@ -382,11 +478,67 @@ class _Pass:
             row.update(speech.columns, speech_status="rejected" if speech.rejected else "done")
             rejected = speech.rejected
         if rejected is not None:
-            return {**row, "status": "rejected", "reject_stage": rejected.stage,
-                    "reject_reason": rejected.reason, "reject_detail": rejected.detail}
-        relative = Path(CLIPS_DIR) / (clip_id + ".mp4")
+            return [_rejected(row, rejected)]
         audio = self.audio.take(span.start * self.spf, span.end * self.spf)
-        pictures = [self.frames[i - self.base] for i in range(span.start, span.end)]
+        if not faces:
+            return [self._write(row, span, self.frames, self.base, audio, None, speech)]
+        rows = [] if faces[0][1].rejected is None else [_rejected(row, faces[0][1].rejected)]
+        passing = [(other, verdict) for other, verdict in faces if verdict.rejected is None]
+        if len(passing) == 1:
+            other, verdict = passing[0]
+            return rows + [self._write(self._face_row(row, other, verdict), span, *self._pictures_of(other),
+                                       audio, verdict, speech)]
+        return rows + self._choose_speaker(row, span, passing, audio, speech)
+
+    def _choose_speaker(self, row: dict, span: Span, passing: list, audio: np.ndarray, speech) -> list[dict]:
+        """Several faces pass the checks: each gets the speaking cue (how its mouth follows the speech). Two
+        that each lead in a good share of the windows take turns: the span is dropped. Else, when the sync stage
+        runs, every face is written and SyncNet chooses (the cue breaks ties); without it the cue chooses."""
+        params = self.config.stages.face
+        with self.clock("face"):
+            envelope = speech_envelope(audio, span.frames, self.spf, self.sample_rate)
+            cues = [speaking_cue([mouth_opening(verdict.arrays["landmarks_aligned"]), verdict.arrays["mouth_darkness"]],
+                                 envelope, self.config.stages.sync.max_offset, params.speaker_window_frames)
+                    for _, verdict in passing]
+        rows = [self._face_row(row, other, verdict, speaker_group=row["clip_id"], speaker_cue=round(cue.score, 4),
+                               speaker_lag=cue.lag) for (other, verdict), cue in zip(passing, cues)]
+        turns = _turn_shares(cues, params.turn_margin)
+        if sorted(turns)[-2] >= params.max_turn_share:
+            leads = ", ".join(f"face {r['face_track']} {share:.0%}" for r, share in zip(rows, turns))
+            return [_rejected(rows[0], Rejected(
+                "face", "speakers_take_turns", f"{len(rows)} faces each lead the speaking cue in a share of the "
+                f"{cues[0].windows.size} windows ({leads}; at least {params.max_turn_share:.0%} is a turn)"))]
+        if not self.config.skipped("sync"):
+            return [self._write(r, span, *self._pictures_of(other), audio, verdict, speech)
+                    for r, (other, verdict) in zip(rows, passing)]
+        best = max(range(len(rows)), key=lambda k: cues[k].score)
+        out = []
+        for k, (r, (other, verdict)) in enumerate(zip(rows, passing)):
+            if k == best:
+                out.append(self._write({**r, "speaker_choice": "cue"}, span, *self._pictures_of(other), audio,
+                                       verdict, speech))
+            else:
+                out.append(_rejected(r, Rejected(
+                    "face", "not_the_speaker", f"face {r['face_track']}'s mouth follows the speech less (cue "
+                    f"{cues[k].score:.2f}) than face {rows[best]['face_track']}'s, kept as {rows[best]['clip_id']} "
+                    f"({cues[best].score:.2f})")))
+        return out
+
+    def _face_row(self, row: dict, other: _OtherFace | None, verdict: ClipFaces, **extra) -> dict:
+        """The row of one face's clip: the largest face's is the span's own, another's gets `-f<rank>`."""
+        if other is None:
+            return {**row, **extra}
+        rank = other.stage.rank
+        return {**row, **verdict.columns, "clip_id": f"{row['clip_id']}-f{rank}", "face_status": "done",
+                "face_track": rank, **extra}
+
+    def _pictures_of(self, other: _OtherFace | None) -> tuple[deque, int]:
+        return (self.frames, self.base) if other is None else (other.frames, other.base)
+
+    def _write(self, row: dict, span: Span, frames: deque, base: int, audio: np.ndarray, faces: ClipFaces | None,
+               speech) -> dict:
+        relative = Path(CLIPS_DIR) / (row["clip_id"] + ".mp4")
+        pictures = [frames[i - base] for i in range(span.start, span.end)]
         with self.clock("write"):
             written = self.writer.write(Path(self.task.output_dir) / relative, pictures, audio)
             row.update(clip_fingerprint(pictures, audio, self.sample_rate))   # for the duplicates stage

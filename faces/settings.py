@@ -29,6 +29,13 @@ class FaceParams(StrictSettings):
     max_mouth_outside_share: float = Field(0.05, ge=0, le=1)
     max_turn_deg_s: float = Field(150.0, gt=0)
     max_move_widths_s: float = Field(2.0, gt=0)
+    # a shot with several faces: follow each and keep the one that speaks (`speaker`), keep the largest
+    # (`largest`), or drop the clip as `several_faces` (`reject`)
+    several_faces: Literal["speaker", "largest", "reject"] = "speaker"
+    max_faces: int = Field(2, ge=1, le=8)                  # faces followed at once under `speaker`
+    speaker_window_frames: int = Field(75, ge=10)          # the speaking cue's window (3 s at 25 fps)
+    turn_margin: float = Field(0.2, ge=0)                  # a window is one face's when its cue leads by this
+    max_turn_share: float = Field(0.3, ge=0, le=1)         # ... and a clip is two speakers' when each has this share
 
     @property
     def min_face(self) -> int:

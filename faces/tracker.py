@@ -73,6 +73,21 @@ class FrameView:
             self._cache[key] = np.ascontiguousarray(np.rot90(picture, self.turns)) if self.turns else picture
         return self._cache[key]
 
+    def faces(self, backend: LandmarkBackend, scale: float) -> list[FaceBox]:
+        """The detector's boxes (largest first, in upright full-resolution pixels) at `scale`, found once per
+        frame and scale: every tracker following a face in this frame shares them."""
+        key = ("boxes", scale)
+        if key not in self._cache:
+            picture = self.scaled(backend.channels, scale)
+            factor = self.size[0] / picture.shape[1]
+            self._cache[key] = [box.scaled(factor) for box in backend.detect(picture)]
+            self._cache["found"] = self._cache[key] if self._cache[key] else self._cache.get("found")
+        return self._cache[key]
+
+    def found(self) -> list[FaceBox] | None:
+        """The boxes of a detection already run on this frame that found faces (None if none has)."""
+        return self._cache.get("found")
+
     def warp(self, matrix_upright: np.ndarray, size: int) -> av.VideoFrame:
         """The aligned picture: `matrix_upright` maps upright pixels to the size x size output."""
         stored_to_upright = face_align.rotation_matrix(self.rotation, self.frame.width, self.frame.height)
@@ -128,13 +143,16 @@ class FaceTracker:
     """Detect, then follow one face from frame to frame through a shot."""
 
     def __init__(self, backend: LandmarkBackend, params: FaceParams, frame_width: int,
-                 pick: Callable[[list[FaceBox]], FaceBox] | None = None):
+                 pick: Callable[[list[FaceBox]], FaceBox | None] | None = None, searches: bool = True):
         """`pick` chooses the face to follow among a first detection's boxes (largest first); by default the
-        largest."""
+        largest. A tracker that `searches` runs the detector itself to find a face it does not have; one that
+        does not (a second face's tracker) waits for a frame another tracker has run it on, and costs nothing
+        until then."""
         self.backend = backend
         self.params = params
         self.frame_width = frame_width
         self.pick = pick
+        self.searches = searches
         self.detections = 0
         self.reset()
 
@@ -150,7 +168,10 @@ class FaceTracker:
     def step(self, view: FrameView) -> FaceFrame:
         params, previous = self.params, self.previous
         tracking = previous is not None and previous.present
-        if not tracking:
+        if not tracking and not self.searches:
+            boxes = view.found()
+            found = self._follow(view, boxes, None) if boxes else FaceFrame()
+        elif not tracking:
             self.since_search += 1
             if self.previous is not None and self.since_search < params.search_every:
                 self.previous = FaceFrame()
@@ -178,11 +199,13 @@ class FaceTracker:
         self.since_search = 0
         boxes = []
         for scale in self._scales(previous):
-            picture = view.scaled(self.backend.channels, scale)
-            factor = view.size[0] / picture.shape[1]
-            boxes = [box.scaled(factor) for box in self.backend.detect(picture)]
+            boxes = view.faces(self.backend, scale)
             if boxes:
                 break
+        return self._follow(view, boxes, previous)
+
+    def _follow(self, view: FrameView, boxes: list[FaceBox], previous: FaceFrame | None) -> FaceFrame:
+        """The face to follow among a detection's `boxes`, and its landmarks."""
         if not boxes:
             return FaceFrame(detected=True)
         largest = boxes[0].size
@@ -190,7 +213,9 @@ class FaceTracker:
         chosen, switched = prominent[0], False
         known = previous if previous is not None and previous.box is not None else self.last_seen
         if known is None and self.pick is not None:
-            chosen = self.pick(boxes)
+            chosen = self.pick(prominent)
+            if chosen is None:
+                return FaceFrame(detected=True, faces=len(prominent))
         if known is not None and known.box is not None:
             # keep following the same face when it is still there; a face found elsewhere after the
             # tracked one was lost is another face: the track is lost

@@ -14,8 +14,12 @@ detector's lag); it hands back aligned yuv420p frames in order. At the end of a 
 few frames with the face, several prominent faces, a track that was lost (the face replaced by another, or
 missing for longer than a gap can be filled), a face smaller than the minimum, a mouth outside the picture in
 too many frames, a head turned too far (yaw or pitch) in too many frames, a head that turns or moves too fast, or
-a blurry mouth reject it, in that order. Per frame it keeps the head pose (faces.pose, from the landmarks) and the
-aligned mouth's sharpness beside the landmarks.
+a blurry mouth reject it, in that order. Per frame it keeps the head pose (faces.pose, from the landmarks), the
+aligned mouth's sharpness and its darkness (faces.speaking: how open it looks) beside the landmarks.
+
+One stage follows one face. With several faces in a shot (`several_faces: speaker`), the source pass runs one
+stage per face: rank 0 follows the largest, and rank k, started at the first detection that found k + 1
+prominent faces, the k-th largest; they share each frame's detections (FrameView.faces).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 
-from faces import align as face_align, pose as face_pose
+from faces import align as face_align, pose as face_pose, speaking
 from faces.landmarks import LandmarkBackend
 from faces.settings import FaceParams
 from faces.tracker import FaceFrame, FaceTracker, FrameView
@@ -42,6 +46,7 @@ class _Held:
     segment: int
     matrix: np.ndarray | None = None
     sharpness: float = float("nan")
+    darkness: float = float("nan")
 
 
 @dataclass
@@ -57,7 +62,10 @@ class FaceStage:
     """Streams frames in, hands aligned frames out `lag` frames later, and judges clips."""
 
     def __init__(self, params: FaceParams, backend: LandmarkBackend, rotation: int, frame_width: int, shot_lag: int,
-                 fps: float = 25.0):
+                 fps: float = 25.0, rank: int = 0, first: int = 0):
+        """`rank` 0 follows the largest face of each shot, searching for it; rank k > 0 the k-th largest of the
+        shot's first detection that finds it, never running a search of its own (see FaceTracker). Frames
+        before `first` are not this stage's (a face followed from the middle of a shot on)."""
         self.params = params
         self.backend = backend
         self.rotation = rotation
@@ -67,16 +75,20 @@ class FaceStage:
         self.max_gap = params.max_gap_frames
         self.lookahead = max(self.radius, self.max_gap)
         self.lag = self.lookahead + shot_lag
-        self.tracker = FaceTracker(backend, params, frame_width)
+        self.rank = rank
+        self.tracker = FaceTracker(backend, params, frame_width, pick=(lambda boxes: _nth(boxes, rank)) if rank else None,
+                                   searches=rank == 0)
         self.held: dict[int, _Held] = {}
         self.segment = 0
-        self.pushed = 0
-        self.finalized = 0
+        self.first = first
+        self.pushed = first
+        self.finalized = first
         self.frame_size: tuple[int, int] | None = None
         self.fps = fps
 
-    def push(self, index: int, frame: av.VideoFrame) -> None:
-        view = FrameView(frame, self.rotation)
+    def push(self, index: int, frame: av.VideoFrame, view: FrameView | None = None) -> None:
+        """Track frame `index`; `view`, when given, is the frame's view that the other faces' stages share."""
+        view = view or FrameView(frame, self.rotation)
         self.frame_size = self.frame_size or tuple(view.size)
         self.held[index] = _Held(view, self.tracker.step(view), self.segment)
         self.pushed = index + 1
@@ -89,12 +101,29 @@ class FaceStage:
         """
         self.segment += 1
         self.tracker.reset()
-        for index in range(at, self.pushed):
+        for index in range(max(at, self.first), self.pushed):
             held = self.held[index]
             assert held.view is not None, "a cut is reported before the frames after it are finalized"
             held.segment = self.segment
             held.record = self.tracker.step(held.view)
         return [self._finalize(index) for index in range(self.finalized, at)]
+
+    def crowded_since(self, faces: int = 2) -> int | None:
+        """The first frame of the current shot, not yet finalized, where a detection found at least `faces`
+        prominent faces (None if none did): where another face's stage can start."""
+        for index in range(self.finalized, self.pushed):
+            held = self.held[index]
+            if held.segment == self.segment and held.record.detected and held.record.faces >= faces:
+                return index
+        return None
+
+    def view(self, index: int) -> FrameView | None:
+        held = self.held.get(index)
+        return held.view if held is not None else None
+
+    def covers(self, start: int, end: int) -> bool:
+        """Frames [start, end) are all this stage's and finalized: it can judge them as a clip."""
+        return self.first <= start and end <= self.finalized
 
     def ready(self, known_upto: int) -> list[tuple[int, av.VideoFrame]]:
         """Aligned frames whose smoothing window is tracked and free of unreported cuts."""
@@ -129,6 +158,7 @@ class FaceStage:
             plane = picture.planes[0]
             luma = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
             held.sharpness = face_pose.mouth_sharpness(luma, mouth)
+            held.darkness = speaking.mouth_darkness(luma, mouth)
         held.view = None  # the full-resolution frame is no longer needed
         self.finalized = index + 1
         return index, picture
@@ -178,7 +208,7 @@ class FaceStage:
         if rate < params.min_detection_rate:
             rejected = Rejected(STAGE, "no_face", f"the face is found in {rate:.0%} of the frames, "
                                 f"fewer than {params.min_detection_rate:.0%}")
-        elif passes and crowded / len(passes) > params.max_multi_face_share:
+        elif params.several_faces == "reject" and passes and crowded / len(passes) > params.max_multi_face_share:
             rejected = Rejected(STAGE, "several_faces", f"{crowded} of {len(passes)} detection passes found more "
                                 f"than one prominent face")
         elif any(r.switched for r in records) or longest_gap > self.max_gap:
@@ -196,7 +226,8 @@ class FaceStage:
             aligned = np.einsum("tij,tkj->tki", matrices[:, :, :2], source) + matrices[:, None, :, 2]
             arrays = {"landmarks_source": source, "landmarks_aligned": aligned.astype(np.float32),
                       "matrices": matrices.astype(np.float32), "present": present,
-                      "pose": motion["pose"], "mouth_sharpness": motion["sharpness"]}
+                      "pose": motion["pose"], "mouth_sharpness": motion["sharpness"],
+                      "mouth_darkness": np.array([self.held[i].darkness for i in range(start, end)], np.float32)}
         return ClipFaces(rejected, columns, arrays)
 
 
@@ -260,6 +291,11 @@ class FaceStage:
             return Rejected(STAGE, "blurry_mouth", f"the mouth's sharpness (variance of the Laplacian, median) is "
                             f"{sharpness:.1f}, below {params.min_mouth_sharpness:g}")
         return None
+
+
+def _nth(boxes: list, rank: int):
+    """The `rank`-th of a detection's prominent boxes (largest first), None when it found fewer faces."""
+    return boxes[rank] if rank < len(boxes) else None
 
 
 def _moving_median(values: np.ndarray, width: int) -> np.ndarray:
