@@ -51,7 +51,8 @@ def run(tmp_path_factory, talking_heads, stand_in_models, curate):
     enough = next(k for k in range(1, 5) if speakers[:k].nunique() == 2)
     threshold = (scored.quality_score[enough - 1] + scored.quality_score[enough]) / 2
     summary = curate(raw, out, settings(stand_in_models, threshold))
-    assert (summary.sources_processed, summary.clips_staged) == (0, {"quality": 4})  # only quality ran again
+    # only quality ran again, and the duplicates check after it on the clips quality kept
+    assert (summary.sources_processed, summary.clips_staged) == (0, {"quality": 4, "duplicates": enough})
     return out
 
 
@@ -472,12 +473,12 @@ def test_each_plot_draws_kept_and_dropped_apart_with_its_thresholds(run):
 
 NEW_REASONS = [("face", "off_pose"), ("face", "mouth_outside"), ("face", "fast_motion"), ("face", "blurry_mouth"),
                ("speech", "too_little_speech"), ("face", "not_the_speaker"), ("face", "speakers_take_turns"),
-               ("sync", "not_the_speaker"), ("duplicates", "duplicate_of")]
+               ("sync", "not_the_speaker"), ("duplicates", "duplicate_clip"), ("later_check", "made_up")]
 
 
 def _with_new_reasons(clips):
-    """The run's clips, one more copied per new reason and rejected for it (a stage this report does not know,
-    'duplicates', among them)."""
+    """The run's clips, one more copied per new reason and rejected for it (a stage no code knows, 'later_check',
+    among them)."""
     template = clips[clips.status == "kept"].iloc[0]
     extra = pd.DataFrame([template] * len(NEW_REASONS)).reset_index(drop=True)
     extra["clip_id"] = [f"{template.clip_id}-new{i}" for i in range(len(NEW_REASONS))]
@@ -502,13 +503,13 @@ def test_funnel_and_rejects_table_show_every_new_reason(run):
         assert f"<section id='reject-clip-{stage}-{reason}'>" in page
     steps = funnel(tally)
     names = [step for step, _, _ in steps]
-    assert names.index("left after quality") < names.index("left after duplicates") == len(names) - 2
+    assert names.index("left after quality") < names.index("left after later_check") == len(names) - 2
     counts = dict((step, count) for step, count, _ in steps)
-    assert counts["left after duplicates"] == counts["kept"] == (clips.status == "kept").sum()
+    assert counts["left after later_check"] == counts["kept"] == (clips.status == "kept").sum()
     # each step is the one before it less the rejects listed under it
     dropped = {key: int(n) for key, n in re.findall(r"data-reason='clip/([^']+)'>.*?data-dropped='(\d+)'",
                                                       funnel_html)}
-    assert dropped["duplicates/duplicate_of"] == 1
+    assert dropped["later_check/made_up"] == 1
     clip_steps = names[names.index("clip spans cut"):]
     for before, after in zip(clip_steps, clip_steps[1:-1]):
         stage = after.removeprefix("left after ").removesuffix(" (skipped)")
