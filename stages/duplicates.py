@@ -17,8 +17,8 @@ finds the candidates without comparing every pair (locality-sensitive hashing by
 bits per clip, the audio hash cut in four and 16 cut across the picture hashes (key j: bits j, j+16, j+32, j+48
 of each frame's hash); a clip is a candidate only if one of its keys equals the other's exactly, so a copy whose
 pictures differ in 15 bits or fewer is always found, and most within many more. Each candidate is then checked
-on both distances. The keys are sorted numpy arrays searched with `searchsorted`; the newest additions are in a
-small block scanned whole, merged in as it grows. A key shared by more than BUCKET_CAP clips (a picture hash
+on both distances. The keys are held sorted, with where each of the 65,536 values starts; the newest additions
+are in dictionaries, merged in every RECENT clips. A key shared by more than BUCKET_CAP clips (a picture hash
 bit pattern many faces have) is not looked up: the clip's other keys still are.
 """
 
@@ -48,6 +48,8 @@ _BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 def popcount(values: np.ndarray) -> np.ndarray:
     """Set bits of each uint64."""
     values = np.ascontiguousarray(values, np.uint64)
+    if hasattr(np, "bitwise_count"):     # numpy 2
+        return np.bitwise_count(values).astype(np.int64)
     return _BYTE_BITS[values.view(np.uint8)].reshape(*values.shape, 8).sum(-1, dtype=np.int64)
 
 
@@ -104,16 +106,21 @@ class Match:
 
 class DuplicateIndex:
     """The fingerprints of the kept clips, in the order they were added; `find` gives the first one a new clip
-    copies. Memory: 40 bytes of hashes and 120 of key index per clip (160 MB at 10^6 clips)."""
+    copies. Memory per clip: 40 bytes of hashes, 40 of keys and 80 of the key index (160 MB at 10^6 clips); the
+    newest additions (at most RECENT) are in dictionaries until they are merged into the sorted index."""
+
+    RECENT = 16384
 
     def __init__(self, params: DuplicateParams, capacity: int = 1024):
         self.params = params
         self.video = np.zeros((capacity, FRAMES), np.uint64)
         self.audio = np.zeros(capacity, np.uint64)
+        self.keys = np.zeros((KEYS, capacity), np.uint16)
         self.size = 0
-        self._sorted = 0                                   # positions [0, _sorted) are in the sorted bands
-        self._keys = [np.zeros(0, np.uint16) for _ in range(KEYS)]
-        self._order = [np.zeros(0, np.int32) for _ in range(KEYS)]
+        self._sorted = 0                                   # positions [0, _sorted) are in the sorted index
+        self._starts = np.zeros((KEYS, 65537), np.int64)   # per key: where each 16-bit value's positions start
+        self._order = np.zeros((KEYS, 0), np.int32)
+        self._recent: list[dict[int, list[int]]] = [{} for _ in range(KEYS)]
 
     def __len__(self) -> int:
         return self.size
@@ -121,33 +128,39 @@ class DuplicateIndex:
     def add(self, video: np.ndarray, audio: np.ndarray) -> None:
         """Add clips: `video` (n, FRAMES) and `audio` (n,) uint64."""
         video, audio = np.asarray(video, np.uint64).reshape(-1, FRAMES), np.asarray(audio, np.uint64).reshape(-1)
-        end = self.size + len(audio)
+        start, end = self.size, self.size + len(audio)
         if end > len(self.audio):
             grown = max(end, 2 * len(self.audio))
-            self.video = np.concatenate([self.video[:self.size], np.zeros((grown - self.size, FRAMES), np.uint64)])
-            self.audio = np.concatenate([self.audio[:self.size], np.zeros(grown - self.size, np.uint64)])
-        self.video[self.size:end], self.audio[self.size:end] = video, audio
+            self.video = np.concatenate([self.video[:start], np.zeros((grown - start, FRAMES), np.uint64)])
+            self.audio = np.concatenate([self.audio[:start], np.zeros(grown - start, np.uint64)])
+            self.keys = np.concatenate([self.keys[:, :start], np.zeros((KEYS, grown - start), np.uint16)], 1)
+        keys = _keys(video, audio)
+        self.video[start:end], self.audio[start:end], self.keys[:, start:end] = video, audio, keys
         self.size = end
-        if self.size - self._sorted > max(4096, self._sorted // 8):
+        if end - self._sorted > self.RECENT:
             self._merge()
+            return
+        for key in range(KEYS):
+            recent = self._recent[key]
+            for position, value in enumerate(keys[key].tolist(), start):
+                recent.setdefault(value, []).append(position)
 
     def find(self, video: Sequence[int], audio: int) -> Match | None:
         """The earliest clip in the index that `video` and `audio` copy, or None."""
         video = np.asarray(video, np.uint64).reshape(FRAMES)
-        keys = _keys(video[None, :], np.asarray([audio], np.uint64))[:, 0]
+        audio = np.uint64(audio)
         found = []
-        for key in range(KEYS):
-            sorted_keys = self._keys[key]
-            lo, hi = np.searchsorted(sorted_keys, keys[key], "left"), np.searchsorted(sorted_keys, keys[key], "right")
+        for key, value in enumerate(_keys(video[None, :], np.asarray([audio]))[:, 0].tolist()):
+            lo, hi = self._starts[key, value], self._starts[key, value + 1]
             if hi - lo <= BUCKET_CAP:
-                found.append(self._order[key][lo:hi])
-        if self.size > self._sorted:
-            recent = _keys(self.video[self._sorted:self.size], self.audio[self._sorted:self.size])
-            found.append(self._sorted + np.flatnonzero((recent == keys[:, None]).any(0)))
-        candidates = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+                found.append(self._order[key, lo:hi])
+            recent = self._recent[key].get(value)
+            if recent and len(recent) <= BUCKET_CAP:
+                found.append(np.array(recent, np.int32))
+        candidates = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int32)
         if not len(candidates):
             return None
-        audio_distance = popcount(self.audio[candidates] ^ np.uint64(audio))
+        audio_distance = popcount(self.audio[candidates] ^ audio)
         video_distance = popcount(self.video[candidates] ^ video[None, :]).sum(1)
         hits = np.flatnonzero((audio_distance <= self.params.max_audio_distance)
                               & (video_distance <= self.params.max_video_distance))
@@ -157,26 +170,24 @@ class DuplicateIndex:
         return Match(int(candidates[first]), int(video_distance[first]), int(audio_distance[first]))
 
     def _merge(self) -> None:
-        keys = _keys(self.video[:self.size], self.audio[:self.size])
+        keys = self.keys[:, :self.size]
+        self._order = np.argsort(keys, axis=1, kind="stable").astype(np.int32)
         for key in range(KEYS):
-            order = np.argsort(keys[key], kind="stable").astype(np.int32)
-            self._keys[key], self._order[key] = keys[key][order], order
+            self._starts[key, 1:] = np.cumsum(np.bincount(keys[key], minlength=65536))
         self._sorted = self.size
+        self._recent = [{} for _ in range(KEYS)]
 
 
-_SPREAD = [np.uint64(j) for j in range(64)]
+# the picture keys: key j is made of bits j, j+16, j+32 and j+48 of each frame's hash (bit 0 the first of its 8x8)
+_VIDEO_BITS = np.array([[frame * 64 + j + 16 * step for frame in range(FRAMES) for step in range(4)]
+                        for j in range(VIDEO_KEYS)])
 
 
 def _keys(video: np.ndarray, audio: np.ndarray) -> np.ndarray:
-    """(KEYS, n) uint16: the audio hashes cut into four 16-bit pieces, then 16 keys across the picture hashes, key
-    j made of bits j, j+16, j+32 and j+48 of each of the four."""
-    one = np.uint64(1)
-    keys = [((audio >> np.uint64(16 * i)) & np.uint64(0xFFFF)).astype(np.uint16) for i in range(AUDIO_KEYS)]
-    for j in range(VIDEO_KEYS):
-        key = np.zeros(len(audio), np.uint16)
-        for frame in range(FRAMES):
-            for step in range(4):
-                bit = (video[:, frame] >> _SPREAD[j + 16 * step]) & one
-                key = (key << np.uint16(1)) | bit.astype(np.uint16)
-        keys.append(key)
-    return np.stack(keys)
+    """(KEYS, n) uint16: the audio hashes cut into four 16-bit pieces, then the 16 keys across the picture hashes."""
+    n = len(audio)
+    audio_keys = np.ascontiguousarray(audio, ">u8").view(">u2").reshape(n, AUDIO_KEYS).astype(np.uint16)
+    bits = np.unpackbits(np.ascontiguousarray(video, ">u8").view(np.uint8).reshape(n, FRAMES * 8), axis=1)
+    video_keys = np.packbits(bits[:, _VIDEO_BITS], axis=-1).reshape(n, VIDEO_KEYS * 2)
+    video_keys = np.ascontiguousarray(video_keys).view(">u2").reshape(n, VIDEO_KEYS).astype(np.uint16)
+    return np.concatenate([audio_keys, video_keys], 1).T
