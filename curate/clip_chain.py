@@ -17,7 +17,7 @@ def clip_work(record: dict, output_dir: Path) -> list:
     root = output_dir.resolve()
     return [ClipWork(record["source_id"], clip["clip_id"], record.get("generation", ""), str(root / clip["path"]),
                      str(root / clip["landmarks_path"]) if clip.get("landmarks_path") else None,
-                     clip.get("duration_s") or 0.0)
+                     clip.get("duration_s") or 0.0, clip.get("speaker_group"), clip.get("speaker_cue"))
             for clip in record["clips"] if passed_source_pass(clip) and clip.get("path")]
 
 

@@ -25,6 +25,8 @@ class ClipWork:
     video: str           # absolute paths
     landmarks: str | None  # None for a clip written without the face stage
     duration_s: float = 0.0
+    speaker_group: str | None = None   # the clips of one span's faces: the sync stage keeps the one that speaks
+    speaker_cue: float | None = None
 
 
 def timed(process):
@@ -57,7 +59,7 @@ class SyncWorker:
     def process(self, work: list[ClipWork]) -> list[dict]:
         from stages.sync import SyncJob
 
-        jobs = [SyncJob(w.clip_id, w.video, w.landmarks) for w in work]
+        jobs = [SyncJob(w.clip_id, w.video, w.landmarks, w.speaker_group, w.speaker_cue) for w in work]
         return self.stage.process(jobs)
 
 
@@ -80,6 +82,10 @@ class QualityWorker:
     @timed
     def process(self, work: list[ClipWork]) -> list[dict]:
         return self.stage.process([(w.clip_id, w.video) for w in work])
+
+
+def _same_group(a: ClipWork, b: ClipWork) -> bool:
+    return a.speaker_group is not None and a.speaker_group == b.speaker_group
 
 
 WORKERS = {"sync": SyncWorker, "quality": QualityWorker}
@@ -114,7 +120,10 @@ class ClipStagePool:
         """Hand out full batches; partial ones too when nothing more can arrive or the queue has waited."""
         waited = time.monotonic() - self._last_dispatch > 2.0
         while self.idle and self.queue and (len(self.queue) >= self.batch or not upstream_running or waited):
-            batch, self.queue = self.queue[:self.batch], self.queue[self.batch:]
+            end = min(self.batch, len(self.queue))
+            while end < len(self.queue) and _same_group(self.queue[end - 1], self.queue[end]):
+                end += 1   # one span's faces go together: the stage chooses among them
+            batch, self.queue = self.queue[:end], self.queue[end:]
             actor = self.idle.pop()
             self.in_flight[actor.process.remote(batch)] = (actor, batch)
             self._last_dispatch = time.monotonic()

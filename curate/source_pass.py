@@ -29,7 +29,7 @@ import numpy as np
 from curate.config import Config
 from curate.source_task import SourceTask, TransientSourceError
 from faces.landmarks import get_backend
-from faces.speaking import mouth_opening, speaking_cue, speech_envelope
+from faces.speaking import speaking_cue, speech_envelope
 from faces.tracker import FrameView
 from manifests.files import OutputError, file_sha256, write_arrays
 from manifests.rejected import Rejected
@@ -484,22 +484,37 @@ class _Pass:
             return [self._write(row, span, self.frames, self.base, audio, None, speech)]
         rows = [] if faces[0][1].rejected is None else [_rejected(row, faces[0][1].rejected)]
         passing = [(other, verdict) for other, verdict in faces if verdict.rejected is None]
+        if len(faces) == 1:
+            return rows + [self._write(row, span, self.frames, self.base, audio, faces[0][1], speech)]
+        with self.clock("face"):
+            envelope = speech_envelope(audio, span.frames, self.spf, self.sample_rate)
+            cues = {id(verdict): speaking_cue(verdict.openings, envelope, self.config.stages.sync.max_offset,
+                                              self.config.stages.face.speaker_window_frames)
+                    for _, verdict in faces if verdict.openings}
         if len(passing) == 1:
+            # one face passes the checks: kept only if no face that failed them follows the speech better
             other, verdict = passing[0]
-            return rows + [self._write(self._face_row(row, other, verdict), span, *self._pictures_of(other),
-                                       audio, verdict, speech)]
-        return rows + self._choose_speaker(row, span, passing, audio, speech)
+            face_row = self._face_row(row, other, verdict, speaker_cue=round(cues[id(verdict)].score, 4),
+                                      speaker_lag=cues[id(verdict)].lag)
+            rivals = [(o, v) for o, v in faces if v.rejected is not None and id(v) in cues]
+            better = [(o, v) for o, v in rivals if cues[id(v)].score > cues[id(verdict)].score]
+            if better:
+                o, v = max(better, key=lambda m: cues[id(m[1])].score)
+                rank = 0 if o is None else o.stage.rank
+                return [r for r in rows if r["clip_id"] != face_row["clip_id"]] + [_rejected(face_row, Rejected(
+                    "face", "not_the_speaker", f"face {face_row['face_track']}'s mouth follows the speech less (cue "
+                    f"{cues[id(verdict)].score:.2f}) than face {rank}'s ({cues[id(v)].score:.2f}), which fails the "
+                    f"face checks ({v.rejected.reason})"))]
+            return rows + [self._write({**face_row, "speaker_choice": "cue"}, span, *self._pictures_of(other), audio,
+                                       verdict, speech)]
+        return rows + self._choose_speaker(row, span, passing, [cues[id(v)] for _, v in passing], audio, speech)
 
-    def _choose_speaker(self, row: dict, span: Span, passing: list, audio: np.ndarray, speech) -> list[dict]:
-        """Several faces pass the checks: each gets the speaking cue (how its mouth follows the speech). Two
+    def _choose_speaker(self, row: dict, span: Span, passing: list, cues: list, audio: np.ndarray,
+                        speech) -> list[dict]:
+        """Several faces pass the checks, each with its speaking cue (how its mouth follows the speech). Two
         that each lead in a good share of the windows take turns: the span is dropped. Else, when the sync stage
         runs, every face is written and SyncNet chooses (the cue breaks ties); without it the cue chooses."""
         params = self.config.stages.face
-        with self.clock("face"):
-            envelope = speech_envelope(audio, span.frames, self.spf, self.sample_rate)
-            cues = [speaking_cue([mouth_opening(verdict.arrays["landmarks_aligned"]), verdict.arrays["mouth_darkness"]],
-                                 envelope, self.config.stages.sync.max_offset, params.speaker_window_frames)
-                    for _, verdict in passing]
         rows = [self._face_row(row, other, verdict, speaker_group=row["clip_id"], speaker_cue=round(cue.score, 4),
                                speaker_lag=cue.lag) for (other, verdict), cue in zip(passing, cues)]
         turns = _turn_shares(cues, params.turn_margin)

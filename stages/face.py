@@ -56,6 +56,7 @@ class ClipFaces:
     rejected: Rejected | None
     columns: dict
     arrays: dict = field(default_factory=dict)
+    openings: list = field(default_factory=list)   # the mouth's opening per frame, two ways (faces.speaking)
 
 
 class FaceStage:
@@ -221,14 +222,16 @@ class FaceStage:
         else:
             rejected = self._judge_motion(columns)
         arrays = {}
+        source = np.array([r.landmarks if r.present else np.full((68, 2), np.nan) for r in records], np.float32)
+        aligned = np.einsum("tij,tkj->tki", matrices[:, :, :2], source) + matrices[:, None, :, 2]
+        darkness = np.array([self.held[i].darkness for i in range(start, end)], np.float32)
+        openings = [speaking.mouth_opening(aligned), darkness] if present.any() else []
         if rejected is None:
-            source = np.array([r.landmarks if r.present else np.full((68, 2), np.nan) for r in records], np.float32)
-            aligned = np.einsum("tij,tkj->tki", matrices[:, :, :2], source) + matrices[:, None, :, 2]
             arrays = {"landmarks_source": source, "landmarks_aligned": aligned.astype(np.float32),
                       "matrices": matrices.astype(np.float32), "present": present,
                       "pose": motion["pose"], "mouth_sharpness": motion["sharpness"],
-                      "mouth_darkness": np.array([self.held[i].darkness for i in range(start, end)], np.float32)}
-        return ClipFaces(rejected, columns, arrays)
+                      "mouth_darkness": darkness}
+        return ClipFaces(rejected, columns, arrays, openings)
 
 
     def _motion(self, start: int, end: int, records: list[FaceFrame], present: np.ndarray) -> dict:

@@ -52,6 +52,7 @@ class SyncParams(StrictSettings):
     min_confidence: float = Field(3.0, ge=0)
     max_offset: int = Field(6, ge=0, le=15)
     crop_scale: float = Field(0.4, gt=0)
+    speaker_tie_conf: float = Field(0.5, ge=0)   # faces of one span this close in confidence: the cue decides
 
 
 class QualityParams(StrictSettings):

@@ -124,7 +124,9 @@ def rejects(tmp_path_factory, talking_heads, curate):
            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", "-c:a", "aac", raw / "pan.mp4")
     hard_cut(raw / "two shots.mp4", KITCHEN, 6, GARDEN, 7, size="720x1280")
     out = tmp_path_factory.mktemp("face_out")
-    curate(raw, out, config_from_dict({"run": {"skip": ["sync", "quality"]}, "stages": {"face": {"min_face_px": 110}}}))
+    # several_faces: reject, the policy these sources test (the speaking face among several: test_speaker.py)
+    curate(raw, out, config_from_dict({"run": {"skip": ["sync", "quality"]},
+                                       "stages": {"face": {"min_face_px": 110, "several_faces": "reject"}}}))
     return read_manifest(out, "clips").set_index("source_id")
 
 
