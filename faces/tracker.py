@@ -213,7 +213,7 @@ class FaceTracker:
         chosen, switched = prominent[0], False
         known = previous if previous is not None and previous.box is not None else self.last_seen
         if known is None and self.pick is not None:
-            chosen = self.pick(prominent)
+            chosen = self.pick(boxes)
             if chosen is None:
                 return FaceFrame(detected=True, faces=len(prominent))
         if known is not None and known.box is not None:

@@ -77,8 +77,8 @@ class FaceStage:
         self.lookahead = max(self.radius, self.max_gap)
         self.lag = self.lookahead + shot_lag
         self.rank = rank
-        self.tracker = FaceTracker(backend, params, frame_width, pick=(lambda boxes: _nth(boxes, rank)) if rank else None,
-                                   searches=rank == 0)
+        self.tracker = FaceTracker(backend, params, frame_width, searches=rank == 0,
+                                   pick=(lambda boxes: _nth(boxes, rank, params.prominent_ratio)) if rank else None)
         self.held: dict[int, _Held] = {}
         self.segment = 0
         self.first = first
@@ -296,9 +296,10 @@ class FaceStage:
         return None
 
 
-def _nth(boxes: list, rank: int):
-    """The `rank`-th of a detection's prominent boxes (largest first), None when it found fewer faces."""
-    return boxes[rank] if rank < len(boxes) else None
+def _nth(boxes: list, rank: int, prominent_ratio: float):
+    """The `rank`-th of a detection's prominent boxes (largest first), None when it found fewer of them."""
+    prominent = [box for box in boxes if box.size >= prominent_ratio * boxes[0].size]
+    return prominent[rank] if rank < len(prominent) else None
 
 
 def _moving_median(values: np.ndarray, width: int) -> np.ndarray:
