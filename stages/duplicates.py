@@ -171,8 +171,9 @@ class DuplicateIndex:
 
     def _merge(self) -> None:
         keys = self.keys[:, :self.size]
-        self._order = np.argsort(keys, axis=1, kind="stable").astype(np.int32)
-        for key in range(KEYS):
+        self._order = np.empty(keys.shape, np.int32)
+        for key in range(KEYS):     # a key at a time: argsort's int64 positions for one key, not twenty
+            self._order[key] = np.argsort(keys[key], kind="stable")
             self._starts[key, 1:] = np.cumsum(np.bincount(keys[key], minlength=65536))
         self._sorted = self.size
         self._recent = [{} for _ in range(KEYS)]
