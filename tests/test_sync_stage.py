@@ -36,13 +36,13 @@ SHORT_CLIPS = {"clips": {"min_seconds": 2, "max_seconds": 4}}
 
 def settings(models, **sync):
     """The sync stage alone (the quality stage after it has tests of its own)."""
-    return config_from_dict({"run": {"skip": ["quality"]}, "models": {"dir": str(models)},
+    return config_from_dict({"run": {"skip": ["quality", "duplicates"]}, "models": {"dir": str(models)},
                              "stages": {**SHORT_CLIPS, "sync": sync}})
 
 
 def test_sync_fills_in_what_was_skipped_shifts_once_and_rejects_by_threshold(raw, tmp_path, curate, stand_in_models):
     out = tmp_path / "out"
-    curate(raw, out, config_from_dict({"run": {"skip": ["sync", "quality"]}, "stages": SHORT_CLIPS}))
+    curate(raw, out, config_from_dict({"run": {"skip": ["sync", "quality", "duplicates"]}, "stages": SHORT_CLIPS}))
     [clip] = read_manifest(out, "clips").itertuples()
     assert (clip.status, clip.sync_status) == ("kept", "skipped")
     frames_before, audio_before, _ = read_clip(out / clip.path)
