@@ -52,6 +52,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_weights(model: str, config) -> str | None:
+    """Why `model`'s default weights cannot be used when a file is missing (the error naming it), else None."""
+    from curate.models import ModelError, require, state
+
+    if not any(status == "missing" for _, _, status in state(model, config.models)):
+        return None
+    try:
+        require(model, config.models)
+    except ModelError as exc:
+        return str(exc)
+    return None
+
+
 def _scorer(args: argparse.Namespace, config, model: str, label: str, build):
     """An eval command's scorer: every VIDEO must be a file, and the weights (--weights, else the verified file
     of `model`) must load; otherwise a one-line error before any work."""
@@ -81,25 +94,34 @@ def _eval_sync(args: argparse.Namespace) -> int:
     from stages.sync_score import SyncScorer
 
     config = load_config(args.config)
-    scorer = _scorer(args, config, "syncnet", "SyncNet",
-                     lambda weights, device: SyncScorer(load_syncnet(weights, device), device,
-                                                        config.resources.sync.batch_windows))
+    missing = None if args.weights or args.weight_free else _missing_weights("syncnet", config)
+    if missing:   # the weight-free cue needs none: it is reported alone, and the line says how to get SyncNet's
+        print(f"curate: {missing}; reporting the weight-free speaking cue alone", file=sys.stderr)
+    if args.weight_free or missing:
+        scorer = None
+    else:
+        scorer = _scorer(args, config, "syncnet", "SyncNet",
+                         lambda weights, device: SyncScorer(load_syncnet(weights, device), device,
+                                                            config.resources.sync.batch_windows))
     face = config.stages.face.model_copy(update={"min_face_px": 40})  # samples often have small faces
     results, failed = [], []
     for video in args.videos:
         try:
-            results.extend(evaluate([video], scorer, args.precropped, face))
+            results.extend(evaluate([video], scorer, args.precropped, face, config.stages.sync.max_offset))
         except (Rejected, ValueError, av_errors()) as exc:
             failed.append((video, str(exc)))
     if args.json:
         print(json.dumps([r.as_dict() for r in results] + [{"video": v, "error": e} for v, e in failed], indent=1))
     else:
-        print(f"{'LSE-D':>8} {'LSE-C':>7} {'offset':>6} {'frames':>6}  video")
+        print(f"{'LSE-D':>8} {'LSE-C':>7} {'offset':>6} {'cue':>6} {'lag':>4} {'frames':>6}  video")
         for r in results:
             d = r.as_dict()
-            print(f"{d['lse_d']:8.3f} {d['lse_c']:7.3f} {d['av_offset']:6d} {d['frames']:6d}  {d['video']}")
+            lse = (f"{d['lse_d']:8.3f} {d['lse_c']:7.3f} {d['av_offset']:6d}" if "lse_d" in d
+                   else f"{'-':>8} {'-':>7} {'-':>6}")
+            cue = f"{d['speaking_cue']:6.3f} {d['speaking_lag']:4d}" if "speaking_cue" in d else f"{'-':>6} {'-':>4}"
+            print(f"{lse} {cue} {d['frames']:6d}  {d['video']}")
         for video, error in failed:
-            print(f"{'-':>8} {'-':>7} {'-':>6} {'-':>6}  {video}: {error}")
+            print(f"{'-':>8} {'-':>7} {'-':>6} {'-':>6} {'-':>4} {'-':>6}  {video}: {error}")
     return 1 if failed else 0
 
 

@@ -54,12 +54,17 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
         "eval-sync", help="SyncNet offset, LSE-D and LSE-C of videos (e.g. generated lip-sync samples)",
         description="Measure audio-visual sync of each VIDEO with SyncNet as lip-sync papers report it: the offset "
                     "in frames (> 0: the sound comes first), LSE-D (min distance, lower is better) and LSE-C "
-                    "(confidence, higher is better). Videos are read at 25 fps with 16 kHz audio.",
+                    "(confidence, higher is better); and, needing no weights, the speaking cue: the correlation of "
+                    "the tracked mouth's opening with the speech's loudness at the best lag (higher is better; "
+                    "not for --precropped). Videos are read at 25 fps with 16 kHz audio.",
     )
     evaluate.add_argument("videos", nargs="+", metavar="VIDEO")
     evaluate.add_argument("--weights", type=Path, metavar="FILE", help="syncnet_v2.model (default: the verified one in "
                           "the models folder)")
     evaluate.add_argument("--precropped", action="store_true", help="the videos are already face crops (224x224)")
+    evaluate.add_argument("--weight-free", action="store_true", help="only the weight-free speaking cue (how the "
+                          "mouth's opening follows the speech's loudness; also what is reported, with a note, when "
+                          "syncnet_v2.model is not in the models folder)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (models folder, face backend)")
     evaluate.set_defaults(handler=handlers["eval_sync"])
