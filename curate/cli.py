@@ -197,7 +197,7 @@ def _filelist(args: argparse.Namespace) -> int:
             raise RunError(f"--speaker-pattern is not a valid regular expression: {exc}") from None
     hold_out = read_speaker_list(args.hold_out_speakers) if args.hold_out_speakers else None
     lists = write_file_lists(open_view(args.output), args.out, args.val_fraction, args.seed, args.min_confidence,
-                             args.min_quality, args.speaker_pattern, hold_out)
+                             args.min_quality, args.speaker_pattern, hold_out, args.split)
     if not lists.clips:   # empty lists are written (a trainer reading them must not see stale ones), with the why
         why = (f"the run kept no clips (`curate rejects {args.output}` says why)" if not lists.kept else
                f"none of the {lists.kept} kept clips passes --min-confidence / --min-quality")

@@ -118,6 +118,9 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
     lists.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
                        help="share of speakers for validation (default 0.05; at least one speaker when there are two)")
     lists.add_argument("--seed", type=int, default=0, help="seed of the speaker split (default 0)")
+    lists.add_argument("--split", choices=["speaker", "time"], default="speaker",
+                       help="speaker: whole speakers in val (default); time: each speaker's last --val-fraction of "
+                            "footage in val, disjoint in time from train (one speaker's personal model)")
     lists.add_argument("--min-confidence", type=float, metavar="X", help="keep only clips with SyncNet confidence >= X "
                        "(default: every kept clip; the run's own threshold already applied)")
     lists.add_argument("--min-quality", type=float, metavar="Y", help="keep only clips with HyperIQA score >= Y "

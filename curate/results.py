@@ -124,6 +124,26 @@ def split_speakers(speakers: list[str] | set[str], val_fraction: float, seed: in
     return {unique[i] for i in order[:count]}
 
 
+def split_in_time(clips: pa.Table, val_fraction: float) -> set[str]:
+    """The validation clips of a split in time: for each speaker, the clips at the end of their footage (in
+    source and start order) that make up `val_fraction` of the speaker's seconds (at least one clip, and never
+    all, when the speaker has two or more). Clip spans never overlap, so validation is disjoint in time from
+    training: what a personal model (one speaker) is judged on."""
+    val: set[str] = set()
+    if val_fraction <= 0 or not len(clips):
+        return val
+    table = clips.sort_by([("speaker", "ascending"), ("source_id", "ascending"), ("start_frame", "ascending")])
+    for speaker in pc.unique(table["speaker"]).to_pylist():
+        own = table.filter(pc.equal(table["speaker"], speaker))
+        if len(own) < 2:
+            continue
+        seconds = np.nan_to_num(own["duration_s"].to_numpy(zero_copy_only=False).astype(float))
+        from_end = np.cumsum(seconds[::-1])
+        count = int(np.searchsorted(from_end, val_fraction * seconds.sum() - 1e-9)) + 1
+        val.update(own["clip_id"].to_pylist()[len(own) - min(len(own) - 1, max(1, count)):])
+    return val
+
+
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = [*schema.columns(schema.CLIPS), "speaker", "split", "abs_path"]
 
@@ -188,20 +208,35 @@ class _Lister:
 
 def write_file_lists(view: View, out_dir: Path, val_fraction: float = 0.05, seed: int = 0,
                      min_confidence: float | None = None, min_quality: float | None = None,
-                     speaker_pattern: str | None = None, hold_out: set[str] | None = None) -> FileLists:
+                     speaker_pattern: str | None = None, hold_out: set[str] | None = None,
+                     split: str = "speaker") -> FileLists:
     """train.txt and val.txt (one absolute path a line, as LatentSync's trainers read them) of the kept clips
     that pass the optional stricter filters, split by speaker, with `hold_out` also test.txt (else an earlier
     one is removed: it would disagree with the rest), and split.parquet (the clips' manifest columns with
     `speaker`, `split` and `abs_path`). The speaker follows the run's `inputs.layout` unless `speaker_pattern`
-    says. Two passes over the view: the speakers first, then the rows, written as they are read."""
+    says. Two passes over the view: the speakers first, then the rows, written as they are read. `split`
+    "time" splits each speaker's own footage instead (split_in_time; the first pass then holds the kept
+    clips' ids, sources, starts and lengths: meant for one speaker's or a few speakers' clips)."""
+    if split not in ("speaker", "time"):
+        raise ValueError(f"split must be 'speaker' or 'time', not {split!r}")
     writable_folder(out_dir, "--out")
     lister = _Lister(view, min_confidence, min_quality, re.compile(speaker_pattern) if speaker_pattern else None)
     kept = lister.check_scores()
     held = hold_out or set()
     speakers: set[str] = set()
-    for batch in lister.kept(["source_id"]):
+    timed = []
+    for batch in lister.kept(["clip_id", "source_id", "start_frame", "duration_s"] if split == "time" else ["source_id"]):
         speakers.update(batch["speaker"].unique().to_pylist())
-    val = split_speakers(speakers - held, val_fraction, seed)
+        if split == "time":
+            timed.append(batch.filter(pc.invert(pc.is_in(batch["speaker"], value_set=pa.array(sorted(held),
+                                                                                               pa.string())))))
+    if split == "time":
+        val = set()
+        val_clips = pa.array(sorted(split_in_time(pa.concat_tables(timed), val_fraction)) if timed else [],
+                             pa.string())
+    else:
+        val = split_speakers(speakers - held, val_fraction, seed)
+        val_clips = None
     splits = SPLITS if hold_out is not None else SPLITS[:2]
     if hold_out is None:
         (out_dir / "test.txt").unlink(missing_ok=True)
@@ -218,12 +253,14 @@ def write_file_lists(view: View, out_dir: Path, val_fraction: float = 0.05, seed
         with pq.ParquetWriter(parquet_partial, table_schema) as parquet:
             for batch in lister.kept(schema.columns(schema.CLIPS)):
                 batch = batch.take(pc.sort_indices(batch, [("clip_id", "ascending")]))
-                split = pc.if_else(pc.is_in(batch["speaker"], value_set=held_array), "test",
-                                   pc.if_else(pc.is_in(batch["speaker"], value_set=val_array), "val", "train"))
+                in_val = pc.is_in(batch["clip_id"] if val_clips is not None else batch["speaker"],
+                                  value_set=val_clips if val_clips is not None else val_array)
+                chosen = pc.if_else(pc.is_in(batch["speaker"], value_set=held_array), "test",
+                                    pc.if_else(in_val, "val", "train"))
                 paths = pa.array([str(root / p) for p in batch["path"].to_pylist()], pa.string())
-                batch = batch.append_column("split", split).append_column("abs_path", paths)
+                batch = batch.append_column("split", chosen).append_column("abs_path", paths)
                 parquet.write_table(batch.cast(table_schema))
-                for name, path, speaker, seconds in zip(split.to_pylist(), paths.to_pylist(),
+                for name, path, speaker, seconds in zip(chosen.to_pylist(), paths.to_pylist(),
                                                         batch["speaker"].to_pylist(), batch["duration_s"].to_pylist()):
                     lines[name].write(path + "\n")
                     count = counts[name]

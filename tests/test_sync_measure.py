@@ -1,6 +1,7 @@
-"""The weight-free sync measure (faces.speaking, the speaking cue): a face under its own speech scores above the
-same face under another person's speech or its own a second late; `curate eval-sync` reports it with or without
-SyncNet's weights."""
+"""What judging a personal model needs: the weight-free sync measure (faces.speaking, the speaking cue), where a
+face under its own speech scores above the same face under another person's speech or its own a second late,
+reported by `curate eval-sync` with or without SyncNet's weights; and validation clips disjoint in time from the
+training clips (`curate filelist --split time`)."""
 
 import json
 
@@ -66,3 +67,24 @@ def test_eval_sync_reports_the_cue_alone_without_syncnet_weights(readme_run, tmp
     assert main(["eval-sync", str(video), "--weight-free", "--json", "--config", str(config)]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and json.loads(captured.out)[0]["speaking_cue"] == row["speaking_cue"]
+
+
+def test_filelist_split_in_time_holds_out_the_end_of_each_speakers_footage(readme_run, tmp_path):
+    """`--split time` (a personal model's validation): each speaker's last clips in val, every val clip later in
+    its source than every train clip of that speaker, a speaker with one clip wholly in train."""
+    import pandas as pd
+
+    lists = tmp_path / "lists"
+    assert main(["filelist", str(readme_run["out"]), "--out", str(lists), "--split", "time",
+                 "--val-fraction", "0.3"]) == 0
+    split = pd.read_parquet(lists / "split.parquet")
+    for speaker, clips in split.groupby("speaker"):
+        if len(clips) == 1:
+            assert clips.split.tolist() == ["train"]
+            continue
+        train, val = clips[clips.split == "train"], clips[clips.split == "val"]
+        assert len(train) and len(val), speaker
+        assert val.start_frame.min() >= train.end_frame.max()
+    assert sorted((lists / "val.txt").read_text().split()) == sorted(split[split.split == "val"].abs_path)
+    assert set(split.speaker[split.split == "val"]) == set(split.speaker[split.split == "train"]) - {
+        s for s, c in split.groupby("speaker") if len(c) == 1}
