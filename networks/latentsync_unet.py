@@ -500,6 +500,11 @@ class LatentSyncUNet(nn.Module):
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
             block.gradient_checkpointing = on
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """What training.loop.fit calls for `train.gradient_checkpointing` (the experts' name for it). Without it
+        the loop never switched the U-Net's checkpointing on (bench/bench_memory.py found it)."""
+        self.enable_gradient_checkpointing(enabled)
+
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor | None = None
                 ) -> torch.Tensor:
         config = self.config
