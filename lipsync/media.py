@@ -6,8 +6,9 @@
   frames, which are never held.
 - `VideoWriter`: H.264 (CRF) with the input audio muxed at its own quality, interleaved as frames come, into
   a hidden partial file that takes the output's name only once complete.
-- `FrameSpool`: the upright frames kept on disk (lossless PNG) when the audio outlasts the video and the
-  video must be played back and forth without decoding it again or holding it in memory.
+- `FrameStore`: the upright frames kept when the audio outlasts the video and the video must be played back and
+  forth without decoding it again: in memory up to a bound (`Options.bounce_memory_mb`), beyond it on disk in a
+  `FrameSpool` (lossless PNG).
 """
 
 from __future__ import annotations
@@ -282,6 +283,49 @@ class FrameSpool:
 
     def close(self) -> None:
         self._file.close()
+
+
+class FrameStore:
+    """The frames of a video to be played back and forth: held in memory (copies) while they fit `limit_bytes`,
+    all moved to a `FrameSpool` on disk the moment one more would not, and spooled from then on. A short video's
+    frames are read back as they are, with no PNG round trip; a long one's memory stays at the bound."""
+
+    def __init__(self, limit_bytes: int, folder: Path | None = None):
+        self.limit_bytes = limit_bytes
+        self.folder = folder
+        self.held_bytes = 0                 # frames in memory now
+        self.peak_bytes = 0                 # and at most (a test reads it)
+        self._frames: list[np.ndarray] = []
+        self._spool: FrameSpool | None = None
+
+    @property
+    def spooled(self) -> bool:
+        return self._spool is not None
+
+    def __len__(self) -> int:
+        return len(self._spool) if self._spool is not None else len(self._frames)
+
+    def add(self, rgb: np.ndarray) -> None:
+        if self._spool is None and self.held_bytes + rgb.nbytes <= self.limit_bytes:
+            self._frames.append(rgb.copy())
+            self.held_bytes += rgb.nbytes
+            self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+            return
+        if self._spool is None:
+            self._spool = FrameSpool(self.folder)
+            for frame in self._frames:
+                self._spool.add(frame)
+            self._frames, self.held_bytes = [], 0
+        self._spool.add(rgb)
+
+    def get(self, index: int) -> np.ndarray:
+        """A copy of frame `index`, the caller's to change."""
+        return self._spool.get(index) if self._spool is not None else self._frames[index].copy()
+
+    def close(self) -> None:
+        self._frames, self.held_bytes = [], 0
+        if self._spool is not None:
+            self._spool.close()
 
 
 def bounce(k: int, frames: int) -> int:

@@ -1,9 +1,10 @@
 """The one small interface every lip-sync model has for the pipeline, and the Wav2Lip model behind it.
 
-A model says how it frames the face (`framing`), turns the whole 16 kHz speech into its audio features once
-(`prepare_audio`), and maps a batch of crops of consecutive output frames, with those frames' indices on the
-audio, to the same crops with a new lower half (`generate`). Crops are RGB uint8, size x size; the model does
-its own masking and reference frames. Nothing here knows about video files.
+A model says how it frames the face (`framing`), turns the 16 kHz speech into its audio features
+(`prepare_audio`: a reader of them, computed as the frames ask, a block at a time, so that their memory does not
+grow with the speech's length), and maps a batch of crops of consecutive output frames, with those frames'
+indices on the audio, to the same crops with a new lower half (`generate`). Crops are RGB uint8, size x size;
+the model does its own masking and reference frames. Nothing here knows about video files.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class LipsyncModel(Protocol):
     batch_size: int            # crops per `generate` call
 
     def prepare_audio(self, samples: np.ndarray) -> Any:
-        """Features of the whole speech (16 kHz mono int16), computed once."""
+        """The speech's features (16 kHz mono int16), read by `generate` in the output's order; held a block at a
+        time, not whole."""
 
     def generate(self, crops: np.ndarray, frames: list[int], audio: Any) -> np.ndarray:
         """New crops (B, S, S, 3) uint8 RGB for `crops` of output frames `frames`."""
@@ -80,21 +82,12 @@ class Wav2LipModel:
         chosen = framing or written or ("box" if generator.size == 96 else "template")
         return cls(generator, framing_named(chosen, generator.size), device, batch_size)
 
-    def prepare_audio(self, samples: np.ndarray) -> np.ndarray:
-        from media.mel import melspectrogram
-
-        mel = melspectrogram(samples.astype(np.float32) / 32768.0).astype(np.float32)
-        if mel.shape[1] < WINDOW:   # under 0.2 s of speech: silence after it fills the one window
-            mel = np.pad(mel, ((0, 0), (0, WINDOW - mel.shape[1])), constant_values=-4.0)
-        return mel
+    def prepare_audio(self, samples: np.ndarray) -> "MelWindows":
+        return MelWindows(samples)
 
     @torch.no_grad()
-    def generate(self, crops: np.ndarray, frames: list[int], audio: np.ndarray) -> np.ndarray:
-        from media.mel import mel_start
-
-        # the official inference's windows: 16 columns from the frame's start, the last ones ending at the end
-        last = audio.shape[1] - WINDOW
-        mel = np.stack([audio[:, min(mel_start(k), last):min(mel_start(k), last) + WINDOW] for k in frames])[:, None]
+    def generate(self, crops: np.ndarray, frames: list[int], audio: "MelWindows") -> np.ndarray:
+        mel = np.stack([audio.window(k) for k in frames])[:, None]
         bgr = torch.from_numpy(np.ascontiguousarray(crops[..., ::-1])).to(self.device)
         faces = bgr.permute(0, 3, 1, 2).float() / 255.0
         masked = faces.clone()
@@ -103,6 +96,38 @@ class Wav2LipModel:
         out = self.generator(torch.from_numpy(mel).to(self.device), inputs)
         picture = (out.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         return np.ascontiguousarray(picture[..., ::-1])
+
+
+class MelWindows:
+    """Wav2Lip's 16-column mel windows of the speech, frame k's as the official inference cuts them (16 columns
+    from int(80 k / 25), the last ones ending at the mel's end; under 0.2 s of speech, silence (-4) after it fills
+    the one window), computed a block of `BLOCK` columns at a time as the frames ask for them: the same values as
+    the whole speech's mel (`media.mel.mel_column_range`), with only a block held, whatever the speech's length.
+    Frames in increasing order (the output's) compute each column about once; any order works."""
+
+    BLOCK = 400   # columns (5 s): about 3 MB of the STFT's float64 temporaries
+
+    def __init__(self, samples: np.ndarray):
+        from media.mel import column_count
+
+        self.samples = samples
+        self.real = column_count(len(samples))
+        self.columns = max(self.real, WINDOW)
+        self.computed = 0                          # columns computed so far (a test reads it)
+        self._lo, self._block = 0, np.zeros((80, 0), np.float32)
+
+    def window(self, frame: int) -> np.ndarray:
+        from media.mel import mel_column_range, mel_start
+
+        start = min(mel_start(frame), self.columns - WINDOW)
+        if not self._lo <= start <= self._lo + self._block.shape[1] - WINDOW:
+            stop = min(start + self.BLOCK, self.columns)
+            block = mel_column_range(self.samples, start, stop)
+            if block.shape[1] < stop - start:      # past the speech's end (under 16 columns in all)
+                block = np.pad(block, ((0, 0), (0, stop - start - block.shape[1])), constant_values=-4.0)
+            self._lo, self._block = start, block
+            self.computed += block.shape[1]
+        return self._block[:, start - self._lo:start - self._lo + WINDOW]
 
 
 def framing_named(name: str, size: int) -> Framing:

@@ -2,8 +2,9 @@
 
 Per output frame k, in one pass over the decoded video:
 1. the source frame shown at k: frame k of the 25 fps timeline, or, when the audio outlasts the video, the
-   video played back and forth (`media.bounce`); the frames and their tracked faces are then spooled on the
-   first pass and read back, never decoded or tracked again;
+   video played back and forth (`media.bounce`); the frames and their tracked faces are then kept on the first
+   pass (`media.FrameStore`: in memory up to `Options.bounce_memory_mb`, on disk beyond it) and read back,
+   never decoded or tracked again;
 2. the face: tracked (`faces.FaceFollower`), its landmarks smoothed; a frame without it is written unchanged
    and counted;
 3. the crop in the model's framing, batched (`model.batch_size` crops of consecutive frames) into
@@ -15,8 +16,10 @@ On a GPU the model runs on a thread of its own (`Options.overlap`): while it mak
 pastes and encodes batch n - 1 and decodes, tracks and crops batch n + 1, so the GPU waits on the CPU stages
 only when they are slower than it. The output is the same either way.
 
-Only a batch of frames and the tracker's window are in memory at a time. The output appears under its name only
-once complete; a video in which the face is never found is an error, with nothing written.
+Only a batch of frames and the tracker's window are in memory at a time (and a video played back and forth,
+up to its bound); the audio's features are read a block at a time as the frames ask (`models.prepare_audio`).
+The output appears under its name only once complete; a video in which the face is never found is an error,
+with nothing written.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from faces.tracker import FrameView
 from lipsync.faces import FaceFollower, Tracked
 from lipsync.framing import crop
 from lipsync.media import (
-    FPS, SAMPLE_RATE, FrameSpool, LipsyncError, VideoReader, VideoWriter, bounce, frames_for, read_speech
+    FPS, SAMPLE_RATE, FrameStore, LipsyncError, VideoReader, VideoWriter, bounce, frames_for, read_speech
 )
 from lipsync.models import LipsyncModel
 from lipsync.paste import paste
@@ -53,6 +56,9 @@ class Options:
     # the model on a thread of its own, a batch behind: the next batch is decoded, tracked and cropped, and the
     # last one pasted and encoded, while it works (None: when the model is on a GPU, where that is free time)
     overlap: bool | None = None
+    # a video shorter than the audio is played back and forth from its frames kept in memory up to this many MB
+    # (512: 13 s at 540x960, 3.3 s at 1080x1920), from a lossless spool on disk beyond it
+    bounce_memory_mb: float = 512.0
 
 
 @dataclass
@@ -62,6 +68,8 @@ class Summary:
     without_face: int = 0               # written unchanged: the face was not found
     video_frames: int = 0               # the input video's frames at 25 fps
     looped: bool = False                # played back and forth to cover the audio
+    spooled: bool = False               # its frames did not fit bounce_memory_mb: read back from disk
+    frames_held_mb: float = 0.0         # the most frames held in memory for the way back, MB
     audio_s: float = 0.0
     audio_mode: str = ""
     faces_seen: int = 0                 # faces in the first frame with any
@@ -71,7 +79,8 @@ class Summary:
         total = sum(self.seconds.values())
         out = [f"wrote {self.output}: {self.frames} frames ({self.frames / FPS:.2f} s) for {self.audio_s:.2f} s "
                f"of audio, {self.without_face} without the face (written unchanged)"
-               + (f"; the {self.video_frames}-frame video played back and forth" if self.looped else "")
+               + (f"; the {self.video_frames}-frame video played back and forth "
+                  f"({'spooled to disk' if self.spooled else 'from memory'})" if self.looped else "")
                + f"; audio {self.audio_mode}"]
         for stage, seconds in self.seconds.items():
             rate = self.frames / seconds if seconds > 0 else float("inf")
@@ -134,7 +143,7 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
     # (a video about as long as the audio, a few frames short, turns back on the last frames, kept in memory)
     if spool_frames is None:
         spool_frames = reader.declared_s * FPS < total - TAIL + 2
-    spool = FrameSpool(out.parent) if spool_frames else None
+    spool = FrameStore(int(options.bounce_memory_mb * 2 ** 20), out.parent) if spool_frames else None
     faces_kept: list[np.ndarray | None] = []
     tail: deque[tuple[int, np.ndarray, np.ndarray | None]] = deque(maxlen=TAIL)   # the last frames, unpasted
     seen = 0
@@ -262,6 +271,8 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
         if batch:
             flush()
         drain()
+        if spool is not None:
+            summary.spooled, summary.frames_held_mb = spool.spooled, spool.peak_bytes / 2 ** 20
         with clock("encode"):
             writer.close()
         summary.frames = written

@@ -61,6 +61,29 @@ def melspectrogram(samples: np.ndarray) -> np.ndarray:
     return np.clip(8.0 * (decibels + 100.0) / 100.0 - 4.0, -4.0, 4.0).astype(np.float32)
 
 
+def column_count(num_samples: int) -> int:
+    """How many columns `melspectrogram` makes of `num_samples` samples: 1 + num_samples // 200."""
+    return 1 + num_samples // HOP
+
+
+def mel_column_range(samples: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Columns [start, stop) of `melspectrogram(samples)`, the same values, computed from only the samples they
+    cover (800 around each, and the one before for the pre-emphasis): a long speech's mel a block at a time."""
+    stop = min(stop, column_count(len(samples)))
+    if stop <= start:
+        return np.zeros((N_MELS, 0), np.float32)
+    first, last = start * HOP - N_FFT // 2, (stop - 1) * HOP + N_FFT // 2   # emphasised samples [first, last)
+    lo, hi = max(first - 1, 0), min(last, len(samples))
+    part = samples[lo:hi]
+    wav = part.astype(np.float64) / 32768.0 if part.dtype == np.int16 else part.astype(np.float64)
+    emphasised = lfilter([1.0, -0.97], [1.0], wav)[first - lo if first > 0 else 0:]   # the sample before: its state
+    padded = np.pad(emphasised, (max(-first, 0), last - max(first, 0) - len(emphasised)))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:stop - start]
+    magnitude = np.abs(np.fft.rfft(frames * get_window("hann", N_FFT, fftbins=True), axis=1)).T
+    decibels = 20.0 * np.log10(np.maximum(1e-5, mel_filterbank() @ magnitude)) - 20.0
+    return np.clip(8.0 * (decibels + 100.0) / 100.0 - 4.0, -4.0, 4.0).astype(np.float32)
+
+
 def mel_columns(num_frames: int) -> int:
     """Mel columns of a window of `num_frames` video frames, as the references cut them: 16 for Wav2Lip's 5
     frames, 52 for LatentSync's 16 (ceil(16 / 5 * 16))."""
