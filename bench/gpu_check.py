@@ -70,6 +70,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -689,8 +690,8 @@ def imported_distributions() -> list[str]:
         top = module.split(".")[0]
         if top in sys.stdlib_module_names or top in PROJECT or top.startswith("_") or top == "__main__":
             continue
-        for owner in owners.get(top, [top]):
-            names.add(owner.lower().replace("_", "-"))
+        for owner in owners.get(top, []):      # none: a module no distribution installed (cython_runtime)
+            names.add(re.sub(r"[-_.]+", "-", owner).lower())
     return sorted(names)
 
 
