@@ -62,7 +62,6 @@ distribution the run imported (`imported`), which tests/test_gpu_check.py holds 
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import importlib.util
 import itertools
@@ -720,7 +719,8 @@ def table(result: dict) -> str:
     lines = ["| section | what | figure |", "|---|---|---:|"]
     sections = result["sections"]
     for row in sections.get("sync", {}).get("rows", []):
-        figure = f"{row['windows_per_s']:,.0f} windows/s" if "windows_per_s" in row else row.get("skipped", "")
+        figure = (f"{row['windows_per_s']:,.{0 if row['windows_per_s'] >= 100 else 2}f} windows/s"
+                  if "windows_per_s" in row else row.get("skipped", ""))
         lines.append(f"| sync | {row['what']}, {row['dtype']}, batch {row.get('batch', '')} | {figure} |")
     for row in sections.get("hyperiqa", {}).get("rows", []):
         lines.append(f"| hyperiqa | {row['what']}, {row['dtype']}, batch {row['batch']} | {row['frames_per_s']:,.1f} frames/s |")
