@@ -64,7 +64,7 @@ def worker_pass(args) -> dict:
         from stages.speech import SpeechStage
         rate, fps = config.stages.resample.sample_rate, config.stages.resample.fps
         # loaded and called once (TorchScript optimizes its first calls), as a Ray worker has after its first clip
-        SpeechStage(config.stages.speech, rate, fps, 1).judge(np.zeros(rate, np.int16), fps)
+        SpeechStage(config.stages.speech, rate, fps).judge(np.zeros(rate, np.int16), fps)
     models_cpu = time.process_time() - t0
     out = Path(args.out)
     rows, sources = [], []
@@ -148,7 +148,7 @@ def worker_parts(args) -> dict:
 
     from stages.speech import SpeechStage
     t0 = time.process_time()
-    speech = SpeechStage(config.stages.speech, sample_rate, fps, 1)   # imports torch, loads the model
+    speech = SpeechStage(config.stages.speech, sample_rate, fps)   # loads the model (onnxruntime)
     speech_load_cpu = time.process_time() - t0
     speech.judge(clips[0][3][:sample_rate], fps)                       # warm
     speech_cpu = cpu_of(lambda: [speech.judge(audio, n) for *_, audio, n in clips], 1)

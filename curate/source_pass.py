@@ -223,8 +223,7 @@ class _Pass:
         self.face_on = "face" not in skip
         self.faces: FaceStage | None = None
         self.others: list[_OtherFace] = []   # the other faces' stages under several_faces: speaker
-        self.speech = None if config.skipped("speech") else SpeechStage(stages.speech, self.sample_rate, self.fps,
-                                                                         threads)
+        self.speech = None if config.skipped("speech") else SpeechStage(stages.speech, self.sample_rate, self.fps)
         self.analysis_width = stages.shots.analysis_width
         self.splitter = ClipSplitter(
             min_frames=round(stages.clips.min_seconds * self.fps),

@@ -69,7 +69,7 @@ class WriteParams(StrictSettings):
 
 
 class SpeechParams(StrictSettings):
-    enabled: bool = False
+    enabled: bool = True
     min_fraction: float = Field(0.5, ge=0, le=1)
     threshold: float = Field(0.5, gt=0, lt=1)
 

@@ -87,7 +87,7 @@ def hostile(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def result(hostile, tmp_path_factory, curate):
     out = tmp_path_factory.mktemp("hostile-out")
-    summary = curate(hostile, out, config_from_dict({"run": {"skip": ["face"]}}))
+    summary = curate(hostile, out, config_from_dict({"run": {"skip": ["face", "speech", "duplicates"]}}))
     sources = read_manifest(out, "sources").set_index("source_id")
     clips = read_manifest(out, "clips")
     return {"out": out, "summary": summary, "sources": sources, "clips": clips}
@@ -203,7 +203,7 @@ from curate.config import config_from_dict
 from curate.source_pass import process_source
 from curate.source_task import SourceTask
 
-config = config_from_dict({"run": {"skip": ["face"]}})
+config = config_from_dict({"run": {"skip": ["face", "speech", "duplicates"]}})
 for path in sys.argv[2:]:
     info = os.stat(path)
     task = SourceTask(source_id=os.path.basename(path), path=path, out_key=str(len(path)), output_dir=sys.argv[1],
@@ -244,7 +244,7 @@ try:
 except PermissionError:
     pass
 scan = scan_inputs(raw, InputSettings())
-config = config_from_dict({"run": {"skip": ["face"]}})
+config = config_from_dict({"run": {"skip": ["face", "speech", "duplicates"]}})
 source = scan.sources[0]
 task = SourceTask(source_id=source.source_id, path=source.path, out_key=source.out_key, output_dir=sys.argv[2],
                   size_bytes=source.size_bytes, mtime_ns=source.mtime_ns, fingerprints=config.stage_fingerprints())

@@ -73,7 +73,7 @@ def result(corpus, tmp_path_factory, curate):
     # the chain up to the clip writer; the face stage has its own tests (most of these sources have no face), and
     # so has the duplicates stage: here the rotated phone video, the file with cover art and the two marker files
     # are copies of others on purpose, each to be kept as a file of its own kind
-    summary = curate(corpus, out, config_from_dict({"run": {"skip": ["face", "duplicates"]}}))
+    summary = curate(corpus, out, config_from_dict({"run": {"skip": ["face", "speech", "duplicates"]}}))
     sources = read_manifest(out, "sources")
     clips = read_manifest(out, "clips")
     return {"raw": corpus, "out": out, "summary": summary, "sources": sources, "clips": clips, "before": before}

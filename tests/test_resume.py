@@ -13,9 +13,11 @@ from footage import GARDEN, KITCHEN, assert_same_run, downscaled, hard_cut, read
 from curate.config import config_from_dict
 
 
-def chain(stages: dict | None = None, skip=("face",)):
+def chain(stages: dict | None = None, skip=("face", "speech", "duplicates")):
     """A config for these tests: the chain without the face stage (resume works the same with it; see the
-    last test), with `stages` overriding defaults. A part only at the end of a run, never on the clock (a loaded
+    last test), the speech check (the test pattern's tone is no speech) and the duplicates check (kitchen.mp4 and
+    cut.mp4 share a clip, and which copy a run keeps depends on which finishes first), with `stages` overriding
+    defaults. A part only at the end of a run, never on the clock (a loaded
     machine would otherwise write a second one and the count of manifest files would say nothing)."""
     return config_from_dict({"run": {"skip": list(skip), "part_seconds": 3600}, "stages": stages or {}})
 
@@ -104,7 +106,7 @@ def test_a_killed_run_resumes_to_the_same_result(raw, tmp_path, curate):
     config = tmp_path / "parts.yaml"
     config.write_text("run:\n  part_sources: 1\n")   # a part per finished source
     command = [sys.executable, "-m", "curate.cli", "run", "--input", str(raw), "--output", str(out),
-               "--num-cpus", "1", "--no-progress", "--skip", "face", "--config", str(config)]
+               "--num-cpus", "1", "--no-progress", "--skip", "face,speech,duplicates", "--config", str(config)]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     parts = out / "manifests" / "sources"
     deadline = time.monotonic() + 240

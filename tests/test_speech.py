@@ -56,10 +56,11 @@ def test_a_talking_face_over_silence_or_noise_is_rejected_for_speech(tmp_path, t
 
 def test_the_minimum_is_a_setting_and_the_stage_can_be_left_out(tmp_path, talking_heads):
     source = garden_with(tmp_path / "silence.mp4", ["-f", "lavfi", "-i", "anullsrc=r=44100:cl=mono"])
-    [row] = clip_rows(source, tmp_path / "out", config_from_dict({"run": {"skip": ["speech", "face"]}}))
+    [row] = clip_rows(source, tmp_path / "out", config_from_dict({"run": {"skip": ["speech", "face"]}}))  # silence kept
     assert row["status"] == "kept" and row["speech_status"] == "skipped" and row["speech_fraction"] is None
     base, looser = (config_from_dict({"stages": {"speech": {"enabled": True, **s}}}).stage_fingerprints()
                     for s in ({}, {"min_fraction": 0.2}))
-    assert config_from_dict({}).skipped("speech")   # off unless asked for
+    assert not config_from_dict({}).skipped("speech")   # on by default
+    assert config_from_dict({"stages": {"speech": {"enabled": False}}}).skipped("speech")
     assert [stage for stage in base if base[stage] != looser[stage]] == ["speech", "write", "sync", "quality",
                                                                       "duplicates"]
