@@ -65,8 +65,9 @@ def open_view(output_dir: Path) -> View:
 # -- rejects --------------------------------------------------------------------------------------
 
 REJECT_COLUMNS = ["kind", "source_id", "clip_id", "start_s", "end_s", "reject_stage", "reject_reason",
-                  "reject_detail", "face_size_px", "face_detection_rate", "sync_offset", "sync_conf",
-                  "quality_score", "path"]
+                  "reject_detail", "face_size_px", "face_detection_rate", "face_yaw_deg", "face_off_pose_share",
+                  "face_mouth_sharpness", "speech_fraction", "speaker_cue", "sync_offset", "sync_conf",
+                  "quality_score", "duplicates_of", "path"]
 
 
 # where a row's reject_stage comes from: the scan, a source task that failed as a whole, or a stage

@@ -540,3 +540,6 @@ def test_curate_rejects_lists_new_reasons(run, tmp_path, capsys):
     assert main(["rejects", str(out), "--reason", "not_the_speaker", "--format", "csv"]) == 0
     table = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
     assert sorted(table.reject_stage) == ["face", "sync"] and (table.reject_detail == "made by the test").all()
+    # the new checks' scores come with each row, so a user can see why without opening the manifest
+    assert {"face_yaw_deg", "face_mouth_sharpness", "speech_fraction", "speaker_cue", "duplicates_of"} <= set(table.columns)
+    assert (table.face_mouth_sharpness == template["face_mouth_sharpness"]).all()
