@@ -45,7 +45,7 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
     run.add_argument("--num-cpus", type=int, metavar="N", help="CPUs for the embedded Ray (default: all)")
     run.add_argument("--skip", action="append", default=[], metavar="STAGE",
                      help="leave stages out (repeatable, or comma-separated): shots (a source is one shot), speech, face (clips "
-                          "unaligned, no sync), sync, quality")
+                          "unaligned, no sync), sync, quality, duplicates")
     run.add_argument("--dry-run", action="store_true", help="show what would be done, do nothing")
     progress_flags(run, "progress bars")
     run.set_defaults(handler=handlers["run"])
