@@ -187,7 +187,7 @@ def _u8(*shape) -> torch.Tensor:
     return torch.randint(0, 256, shape, dtype=torch.uint8)
 
 
-def _syncnet(small: bool) -> Built:
+def _syncnet(small: bool, batch: int | None = None) -> Built:
     from curate.training_config import load_training_config
     from training.expert import ExpertRecipe
 
@@ -197,14 +197,14 @@ def _syncnet(small: bool) -> Built:
     recipe = ExpertRecipe("stable", model_config)
     frames = model_config["visual_encoder"]["in_channels"] // 3
     side = config.data.resolution or (64 if small else 256)
-    b = 8 if small else config.train.batch_size
+    b = batch or (8 if small else config.train.micro_batch)
     batch = {"frames": _u8(b, frames, side // 2, side, 3), "mel": torch.randn(b, 1, 80, 52),
              "label": (torch.arange(b) % 2).float()}
     return Built(recipe, recipe.build_model(), None, [], dataclasses.replace(config.train, batch_size=b),
                  batch, torch.bfloat16)
 
 
-def _wav2lip(small: bool, gan: bool) -> Built:
+def _wav2lip(small: bool, gan: bool, batch: int | None = None) -> Built:
     from curate.training_config import load_wav2lip_config
     from networks.syncnet.wav2lip_expert import Wav2LipExpert
     from training.wav2lip import GanSettings, Wav2LipRecipe
@@ -214,14 +214,14 @@ def _wav2lip(small: bool, gan: bool) -> Built:
     expert = Wav2LipExpert()
     recipe = Wav2LipRecipe(size, expert, config.loss, GanSettings() if gan else None)
     recipe.sync_on = True          # the expert's loss learnt from: its backward through the expert is kept
-    b = 2 if small else config.train.batch_size
+    b = batch or (2 if small else config.train.micro_batch)
     batch = {"faces": _u8(b, 5, size, size, 3), "references": _u8(b, 5, size, size, 3),
              "mels": torch.randn(b, 5, 1, 80, 16), "mel": torch.randn(b, 1, 80, 16)}
     return Built(recipe, recipe.build_model(), recipe.build_adversary(), [expert],
                  dataclasses.replace(config.train, batch_size=b), batch, torch.bfloat16)
 
 
-def _latentsync(stage: str, resolution: int, small: bool) -> Built:
+def _latentsync(stage: str, resolution: int, small: bool, batch: int | None = None) -> Built:
     from curate.training_config import load_latentsync_config
     from networks.latentsync import VAE_CONFIG, build_vae
     from networks.lpips import LPIPS
@@ -262,7 +262,7 @@ def _latentsync(stage: str, resolution: int, small: bool) -> Built:
     recipe._device = torch.device("cpu")
     if isinstance(torch.empty(0), _fake_type()):
         _draws_outside_fake(recipe)
-    b = 1 if small or resolution == 512 else loop.batch_size   # LatentSync's stage2_512.yaml: batch 1
+    b = batch or (1 if small or resolution == 512 else loop.micro_batch)   # our 512 run: batch 1, as theirs
     frames = 16
     batch = {"faces": _u8(b, frames, resolution, resolution, 3), "references": _u8(b, frames, resolution, resolution, 3),
              "mel": torch.randn(b, 1, 80, 52), "audio": torch.randn(b, frames, 50, recipe.unet.cross_attention_dim),
@@ -292,13 +292,14 @@ def _draws_outside_fake(recipe) -> None:
     recipe._draws = draws
 
 
-def build(name: str, small: bool) -> Built:
+def build(name: str, small: bool, batch: int | None = None) -> Built:
+    """The step `name` at the config's micro-batch (one GPU), or at `batch`."""
     if name == "syncnet-stable":
-        return _syncnet(small)
+        return _syncnet(small, batch)
     if name in ("wav2lip", "wav2lip-gan"):
-        return _wav2lip(small, name == "wav2lip-gan")
+        return _wav2lip(small, name == "wav2lip-gan", batch)
     stage = name.removeprefix("latentsync-").removesuffix("-512")
-    return _latentsync(stage, 512 if name.endswith("-512") else 256, small)
+    return _latentsync(stage, 512 if name.endswith("-512") else 256, small, batch)
 
 
 def _autocast(dtype):
@@ -347,8 +348,9 @@ def train_steps(built: Built, tracker, steps: int = 2) -> list[dict]:
     return after
 
 
-def measure_training(name: str, fake: bool, small: bool = False, checkpointing: bool | None = None) -> dict:
-    return measure_built(name, lambda: build(name, small), fake, checkpointing)
+def measure_training(name: str, fake: bool, small: bool = False, checkpointing: bool | None = None,
+                     batch: int | None = None) -> dict:
+    return measure_built(name, lambda: build(name, small, batch), fake, checkpointing)
 
 
 def measure_built(name: str, make, fake: bool, checkpointing: bool | None = None) -> dict:
@@ -375,6 +377,35 @@ def measure_built(name: str, make, fake: bool, checkpointing: bool | None = None
     return result
 
 
+@contextlib.contextmanager
+def _real_schedule(fake: bool):
+    """The DDIM schedule made on real tensors, and each step given its timestep as a number: under fake tensors
+    `schedule.step` cannot read a timestep's value (the sampler's loop over the timesteps makes them fake, so
+    the numbers are read from the schedule, in the order the loop takes them). A few hundred bytes: the same
+    peak."""
+    import networks.latentsync as latentsync
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    original = latentsync.scheduler
+
+    def real(*args, **kwargs):
+        with unset_fake_temporarily():
+            schedule = original(*args, **kwargs)
+        step, numbers = schedule.step, iter(schedule.timesteps.tolist())
+
+        def step_at_number(output, timestep, sample, **options):
+            return step(output, next(numbers), sample, **options)
+
+        schedule.step = step_at_number
+        return schedule
+
+    latentsync.scheduler = real if fake else original
+    try:
+        yield
+    finally:
+        latentsync.scheduler = original
+
+
 def measure_inference(resolution: int, windows: int, fake: bool, small: bool = False, steps: int = 20) -> dict:
     """The sampler over `windows` windows of 16 frames in a row; the peak and the live bytes after each window."""
     from networks.latentsync import VAE_CONFIG, LatentSyncSampler, build_vae
@@ -384,7 +415,7 @@ def measure_inference(resolution: int, windows: int, fake: bool, small: bool = F
     started = time.perf_counter()
     torch.manual_seed(0)
     dtype = torch.float16
-    with (fake_modules() if fake else contextlib.nullcontext()):
+    with (fake_modules() if fake else contextlib.nullcontext()), _real_schedule(fake):
         if small:
             unet = LatentSyncUNet(UNetConfig.from_config_dict(
                 {"block_out_channels": [32, 64, 64, 64], "layers_per_block": 1, "norm_num_groups": 8,
@@ -437,6 +468,8 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=8, help="inference windows in a row (against 1)")
     parser.add_argument("--no-checkpointing", default="", help="steps also measured with gradient checkpointing off")
     parser.add_argument("--small", action="store_true", help="the small configs (a quick check)")
+    parser.add_argument("--batch", type=int, help="the micro-batch of every training step (default: the config's;"
+                        " LatentSync's published figures are at its yaml's batch_size 1)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -460,11 +493,11 @@ def main() -> int:
                 run(measure_inference, resolution, 1, False, args.small, steps=2)
                 run(measure_inference, resolution, 1, True, args.small, steps=2)
             continue
-        run(measure_training, name, True, args.small)
+        run(measure_training, name, True, args.small, batch=args.batch)
         if name in args.no_checkpointing.split(","):
-            run(measure_training, name, True, args.small, checkpointing=False)
+            run(measure_training, name, True, args.small, checkpointing=False, batch=args.batch)
         if name in real:
-            run(measure_training, name, False, args.small)
+            run(measure_training, name, False, args.small, batch=args.batch)
     pairs = {}
     for r in results:
         pairs.setdefault((r["step"], r.get("windows"), r["after_step"].__len__()), {})[r["mode"]] = r

@@ -261,6 +261,10 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
     sync.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N, mps (default: a GPU when there is one)")
     sync.add_argument("--batch-size", type=int, metavar="N", help="faces per model call (Wav2Lip: default 128 on a "
                       "GPU, 16 on the CPU; LatentSync: its window, 16)")
+    sync.add_argument("--bounce-memory-mb", type=float, default=512.0, metavar="MB",
+                      help="a video shorter than the audio is played back and forth from its frames held in memory "
+                           "up to this many MB, from a lossless spool on disk beyond it (default 512: 13 s at "
+                           "540x960, 3.3 s at 1080x1920)")
     sync.add_argument("--backend", choices=["dlib", "fan"], help="face landmarks (default: stages.face.backend)")
     sync.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (face stage, models folder)")
     progress_flags(sync, "the progress bar")

@@ -132,6 +132,8 @@ def run_lipsync(args) -> int:
             raise RunError(f"output {out}: the output is an MP4 file (.mp4)")
         if out.resolve() in (video.resolve(), audio.resolve()):
             raise RunError(f"output {out} is one of the inputs; inputs are never overwritten")
+    if args.bounce_memory_mb < 0:
+        raise RunError(f"--bounce-memory-mb must be 0 or more, not {args.bounce_memory_mb:g}")
     config = load_config(args.config)
     face_params = config.stages.face
     if args.backend:
@@ -144,7 +146,7 @@ def run_lipsync(args) -> int:
         raise RunError(str(exc)) from None
     model = load_model(args, config)
     options = Options(face=args.face, crf=args.crf, preset=args.preset, audio=args.audio_mode,
-                      face_params=face_params)
+                      face_params=face_params, bounce_memory_mb=args.bounce_memory_mb)
     failed = 0
     for video, audio, out in jobs:
         bar = _bar(args.progress, out.name)

@@ -262,10 +262,12 @@ def curate_cli(*args) -> subprocess.CompletedProcess:
 
 def test_the_command_single_and_batch(work, tmp_path, generator_file, monkeypatch, capsys):
     out = tmp_path / "one.mp4"
-    result = curate_cli("lipsync", work / "kitchen.mp4", work / "speech.wav", "-o", out, "--checkpoint",
-                        generator_file, "--no-progress", "--preset", "ultrafast")
+    # 3.2 s of speech over the 2 s video: played back and forth, its frames spooled past --bounce-memory-mb
+    result = curate_cli("lipsync", work / "kitchen.mp4", work / "speech_long.m4a", "-o", out, "--checkpoint",
+                        generator_file, "--no-progress", "--preset", "ultrafast", "--bounce-memory-mb", "1")
     assert result.returncode == 0, result.stderr
-    assert f"wrote {out}: 40 frames" in result.stdout and out.exists()
+    assert f"wrote {out}: 80 frames" in result.stdout and out.exists()
+    assert "spooled to disk" in result.stdout, result.stdout
 
     faceless = tmp_path / "pattern.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1", "-f", "lavfi", "-i",
@@ -290,7 +292,9 @@ def test_the_command_single_and_batch(work, tmp_path, generator_file, monkeypatc
     assert not (tmp_path / "x.mp4").exists()
     for args, message in [((work / "kitchen.mp4", work / "speech.wav", "-o", work / "kitchen.mp4"), "is one of the inputs"),
                           ((work / "kitchen.mp4", tmp_path / "nope.wav", "-o", tmp_path / "y.mp4"), "does not exist"),
-                          ((work / "kitchen.mp4",), "give VIDEO AUDIO -o OUT.mp4")]:
+                          ((work / "kitchen.mp4",), "give VIDEO AUDIO -o OUT.mp4"),
+                          ((work / "kitchen.mp4", work / "speech.wav", "-o", tmp_path / "z.mp4",
+                            "--bounce-memory-mb", "-1"), "--bounce-memory-mb must be 0 or more")]:
         assert main(["lipsync", *map(str, args), "--checkpoint", str(generator_file)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("curate: error:") and message in err and err.count("\n") == 1, err
