@@ -111,6 +111,19 @@ def test_the_small_configs_load(arch):
     assert config.train.batch_size == 16 and config.data.num_workers == 1
 
 
+def test_the_personal_and_one_gpu_configs_load():
+    """The personal model's pair (one speaker, a small batch, validations every 100 steps, checkpoints kept for
+    the curve) and the one-window LatentSync override, for every stage."""
+    expert = load_training_config("wav2lip", ROOT / "configs" / "syncnet-wav2lip-personal.yaml")
+    generator = load_wav2lip_config(ROOT / "configs" / "wav2lip-personal.yaml")
+    assert expert.train.validate_every == generator.train.validate_every == 100
+    assert generator.model.size == 96 and generator.train.keep_checkpoints >= generator.train.max_steps // 100
+    for stage in ("1", "2", "2-efficient"):
+        config = load_latentsync_config(stage, ROOT / "configs" / "latentsync-one-gpu-24gb.yaml")
+        assert config.train.micro_batch == 1 and config.train.gradient_checkpointing
+        assert config.loss == load_latentsync_config(stage).loss
+
+
 def test_model_and_training_step_code_import_only_torch():
     """What runs on a bare GPU machine: the networks, the mel, the recipe and the loop load no Ray, PyAV or
     pydantic."""
