@@ -265,6 +265,10 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
                       help="a video shorter than the audio is played back and forth from its frames held in memory "
                            "up to this many MB, from a lossless spool on disk beyond it (default 512: 13 s at "
                            "540x960, 3.3 s at 1080x1920)")
+    sync.add_argument("--preview", action="store_true",
+                      help="also write OUT.preview.png: 8 frames' faces as given and as generated, and the mouth's "
+                           "opening of each against the speech with their weight-free sync cues (runs the "
+                           "landmark model twice per frame)")
     sync.add_argument("--backend", choices=["dlib", "fan"], help="face landmarks (default: stages.face.backend)")
     sync.add_argument("--config", type=Path, metavar="YAML", help="pipeline config (face stage, models folder)")
     progress_flags(sync, "the progress bar")

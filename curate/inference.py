@@ -146,7 +146,8 @@ def run_lipsync(args) -> int:
         raise RunError(str(exc)) from None
     model = load_model(args, config)
     options = Options(face=args.face, crf=args.crf, preset=args.preset, audio=args.audio_mode,
-                      face_params=face_params, bounce_memory_mb=args.bounce_memory_mb)
+                      face_params=face_params, bounce_memory_mb=args.bounce_memory_mb, preview=args.preview,
+                      preview_max_lag=config.stages.sync.max_offset)
     failed = 0
     for video, audio, out in jobs:
         bar = _bar(args.progress, out.name)

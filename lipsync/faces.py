@@ -23,6 +23,7 @@ class Tracked:
     index: int
     view: FrameView
     landmarks: np.ndarray | None    # smoothed, upright frame pixels; None: the face is not in this frame
+    found: FaceFrame                # the tracker's own: unsmoothed landmarks, the box its landmark model was given
 
 
 class FacePicker:
@@ -75,7 +76,7 @@ class FaceFollower:
                 nearby = {i: self.held[i][1].landmarks for i in range(index - self.lag, index + self.lag + 1)
                           if i in self.held and self.held[i][1].present}
                 landmarks = face_align.smoothed(nearby, index, self.params.smooth_sigma_frames, 0)
-            out.append(Tracked(index, view, landmarks))
+            out.append(Tracked(index, view, landmarks, record))
             self.out += 1
             self.held.pop(index - self.lag, None)   # its last use was as the oldest neighbour of this frame
         return out

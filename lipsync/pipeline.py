@@ -19,7 +19,8 @@ only when they are slower than it. The output is the same either way.
 Only a batch of frames and the tracker's window are in memory at a time (and a video played back and forth,
 up to its bound); the audio's features are read a block at a time as the frames ask (`models.prepare_audio`).
 The output appears under its name only once complete; a video in which the face is never found is an error,
-with nothing written.
+with nothing written. With `Options.preview`, `lipsync.preview` gathers per frame only the mouths' openings (input
+and written) and about 8 frames' faces, and draws OUT.preview.png once the video is written.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from lipsync.media import (
 )
 from lipsync.models import LipsyncModel
 from lipsync.paste import paste
+from lipsync.preview import Preview, PreviewRecorder
 
 
 @dataclass
@@ -59,6 +61,10 @@ class Options:
     # a video shorter than the audio is played back and forth from its frames kept in memory up to this many MB
     # (512: 13 s at 540x960, 3.3 s at 1080x1920), from a lossless spool on disk beyond it
     bounce_memory_mb: float = 512.0
+    # OUT.preview.png beside the output: ~8 frames as given and as written, their mouths' opening against the
+    # speech and the weight-free sync cue of each (runs the landmark model again on every written face)
+    preview: bool = False
+    preview_max_lag: int = 6            # the cue's lag range, frames (the sync stage's max_offset)
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Summary:
     audio_s: float = 0.0
     audio_mode: str = ""
     faces_seen: int = 0                 # faces in the first frame with any
+    preview: Preview | None = None      # with Options.preview
     seconds: dict = field(default_factory=lambda: defaultdict(float))
 
     def lines(self) -> list[str]:
@@ -82,6 +89,8 @@ class Summary:
                + (f"; the {self.video_frames}-frame video played back and forth "
                   f"({'spooled to disk' if self.spooled else 'from memory'})" if self.looped else "")
                + f"; audio {self.audio_mode}"]
+        if self.preview is not None:
+            out.append(self.preview.line())
         for stage, seconds in self.seconds.items():
             rate = self.frames / seconds if seconds > 0 else float("inf")
             out.append(f"  {stage:<8} {seconds:7.2f} s  {rate:8.1f} frames/s")
@@ -144,6 +153,7 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
     if spool_frames is None:
         spool_frames = reader.declared_s * FPS < total - TAIL + 2
     spool = FrameStore(int(options.bounce_memory_mb * 2 ** 20), out.parent) if spool_frames else None
+    preview = PreviewRecorder(total, backend) if options.preview else None
     faces_kept: list[np.ndarray | None] = []
     tail: deque[tuple[int, np.ndarray, np.ndarray | None]] = deque(maxlen=TAIL)   # the last frames, unpasted
     seen = 0
@@ -165,12 +175,20 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
     def finish(items: list, with_face: list, matrices: list, made) -> None:
         """Paste a batch's new faces (`made`: the model's result, or its future) and encode its frames."""
         nonlocal written
+        if preview is not None:
+            with clock("preview"):
+                for frame, landmarks, k in items:
+                    preview.before(k, frame, landmarks)
         if with_face:
             faces, seconds = made.result() if worker is not None else made
             summary.seconds["model"] += seconds      # the model's own time, on whichever thread
             with clock("paste"):
                 for (_, item), face, matrix in zip(with_face, faces, matrices):
                     paste(item[0], face, matrix, item[1], options.feather)
+        if preview is not None:
+            with clock("preview"):
+                for frame, landmarks, k in items:
+                    preview.after(k, k if k < seen else bounce(k, seen), frame, landmarks)
         with clock("encode"):
             for frame, landmarks, _ in items:
                 writer.write(frame)
@@ -211,6 +229,9 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
             return   # the audio is shorter: the video is cut
         frame = np.ascontiguousarray(tracked.view.full(3))
         seen = tracked.index + 1
+        if preview is not None:
+            with clock("preview"):
+                preview.source(tracked)
         if spool is not None:
             with clock("spool"):
                 spool.add(frame)
@@ -276,6 +297,14 @@ def _lipsync(video: Path, audio: Path, out: Path, model: LipsyncModel, options: 
         with clock("encode"):
             writer.close()
         summary.frames = written
+        if preview is not None:
+            strip = out.with_suffix(".preview.png")
+            try:
+                with clock("preview"):
+                    summary.preview = preview.finish(strip, seen, speech, options.preview_max_lag,
+                                                     f"{out.name}: {model.name}")
+            except OSError as exc:
+                raise LipsyncError(f"wrote {out}, but not its preview: {exc.strerror or exc}") from None
         return summary
     except BaseException:
         if writer is not None:

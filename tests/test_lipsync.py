@@ -1,6 +1,7 @@
 """`curate lipsync` end to end on real talking heads made small: the frames the audio covers, the input's audio,
 only the mouth changed, frames without the face untouched, any frame rate and rotation, audio longer and shorter
-than the video, the face chosen among two, and every bad input a clear error that writes nothing.
+than the video, the face chosen among two, the preview strip beside the output, and every bad input a clear
+error that writes nothing.
 
 The generator is Wav2Lip's architecture with seeded random weights: what it draws is no mouth, but the pipeline
 around it is the one the trained and official models run through, and what changes where is exactly measurable.
@@ -96,9 +97,15 @@ def assert_only_the_mouth_changed(result: np.ndarray, source: np.ndarray) -> Non
     assert diff[box].mean() > max(3.0, 5 * rest.mean()), (diff[box].mean(), rest.mean())   # the model's mouth
 
 
-def test_the_output_has_the_audios_frames_its_sound_and_only_the_mouth_changed(model, work, tmp_path):
-    out = tmp_path / "out.mp4"
-    summary = render(model, work / "kitchen.mp4", work / "speech.wav", out)
+@pytest.fixture(scope="module")
+def previewed(model, work, tmp_path_factory):
+    """1.6 s of speech over the 2 s video, with the preview strip (which leaves the video as it is)."""
+    out = tmp_path_factory.mktemp("previewed") / "out.mp4"
+    return out, render(model, work / "kitchen.mp4", work / "speech.wav", out, preview=True)
+
+
+def test_the_output_has_the_audios_frames_its_sound_and_only_the_mouth_changed(previewed, work):
+    out, summary = previewed
     assert summary.frames == 40 and summary.without_face == 0 and not summary.looped   # 1.6 s at 25 fps
     source, result = frames_of(work / "kitchen.mp4"), frames_of(out)
     assert len(result) == 40 and result[0].shape == source[0].shape
@@ -127,6 +134,7 @@ def test_aac_audio_is_copied_untouched_and_a_shorter_video_plays_back_and_forth(
     out = tmp_path / "out.mp4"
     summary = render(model, work / "kitchen.mp4", work / "speech_long.m4a", out)
     assert summary.looped and summary.audio_mode == "copy" and summary.video_frames == 50
+    assert summary.preview is None and sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]   # no strip
     assert summary.frames == 80                       # 3.2 s of audio, from a 2 s video
     source, result = frames_of(work / "kitchen.mp4"), frames_of(out)
     assert len(result) == 80
@@ -268,6 +276,7 @@ def test_the_command_single_and_batch(work, tmp_path, generator_file, monkeypatc
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}: 80 frames" in result.stdout and out.exists()
     assert "spooled to disk" in result.stdout, result.stdout
+    assert not out.with_suffix(".preview.png").exists() and "preview" not in result.stdout
 
     faceless = tmp_path / "pattern.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1", "-f", "lavfi", "-i",
@@ -276,9 +285,12 @@ def test_the_command_single_and_batch(work, tmp_path, generator_file, monkeypatc
     pairs.write_text(f"video,audio,output\n{work / 'kitchen.mp4'},{work / 'speech.wav'},\n"
                      f"{faceless},{work / 'speech.wav'},nobody.mp4\n")
     result = curate_cli("lipsync", "--pairs", pairs, "--out", tmp_path / "batch", "--checkpoint", generator_file,
-                        "--no-progress", "--preset", "ultrafast")
+                        "--no-progress", "--preset", "ultrafast", "--preview")
     assert result.returncode == 1
     assert (tmp_path / "batch" / "kitchen__speech.mp4").exists() and not (tmp_path / "batch" / "nobody.mp4").exists()
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == \
+        ["kitchen__speech.mp4", "kitchen__speech.preview.png"]
+    assert f"preview {tmp_path / 'batch' / 'kitchen__speech.preview.png'}: weight-free sync cue " in result.stdout
     assert "1 of 2 videos written, 1 failed" in result.stdout
     assert result.stderr.count("curate: error:") == 1 and "no face found" in result.stderr
 
@@ -298,6 +310,52 @@ def test_the_command_single_and_batch(work, tmp_path, generator_file, monkeypatc
         assert main(["lipsync", *map(str, args), "--checkpoint", str(generator_file)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("curate: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_the_preview_strip_shows_the_faces_given_and_generated_and_their_sync_cues(previewed, work):
+    import cv2
+    from PIL import Image
+
+    out, summary = previewed
+    preview = summary.preview
+    assert preview.path == out.with_name("out.preview.png") and preview.path.is_file()
+    assert preview.path.stat().st_size < 300_000
+    picture = Image.open(preview.path)
+    width, height = picture.size
+    assert 8 * 96 < width < 1400 and 2 * 96 + 150 < height < 700, picture.size
+    png = np.asarray(picture.convert("RGB")).astype(np.int16)
+    # 8 frames evenly over the 40 written; the two scores finite, and in the summary
+    assert preview.frames == [0, 6, 11, 17, 22, 28, 33, 39]
+    assert np.isfinite(preview.input_cue.score) and np.isfinite(preview.generated_cue.score)
+    assert preview.line() in summary.lines()
+    assert f"{preview.generated_cue.score:.3f} generated" in preview.line()
+
+    source, result = frames_of(work / "kitchen.mp4"), frames_of(out)
+
+    def tile(box):
+        x0, y0, x1, y1 = box
+        return png[y0:y1, x0:x1]
+
+    def cut(frame, crop, box):
+        x0, y0, x1, y1 = crop
+        size = (box[2] - box[0], box[3] - box[1])
+        return cv2.resize(frame[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA).astype(np.int16)
+
+    def error(a, b):
+        return float(np.abs(a - b).mean())
+
+    column, k = 4, preview.frames[4]
+    crop, given, generated = preview.crops[column], tile(preview.tiles[0][column]), tile(preview.tiles[1][column])
+    mouth_rows, mouth_cols = lower_face_box(source[k], margin=0)
+    assert crop[0] <= mouth_cols.start and mouth_cols.stop <= crop[2] and crop[1] <= mouth_rows.start \
+        and mouth_rows.stop <= crop[3], (crop, mouth_rows, mouth_cols)   # cut around the face
+    # the first row is that input frame, the second the written one (256 colours: within a few levels)
+    assert error(given, cut(source[k], crop, preview.tiles[0][column])) < 4
+    assert error(given, cut(source[39], crop, preview.tiles[0][column])) > 12
+    assert error(generated, cut(result[k], crop, preview.tiles[1][column])) < 4
+    # and they differ in the mouth only
+    rows = given.shape[0]
+    assert error(given[:rows // 3], generated[:rows // 3]) < 1 and error(given[rows // 2:], generated[rows // 2:]) > 5
 
 
 def test_a_video_whose_header_overstates_its_length_still_plays_back_and_forth(model, work, tmp_path):
