@@ -248,8 +248,9 @@ def summary(run_dir: Path) -> str:
                        f"{last['val_windows']} windows)")
         elif "val_l1" in last:   # a generator
             out.append(f"val:     loss {last['val_loss']:.4f}; lower half: L1 {last['val_l1']:.4f} (copying the "
-                       f"reference: {last['val_copy_l1']:.4f}), PSNR {last['val_psnr']:.2f} dB, SSIM "
-                       f"{last['val_ssim']:.3f}; expert's sync loss {last['val_sync']:.3f} (real frames: "
+                       f"reference: {last['val_copy_l1']:.4f}), PSNR {last['val_psnr']:.2f} dB "
+                       f"({last.get('val_copy_psnr', float('nan')):.2f}), SSIM {last['val_ssim']:.3f} "
+                       f"({last.get('val_copy_ssim', float('nan')):.3f}); expert's sync loss {last['val_sync']:.3f} (real frames: "
                        f"{last['val_sync_truth']:.3f}; weight {last['val_sync_weight']:g}) "
                        f"(step {last['step']}, {last['val_windows']} windows)")
         else:

@@ -26,8 +26,8 @@ so a resumed run keeps it (the reference forgets it when restarted), and shared 
 
 Validation (rank 0, fixed seeded windows of the val clips, self-reenactment with each clip's own audio, so
 the truth is known), on the lower half, which is all the generator has to make:
-`l1`, `psnr` (dB), `ssim` of the generated lower half against the truth; `copy_l1`, the L1 of copying the
-reference's lower half instead (the baseline a generator must beat); `sync`, the expert's loss on the
+`l1`, `psnr` (dB), `ssim` of the generated lower half against the truth; `copy_l1`, `copy_psnr`, `copy_ssim`,
+the same of copying the reference's lower half instead (the baseline a generator must beat); `sync`, the expert's loss on the
 generated windows (what switches s on), and `sync_truth`, its loss on the real ones (what the expert thinks
 of the data itself); `loss` = l1 + s_on * sync with s_on the weight s takes once on, whether or not it is on
 yet, so that one yardstick ranks every checkpoint of the run (`best.json`) across the switch.
@@ -151,6 +151,8 @@ class Wav2LipRecipe:
         self.plot_panels = (
             Panel("loss", (("loss", "train loss"), ("val_loss", "val loss (L1 + s_on x sync)"))),
             Panel("lower-half L1 (validation)", (("val_l1", "generated"), ("val_copy_l1", "copying the reference"))),
+            Panel("lower-half PSNR, dB (validation)", (("val_psnr", "generated"),
+                                                        ("val_copy_psnr", "copying the reference"))),
             Panel("expert sync loss", (("sync", "train"), ("val_sync", "val, generated"),
                                        ("val_sync_truth", "val, real frames")),
                   (loss.sync_on_below, "switched on below")),
@@ -233,7 +235,7 @@ class Wav2LipRecipe:
     def validate(self, model: nn.Module, device: torch.device) -> dict:
         if self.val_batches is None:
             return {}
-        keys = ("l1", "copy_l1", "psnr", "ssim", "sync", "sync_truth")
+        keys = ("l1", "copy_l1", "psnr", "copy_psnr", "ssim", "copy_ssim", "sync", "sync_truth")
         sums, windows = dict.fromkeys(keys, 0.0), 0
         half = self.size // 2
         for batch in self.val_batches():
@@ -242,11 +244,13 @@ class Wav2LipRecipe:
             made, truth, copied = (x[..., half:, :] for x in (generated, target, reference))
             n, frames = len(made), made.shape[2]
             per_frame = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731  (B T, 3, h, w)
-            mse = (per_frame(made) - per_frame(truth)).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+            psnr = lambda x: (-10 * torch.log10(  # noqa: E731  (per window, the mean of its frames')
+                (per_frame(x) - per_frame(truth)).pow(2).flatten(1).mean(1).clamp_min(1e-10))).view(n, frames).mean(1)
             mel = batch["mel"].to(device)
             values = {"l1": (made - truth).abs().flatten(1).mean(1), "copy_l1": (copied - truth).abs().flatten(1).mean(1),
-                      "psnr": (-10 * torch.log10(mse)).view(n, frames).mean(1),
+                      "psnr": psnr(made), "copy_psnr": psnr(copied),
                       "ssim": ssim(per_frame(made), per_frame(truth)).view(n, frames).mean(1),
+                      "copy_ssim": ssim(per_frame(copied), per_frame(truth)).view(n, frames).mean(1),
                       "sync": self._sync(generated, mel), "sync_truth": self._sync(target, mel)}
             for key in keys:
                 sums[key] += float(values[key].sum())
