@@ -212,6 +212,31 @@ def _filelist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shards(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from curate.results import open_view, write_file_lists
+    from curate.shards import write_shards
+    from curate.words import counted
+
+    if not 0 <= args.val_fraction < 1:
+        raise RunError("--val-fraction must be at least 0 and below 1")
+    if args.shard_size <= 0:
+        raise RunError(f"--shard-size must be above 0, not {args.shard_size:g}")
+    with tempfile.TemporaryDirectory(prefix="curate-shards-") as folder:
+        lists = write_file_lists(open_view(args.output), Path(folder), args.val_fraction, args.seed,
+                                 args.min_confidence, args.min_quality, args.speaker_pattern, None, args.split)
+        table = pq.read_table(lists.written["split"])
+    written = write_shards(table, args.out, int(args.shard_size * 1e6))
+    print(f"shards: {counted(len(written.new_shards), 'new shard')}, {counted(written.new_samples, 'new clip')}"
+          f" ({written.kept_samples} already there) -> {args.out}")
+    for split, count in sorted(written.samples_by_split.items()):
+        print(f"{split}: {counted(count, 'clip')}")
+    return 0
+
+
 def _train_syncnet(args: argparse.Namespace) -> int:
     from curate.train import train_syncnet
 
@@ -298,6 +323,7 @@ def parser_of_commands():
         "report": _report,
         "rejects": _rejects,
         "filelist": _filelist,
+        "shards": _shards,
         "train_syncnet": _train_syncnet,
         "train_wav2lip": _train_wav2lip,
         "train_latentsync": _train_latentsync,

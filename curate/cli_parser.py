@@ -23,6 +23,23 @@ def run_flags(trainer: argparse.ArgumentParser) -> None:
     progress_flags(trainer, "the progress bar")
 
 
+def split_flags(parser) -> None:
+    """How `curate filelist` and `curate shards` choose and split the kept clips."""
+    parser.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
+                       help="share of speakers for validation (default 0.05; at least one speaker when there are two)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the speaker split (default 0)")
+    parser.add_argument("--split", choices=["speaker", "time"], default="speaker",
+                       help="speaker: whole speakers in val (default); time: each speaker's last --val-fraction of "
+                            "footage in val, disjoint in time from train (one speaker's personal model)")
+    parser.add_argument("--min-confidence", type=float, metavar="X", help="keep only clips with SyncNet confidence >= X "
+                       "(default: every kept clip; the run's own threshold already applied)")
+    parser.add_argument("--min-quality", type=float, metavar="Y", help="keep only clips with HyperIQA score >= Y "
+                       "(default: every kept clip; the run's own threshold already applied)")
+    parser.add_argument("--speaker-pattern", metavar="REGEX",
+                       help="the speaker is this regex's first group, searched in the source path relative to the "
+                            "input (HDTF: '([^/]+)_[0-9]+[.][^.]+$' groups WDA_BarackObama_000 and _001)")
+
+
 def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> argparse.ArgumentParser:
     """Every command with its flags; `handlers` maps each command's name (run, eval_sync, ...) to its function."""
     parser = argparse.ArgumentParser(
@@ -115,24 +132,26 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
     lists.add_argument("output", type=Path, metavar="OUT_DIR")
     lists.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for train.txt, val.txt and "
                        "split.parquet (made if missing; the files are replaced)")
-    lists.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
-                       help="share of speakers for validation (default 0.05; at least one speaker when there are two)")
-    lists.add_argument("--seed", type=int, default=0, help="seed of the speaker split (default 0)")
-    lists.add_argument("--split", choices=["speaker", "time"], default="speaker",
-                       help="speaker: whole speakers in val (default); time: each speaker's last --val-fraction of "
-                            "footage in val, disjoint in time from train (one speaker's personal model)")
-    lists.add_argument("--min-confidence", type=float, metavar="X", help="keep only clips with SyncNet confidence >= X "
-                       "(default: every kept clip; the run's own threshold already applied)")
-    lists.add_argument("--min-quality", type=float, metavar="Y", help="keep only clips with HyperIQA score >= Y "
-                       "(default: every kept clip; the run's own threshold already applied)")
-    lists.add_argument("--speaker-pattern", metavar="REGEX",
-                       help="the speaker is this regex's first group, searched in the source path relative to the "
-                            "input (HDTF: '([^/]+)_[0-9]+[.][^.]+$' groups WDA_BarackObama_000 and _001)")
+    split_flags(lists)
     lists.add_argument("--hold-out-speakers", type=Path, metavar="FILE",
                        help="speakers whose clips go to DIR/test.txt, never to train or val: one a line, a "
                             "speaker id (id00017, WDA_BarackObama) or a path or address holding VoxCeleb2's "
                             "idNNNNN (without it, an earlier test.txt in DIR is removed)")
     lists.set_defaults(handler=handlers["filelist"])
+
+    shards = commands.add_parser(
+        "shards", help="the kept clips as WebDataset tar shards (a local folder or any fsspec URL), split by speaker",
+        description="Write the kept clips, split as `curate filelist` splits them, into SPLIT-NNNNNN.tar shards of "
+                    "about --shard-size each under OUT (a folder, or an fsspec URL: s3://, gs://, memory://), one "
+                    "sample per clip (KEY.mp4, KEY.npz, KEY.mel.npy, KEY.json), and OUT/index.parquet listing "
+                    "every sample's shard, split, clip, speaker and size. Run again after more curation, it adds "
+                    "the new clips in new shards and leaves the old ones as they are.")
+    shards.add_argument("output", type=Path, metavar="OUT_DIR", help="the curation run")
+    shards.add_argument("--out", required=True, metavar="DIR_OR_URL", help="where the shards go")
+    shards.add_argument("--shard-size", type=float, default=1000.0, metavar="MB",
+                        help="shard size in MB (default 1000; a clip larger than it is a shard alone)")
+    split_flags(shards)
+    shards.set_defaults(handler=handlers["shards"])
 
     train = commands.add_parser("train", help="train a model on curated clips (the lip-sync experts, Wav2Lip, LatentSync)")
     trainers = train.add_subparsers(dest="trainer", required=True, metavar="MODEL")

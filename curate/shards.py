@@ -1,0 +1,152 @@
+"""`curate shards`: the kept clips as WebDataset tar shards, on a local folder or any fsspec URL.
+
+One sample per clip, under a key made from its clip id (WebDataset splits a member's name at the first dot
+after the last slash, so the key has no dots):
+
+- `KEY.mp4`: the clip as curated, byte for byte;
+- `KEY.npz`: its side file (landmarks, affine matrices; `docs/output.md`);
+- `KEY.mel.npy`: the mel spectrogram the trainers prepare (`training.clips.prepare_clip` computes the same);
+- `KEY.json`: the clip's row of the split table (`curate filelist`'s split.parquet: its manifest columns,
+  `speaker` and `split`, without the machine's absolute path).
+
+Shards are `SPLIT-NNNNNN.tar`, filled to about `shard_bytes` (a sample is never split; one larger than the
+size is a shard alone), and written as `.partial` then renamed, so a reader never sees half a shard.
+`index.parquet` lists every sample: its shard, split, key, clip id, speaker, bytes and seconds. A later call
+with more clips appends: clips already in the index are left where they are, new shards continue the
+numbering, old shards are never rewritten; only the index is replaced (whole, by rename).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+INDEX = "index.parquet"
+INDEX_SCHEMA = pa.schema([("shard", pa.string()), ("split", pa.string()), ("key", pa.string()),
+                          ("clip_id", pa.string()), ("speaker", pa.string()), ("bytes", pa.int64()),
+                          ("duration_s", pa.float64())])
+
+
+def sample_key(clip_id: str) -> str:
+    """A clip id as a WebDataset key: percent-escaped, dots included (a dot would end the key)."""
+    return quote(clip_id, safe="/-_").replace(".", "%2E")
+
+
+@dataclass
+class ShardsWritten:
+    root: str
+    new_shards: list[str] = field(default_factory=list)
+    new_samples: int = 0
+    kept_samples: int = 0          # already in the index, left as they were
+    samples_by_split: dict[str, int] = field(default_factory=dict)
+
+
+def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0     # no times: the same clips give the same bytes
+    return info, io.BytesIO(data)
+
+
+def sample_members(row: dict, key: str) -> list[tuple[str, bytes]]:
+    """The files of one clip's sample, in the order a reader wants them (the manifest row last)."""
+    from media.mel import melspectrogram
+    from training.clips import clip_audio
+
+    clip = Path(row["abs_path"])
+    side = clip.with_suffix(".npz")
+    _, samples = clip_audio(str(clip))
+    mel = io.BytesIO()
+    np.save(mel, melspectrogram(samples))
+    manifest = {k: v for k, v in row.items() if k != "abs_path"}
+    return [(f"{key}.mp4", clip.read_bytes()), (f"{key}.npz", side.read_bytes() if side.is_file() else b""),
+            (f"{key}.mel.npy", mel.getvalue()),
+            (f"{key}.json", json.dumps(manifest, default=str, sort_keys=True).encode())]
+
+
+def _read_index(fs, root: str) -> pa.Table:
+    path = f"{root}/{INDEX}"
+    if not fs.exists(path):
+        return INDEX_SCHEMA.empty_table()
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle).cast(INDEX_SCHEMA)
+
+
+def _next_number(index: pa.Table, split: str) -> int:
+    names = [name for name in index["shard"].to_pylist() if name.startswith(f"{split}-")]
+    return max((int(name[len(split) + 1:-4]) for name in names), default=-1) + 1
+
+
+def write_shards(split_table: pa.Table, out: str, shard_bytes: int = 10 ** 9) -> ShardsWritten:
+    """Write the clips of `split_table` (split.parquet's columns) not yet in OUT's index as shards."""
+    import fsspec
+
+    if shard_bytes <= 0:
+        raise ValueError(f"the shard size must be above 0, not {shard_bytes}")
+    fs, root = fsspec.core.url_to_fs(str(out))
+    root = root.rstrip("/")
+    fs.makedirs(root, exist_ok=True)
+    index = _read_index(fs, root)
+    written = ShardsWritten(str(out), kept_samples=len(index))
+    known = pa.array(index["clip_id"].to_pylist(), pa.string())
+    new = split_table.filter(pc.invert(pc.is_in(split_table["clip_id"], value_set=known)))
+    new = new.take(pc.sort_indices(new, [("split", "ascending"), ("clip_id", "ascending")]))
+    added, numbers = [], {}
+    shard = None
+
+    def close() -> None:
+        nonlocal shard
+        if shard is not None:
+            tar, handle, name = shard
+            tar.close()
+            handle.close()
+            fs.mv(f"{root}/{name}.partial", f"{root}/{name}")
+            written.new_shards.append(name)
+            shard = None
+
+    try:
+        size, split = 0, None
+        for row in (r for batch in new.to_batches(4096) for r in batch.to_pylist()):
+            key = sample_key(row["clip_id"])
+            members = sample_members(row, key)
+            sample = sum(512 + -(-len(data) // 512) * 512 for _, data in members)   # tar headers and padding
+            if shard is not None and (row["split"] != split or size + sample > shard_bytes):
+                close()
+            if shard is None:
+                split, size = row["split"], 0
+                number = numbers.get(split, _next_number(index, split))
+                numbers[split] = number + 1
+                name = f"{split}-{number:06d}.tar"
+                handle = fs.open(f"{root}/{name}.partial", "wb")
+                shard = (tarfile.open(fileobj=handle, mode="w|", format=tarfile.USTAR_FORMAT), handle, name)
+            for member, data in members:
+                info, stream = _member(member, data)
+                shard[0].addfile(info, stream)
+            size += sample
+            added.append({"shard": shard[2], "split": split, "key": key, "clip_id": row["clip_id"],
+                          "speaker": row["speaker"], "bytes": sample, "duration_s": row.get("duration_s")})
+        close()
+    except BaseException:
+        if shard is not None:
+            shard[0].close()
+            shard[1].close()
+            fs.rm(f"{root}/{shard[2]}.partial")
+        raise
+    whole = pa.concat_tables([index, pa.Table.from_pylist(added, INDEX_SCHEMA)]) if added else index
+    if added or not fs.exists(f"{root}/{INDEX}"):
+        buffer = io.BytesIO()
+        pq.write_table(whole, buffer)
+        fs.pipe_file(f"{root}/{INDEX}.partial", buffer.getvalue())
+        fs.mv(f"{root}/{INDEX}.partial", f"{root}/{INDEX}")
+    written.new_samples = len(added)
+    written.samples_by_split = {s: int(n) for s, n in zip(*np.unique(whole["split"].to_numpy(zero_copy_only=False),
+                                                                     return_counts=True))} if len(whole) else {}
+    return written
