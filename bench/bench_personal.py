@@ -60,13 +60,9 @@ def with_speech(video: Path, speech: np.ndarray, out: Path) -> Path:
 
 
 def wav(samples: np.ndarray, out: Path) -> Path:
-    import wave
+    from lipsync.media import write_speech
 
-    with wave.open(str(out), "wb") as file:
-        file.setnchannels(1)
-        file.setsampwidth(2)
-        file.setframerate(16000)
-        file.writeframes(samples.astype(np.int16).tobytes())
+    write_speech(samples, out)
     return out
 
 

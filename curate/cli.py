@@ -218,7 +218,7 @@ def _shards(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from curate.results import open_view, write_file_lists
-    from curate.shards import write_shards
+    from curate.shards import ShardError, write_shards
     from curate.words import counted
 
     if not 0 <= args.val_fraction < 1:
@@ -229,7 +229,10 @@ def _shards(args: argparse.Namespace) -> int:
         lists = write_file_lists(open_view(args.output), Path(folder), args.val_fraction, args.seed,
                                  args.min_confidence, args.min_quality, args.speaker_pattern, None, args.split)
         table = pq.read_table(lists.written["split"])
-    written = write_shards(table, args.out, int(args.shard_size * 1e6))
+    try:
+        written = write_shards(table, args.out, int(args.shard_size * 1e6))
+    except ShardError as exc:
+        raise RunError(str(exc)) from None
     print(f"shards: {counted(len(written.new_shards), 'new shard')}, {counted(written.new_samples, 'new clip')}"
           f" ({written.kept_samples} already there) -> {args.out}")
     for split, count in sorted(written.samples_by_split.items()):

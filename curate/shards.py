@@ -41,6 +41,10 @@ def sample_key(clip_id: str) -> str:
     return quote(clip_id, safe="/-_").replace(".", "%2E")
 
 
+class ShardError(ValueError):
+    """A clip that cannot be put in a shard, or an output that cannot be written; the message says which."""
+
+
 @dataclass
 class ShardsWritten:
     root: str
@@ -58,17 +62,25 @@ def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 def sample_members(row: dict, key: str) -> list[tuple[str, bytes]]:
     """The files of one clip's sample, in the order a reader wants them (the manifest row last)."""
+    from manifests.rejected import Rejected
+    from media.frames import FFmpegError
     from media.mel import melspectrogram
     from training.clips import clip_audio
 
     clip = Path(row["abs_path"])
     side = clip.with_suffix(".npz")
-    _, samples = clip_audio(str(clip))
+    try:
+        video, side_file = clip.read_bytes(), side.read_bytes() if side.is_file() else b""
+        _, samples = clip_audio(str(clip))
+    except Rejected as exc:
+        raise ShardError(f"clip {clip}: {exc.reason}: {exc.detail}") from None
+    except (OSError, FFmpegError, ValueError) as exc:
+        raise ShardError(f"clip {clip} cannot be read ({type(exc).__name__}: {exc}); the run's folder must be "
+                         "as `curate run` left it") from None
     mel = io.BytesIO()
     np.save(mel, melspectrogram(samples))
     manifest = {k: v for k, v in row.items() if k != "abs_path"}
-    return [(f"{key}.mp4", clip.read_bytes()), (f"{key}.npz", side.read_bytes() if side.is_file() else b""),
-            (f"{key}.mel.npy", mel.getvalue()),
+    return [(f"{key}.mp4", video), (f"{key}.npz", side_file), (f"{key}.mel.npy", mel.getvalue()),
             (f"{key}.json", json.dumps(manifest, default=str, sort_keys=True).encode())]
 
 
@@ -85,15 +97,25 @@ def _next_number(index: pa.Table, split: str) -> int:
     return max((int(name[len(split) + 1:-4]) for name in names), default=-1) + 1
 
 
+def _write_index(fs, root: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    fs.pipe_file(f"{root}/{INDEX}.partial", buffer.getvalue())
+    fs.mv(f"{root}/{INDEX}.partial", f"{root}/{INDEX}")
+
+
 def write_shards(split_table: pa.Table, out: str, shard_bytes: int = 10 ** 9) -> ShardsWritten:
     """Write the clips of `split_table` (split.parquet's columns) not yet in OUT's index as shards."""
     import fsspec
 
     if shard_bytes <= 0:
         raise ValueError(f"the shard size must be above 0, not {shard_bytes}")
-    fs, root = fsspec.core.url_to_fs(str(out))
-    root = root.rstrip("/")
-    fs.makedirs(root, exist_ok=True)
+    try:
+        fs, root = fsspec.core.url_to_fs(str(out))
+        root = root.rstrip("/")
+        fs.makedirs(root, exist_ok=True)
+    except (ImportError, ValueError, OSError) as exc:   # an unknown protocol, its package missing, no access
+        raise ShardError(f"--out {out}: {exc}") from None
     index = _read_index(fs, root)
     written = ShardsWritten(str(out), kept_samples=len(index))
     known = pa.array(index["clip_id"].to_pylist(), pa.string())
@@ -112,6 +134,7 @@ def write_shards(split_table: pa.Table, out: str, shard_bytes: int = 10 ** 9) ->
             written.new_shards.append(name)
             shard = None
 
+    whole_samples = True      # the open shard holds only whole samples
     try:
         size, split = 0, None
         for row in (r for batch in new.to_batches(4096) for r in batch.to_pylist()):
@@ -127,25 +150,30 @@ def write_shards(split_table: pa.Table, out: str, shard_bytes: int = 10 ** 9) ->
                 name = f"{split}-{number:06d}.tar"
                 handle = fs.open(f"{root}/{name}.partial", "wb")
                 shard = (tarfile.open(fileobj=handle, mode="w|", format=tarfile.USTAR_FORMAT), handle, name)
+            whole_samples = False
             for member, data in members:
                 info, stream = _member(member, data)
                 shard[0].addfile(info, stream)
+            whole_samples = True
             size += sample
             added.append({"shard": shard[2], "split": split, "key": key, "clip_id": row["clip_id"],
                           "speaker": row["speaker"], "bytes": sample, "duration_s": row.get("duration_s")})
         close()
     except BaseException:
-        if shard is not None:
+        if shard is not None and whole_samples:      # the failure came before its next sample: it is whole
+            close()
+        elif shard is not None:
             shard[0].close()
             shard[1].close()
             fs.rm(f"{root}/{shard[2]}.partial")
+        # the shards finished before the failure go in the index, so a rerun goes on after them
+        done = [r for r in added if r["shard"] in written.new_shards]
+        if done:
+            _write_index(fs, root, pa.concat_tables([index, pa.Table.from_pylist(done, INDEX_SCHEMA)]))
         raise
     whole = pa.concat_tables([index, pa.Table.from_pylist(added, INDEX_SCHEMA)]) if added else index
     if added or not fs.exists(f"{root}/{INDEX}"):
-        buffer = io.BytesIO()
-        pq.write_table(whole, buffer)
-        fs.pipe_file(f"{root}/{INDEX}.partial", buffer.getvalue())
-        fs.mv(f"{root}/{INDEX}.partial", f"{root}/{INDEX}")
+        _write_index(fs, root, whole)
     written.new_samples = len(added)
     written.samples_by_split = {s: int(n) for s, n in zip(*np.unique(whole["split"].to_numpy(zero_copy_only=False),
                                                                      return_counts=True))} if len(whole) else {}

@@ -111,16 +111,9 @@ def region_scores(made: Path, truth: Path, region: tuple[float, float, float, fl
 
 def _write_speech(clip: Path, target: Path, seconds: float) -> None:
     """The first `seconds` of the clip's own audio, as a 16 kHz mono WAV."""
-    import wave
+    from lipsync.media import SAMPLE_RATE, read_speech, write_speech
 
-    from lipsync.media import SAMPLE_RATE, read_speech
-
-    samples = read_speech(clip)[:int(seconds * SAMPLE_RATE)]
-    with wave.open(str(target), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(SAMPLE_RATE)
-        handle.writeframes(samples.astype("<i2").tobytes())
+    write_speech(read_speech(clip)[:int(seconds * SAMPLE_RATE)], target)
 
 
 def _lse(videos: list[str], weights: str, device) -> dict:

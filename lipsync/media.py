@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import wave
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -122,6 +123,15 @@ def read_speech(path: Path) -> np.ndarray:
     if samples.size < SAMPLES_PER_FRAME:
         raise LipsyncError(f"audio {path} holds {samples.size / SAMPLE_RATE:.3f} s of sound, less than one frame")
     return samples
+
+
+def write_speech(samples: np.ndarray, target: Path) -> None:
+    """16 kHz mono int16 samples as a WAV file (what `read_speech` gives back)."""
+    with wave.open(str(target), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(SAMPLE_RATE)
+        handle.writeframes(np.asarray(samples).astype("<i2").tobytes())
 
 
 def frames_for(samples: int) -> int:

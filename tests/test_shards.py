@@ -116,3 +116,36 @@ def test_a_bad_shard_size_is_refused(readme_run, tmp_path, capsys):
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_a_missing_clip_stops_with_its_name_and_the_finished_shards_stay_indexed(readme_run, tmp_path):
+    """A clip gone from the run's folder (the table says where it was): a one-line error naming it; the shards
+    finished before it are in the index, no partial file is left, and a rerun with the clip back goes on."""
+    import shutil
+
+    from curate.shards import ShardError, write_shards
+
+    assert main(["filelist", str(readme_run["out"]), "--out", str(tmp_path / "lists")]) == 0
+    table = pq.read_table(tmp_path / "lists" / "split.parquet").sort_by([("split", "ascending"),
+                                                                          ("clip_id", "ascending")])
+    # the third clip's file, copied aside and its path in the table pointed at the copy, then removed
+    rows = table.to_pylist()
+    moved = tmp_path / "moved.mp4"
+    shutil.copy(rows[2]["abs_path"], moved)
+    rows[2]["abs_path"] = str(moved)
+    broken = table.from_pylist(rows, table.schema)
+    moved.unlink()
+    shards = tmp_path / "shards"
+    with pytest.raises(ShardError, match=f"clip {moved} cannot be read"):
+        write_shards(broken, str(shards), shard_bytes=1)       # one clip a shard
+    index = pq.read_table(shards / "index.parquet").to_pylist()
+    assert [r["clip_id"] for r in index] == [rows[0]["clip_id"], rows[1]["clip_id"]]
+    assert sorted(p.name for p in shards.iterdir()) == sorted({r["shard"] for r in index} | {"index.parquet"})
+    again = write_shards(table, str(shards), shard_bytes=1)
+    assert again.kept_samples == 2 and again.new_samples == len(rows) - 2
+
+
+def test_an_output_url_no_filesystem_reads_is_refused_in_one_line(readme_run, capsys):
+    assert main(["shards", str(readme_run["out"]), "--out", "nosuchprotocol://bucket/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("curate: error: --out nosuchprotocol://bucket/x") and err.count("\n") == 1, err
