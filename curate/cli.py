@@ -218,7 +218,7 @@ def _shards(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from curate.results import open_view, write_file_lists
-    from curate.shards import ShardError, write_shards
+    from curate.shards import ShardError, write_shards, installed_encoder
     from curate.words import counted
 
     if not 0 <= args.val_fraction < 1:
@@ -229,12 +229,21 @@ def _shards(args: argparse.Namespace) -> int:
         lists = write_file_lists(open_view(args.output), Path(folder), args.val_fraction, args.seed,
                                  args.min_confidence, args.min_quality, args.speaker_pattern, None, args.split)
         table = pq.read_table(lists.written["split"])
+    encoder, why_not = installed_encoder()
     try:
-        written = write_shards(table, args.out, int(args.shard_size * 1e6))
+        written = write_shards(table, args.out, int(args.shard_size * 1e6), encoder)
     except ShardError as exc:
         raise RunError(str(exc)) from None
     print(f"shards: {counted(len(written.new_shards), 'new shard')}, {counted(written.new_samples, 'new clip')}"
           f" ({written.kept_samples} already there) -> {args.out}")
+    if written.skipped:
+        shown = "".join(f"\n  {clip}: {why}" for clip, why in written.skipped[:20])
+        more = f"\n  ... and {len(written.skipped) - 20} more" if len(written.skipped) > 20 else ""
+        print(f"curate: warning: {counted(len(written.skipped), 'clip')} not written, the trainers would skip "
+              f"them:{shown}{more}", file=sys.stderr)
+    if encoder is None and written.new_samples:
+        print(f"curate: note: no Whisper features in the new samples ({why_not}); `curate train latentsync` "
+              "needs them", file=sys.stderr)
     for split, count in sorted(written.samples_by_split.items()):
         print(f"{split}: {counted(count, 'clip')}")
     return 0

@@ -40,6 +40,10 @@ def split_flags(parser) -> None:
                             "input (HDTF: '([^/]+)_[0-9]+[.][^.]+$' groups WDA_BarackObama_000 and _001)")
 
 
+LISTS_HELP = ("a `curate filelist` folder, a list of clip paths, or `curate shards`' shards (their folder or URL, "
+              "holding index.parquet)")
+
+
 def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> argparse.ArgumentParser:
     """Every command with its flags; `handlers` maps each command's name (run, eval_sync, ...) to its function."""
     parser = argparse.ArgumentParser(
@@ -162,7 +166,7 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
                     "checkpoints (the model in its official layout, and what a continued run needs), "
                     "metrics.jsonl and metrics.png. Rerunning the same command continues from the last "
                     "checkpoint. The clips' mel spectrograms are computed once and cached (data.cache_dir).")
-    expert.add_argument("lists", type=Path, metavar="LISTS", help="a `curate filelist` folder, or a list of clip paths")
+    expert.add_argument("lists", metavar="LISTS", help=LISTS_HELP)
     expert.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
     expert.add_argument("--arch", choices=["stable", "wav2lip"], default="stable",
                         help="stable: StableSyncNet, 16 frames (LatentSync 1.5/1.6); wav2lip: Wav2Lip's 5-frame "
@@ -183,7 +187,7 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
                     "wav2lip_train.py's without). Everything goes to RUN: checkpoints (wav2lip.pth, and "
                     "wav2lip_disc.pth with --gan, in the official layout; what a continued run needs), "
                     "metrics.jsonl and metrics.png. Rerunning the same command continues from the last checkpoint.")
-    generator.add_argument("lists", type=Path, metavar="LISTS", help="a `curate filelist` folder, or a list of clip paths")
+    generator.add_argument("lists", metavar="LISTS", help=LISTS_HELP)
     generator.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
     generator.add_argument("--syncnet", type=Path, metavar="EXPERT",
                            help="Wav2Lip's lip-sync expert: lipsync_expert.pth, or a run folder of `curate train "
@@ -211,7 +215,7 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
                     "metrics.jsonl, metrics.png, samples/. The VAE and Whisper come from the models folder "
                     "(`curate models download latentsync`), and LPIPS and TREPA for the stages that use them "
                     "(`... lpips`, `... trepa`). Rerunning the same command continues from the last checkpoint.")
-    unet.add_argument("lists", type=Path, metavar="LISTS", help="a `curate filelist` folder, or a list of clip paths")
+    unet.add_argument("lists", metavar="LISTS", help=LISTS_HELP)
     unet.add_argument("--out", required=True, type=Path, metavar="RUN", help="the run folder")
     unet.add_argument("--stage", required=True, choices=["1", "2", "2-efficient"],
                       help="LatentSync's stage1.yaml, stage2.yaml or stage2_efficient.yaml recipe")
@@ -235,7 +239,7 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
                     "loss and accuracy over in-sync and shifted pairs, offset accuracy (the best of the shifts "
                     "-15..+15 frames within one frame of 0) and the median best shift.")
     judge.add_argument("checkpoint", type=Path, metavar="CKPT")
-    judge.add_argument("lists", type=Path, metavar="LISTS")
+    judge.add_argument("lists", metavar="LISTS", help=LISTS_HELP)
     judge.add_argument("--split", choices=["val", "train", "all"], default="val", help="which clips (default val)")
     judge.add_argument("--max-clips", type=int, metavar="N", help="at most N clips (default: data.val_clips, 256)")
     judge.add_argument("--config", type=Path, metavar="YAML", help="a training config (its data: section)")

@@ -37,7 +37,11 @@ def eval_syncnet(args) -> int:
     if not paths:
         raise RunError(f"{lists.source} has no {args.split} clips")
     framing = framing_of(expert.arch, expert.config, settings.resolution or expert.resolution)
-    _, clips = prepare_clips(Lists([], paths, lists.source), settings, framing)
+    chosen = None
+    if lists.shards is not None:
+        train, val = lists.shards
+        chosen = ([], {"val": val, "train": train, "all": train + val}[args.split])
+    _, clips = prepare_clips(Lists([], paths, lists.source, chosen), settings, framing)
     windows = ValWindows(clips, framing, settings, seed=0)
     if not len(windows):
         raise RunError(f"none of the {len(paths)} {args.split} clips is long enough to evaluate (it takes "

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from curate.errors import RunError, writable_folder
-from curate.train_data import attach_whisper, prepare_clips, ray_map
+from curate.train_data import attach_whisper, prepare_clips, ray_map, sample_clip_files
 from curate.train_weights import (
     checked_expert, checked_generator, checked_init, checked_unet_init, expert_file, latentsync_weights
 )
@@ -36,7 +36,7 @@ def train_syncnet(args) -> int:
     init = checked_init(args.init, args.arch) if args.init else None
     lists = _lists(args)
     framing = framing_of(args.arch, model_config, config.data.resolution)
-    identity = {"trainer": "syncnet", "arch": args.arch, **_list_identity(args), "init": init,
+    identity = {"trainer": "syncnet", "arch": args.arch, **_list_identity(args, lists), "init": init,
                 "config": config.run_identity()}
     return _run_training(
         args, config, lists, identity,
@@ -61,13 +61,13 @@ def train_wav2lip(args) -> int:
     init = checked_generator(args.init, size) if args.init else None
     lists = _lists(args)
     loop = dataclasses.replace(config.train, betas=config.gan.generator_betas) if args.gan else config.train
-    identity = {"trainer": "wav2lip", **_list_identity(args), "syncnet": expert, "gan": bool(args.gan),
+    identity = {"trainer": "wav2lip", **_list_identity(args, lists), "syncnet": expert, "gan": bool(args.gan),
                 "init": init, "config": config.run_identity()}
 
     def job(train, val, run_dir):
         samples = None
         if config.samples.clips and val:
-            samples = SampleVideos(str(run_dir), tuple(sorted(c.path for c in val))[:config.samples.clips], size,
+            samples = SampleVideos(str(run_dir), sample_clip_files(val, config.samples.clips, run_dir / "sample_clips"), size,
                                    config.samples.seconds, syncnet_weights())
         return Wav2LipJob(size, config.data, loop, config.loss, config.gan if args.gan else None, expert, train,
                           val, str(run_dir), init, on_validate=samples)
@@ -96,7 +96,7 @@ def train_latentsync(args) -> int:
     init = None if args.prepare else (checked_unet_init(args.init, unet, stage) if args.init else None)
     lists = _lists(args)
     resolution = config.model.resolution
-    identity = {"trainer": "latentsync", "stage": args.stage, **_list_identity(args), "init": init,
+    identity = {"trainer": "latentsync", "stage": args.stage, **_list_identity(args, lists), "init": init,
                 "syncnet": weights.get("expert"), "config": config.run_identity()}
     if not args.prepare:
         print(_trainable_line(unet, stage))
@@ -112,7 +112,7 @@ def train_latentsync(args) -> int:
 
             renderer = LatentSyncRenderer(weights["vae"], weights["whisper"], resolution, config.samples.steps,
                                           config.samples.guidance, config.train.seed)
-            samples = SampleVideos(str(run_dir), tuple(sorted(c.path for c in val))[:config.samples.clips],
+            samples = SampleVideos(str(run_dir), sample_clip_files(val, config.samples.clips, run_dir / "sample_clips"),
                                    resolution, config.samples.seconds, syncnet_weights(), renderer,
                                    mouth_region(resolution))
         return LatentSyncJob(args.stage, unet, resolution, config.data, config.train, config.loss, weights["vae"],
@@ -161,7 +161,11 @@ def _lists(args):
         raise RunError(str(exc)) from None
 
 
-def _list_identity(args) -> dict:
+def _list_identity(args, lists) -> dict:
+    """What the run's data is: the lists' paths, or the shards' URL and their index's fingerprint (so shards
+    appended to since are other data: the run refuses them unless --reconfigure)."""
+    if lists.shards is not None:
+        return {"lists": lists.source, "shards": lists.fingerprint, "val_list": None}
     return {"lists": str(Path(args.lists).resolve()),
             "val_list": str(Path(args.val_list).resolve()) if args.val_list else None}
 
@@ -182,8 +186,8 @@ def _run_training(args, config, lists, identity: dict, prepare, job, worker) -> 
             train_clips, val_clips = prepare(ray_map)
         finally:
             _shutdown(started)
-        print(f"prepared: {len(train_clips)} training and {len(val_clips)} validation clips; "
-              f"features in {_cache(config.data)}")
+        where = "in the shards" if lists.shards is not None else f"in {_cache(config.data)}"
+        print(f"prepared: {len(train_clips)} training and {len(val_clips)} validation clips; features {where}")
         return 0
     writable_folder(run_dir, "--out")
 

@@ -1,6 +1,7 @@
 """The training and validation clips of a trainer (or of `curate eval-syncnet`), their features prepared
 once and cached: the mel features (`prepare_clips`, as Ray tasks by `ray_map`) and LatentSync's Whisper
-features (`attach_whisper`); clips that cannot be used are skipped with the reason.
+features (`attach_whisper`); clips that cannot be used are skipped with the reason. Clips read from shards
+carry their features: nothing is prepared or cached for them, only checked.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ def prepare_clips(lists, settings, framing, run=None, keep=None) -> tuple[list, 
     from training.clips import FeatureCache, cache_dir, describe_skipped, usable
 
     keep = keep or (lambda clips, what: usable(clips, framing, settings.min_negative_shift, what))
-    cache = FeatureCache(cache_dir(settings))
+    cache = FeatureCache(cache_dir(settings)) if lists.shards is None else None
     out = []
-    for what, paths in (("training", lists.train), ("validation", lists.val)):
+    for number, (what, paths) in enumerate((("training", lists.train), ("validation", lists.val))):
         if not paths:
             out.append([])
             continue
-        clips, skipped = cache.prepare(paths, run)
+        if cache is None:       # from shards: the features are in the samples
+            clips, skipped = lists.shards[number], []
+        else:
+            clips, skipped = cache.prepare(paths, run)
         clips, short = keep(clips, what)
         if skipped or short:
             print(f"curate: warning: {describe_skipped(skipped + short, what)}", file=sys.stderr)
@@ -59,14 +63,25 @@ def ray_map(paths: list, folder: str, chunk: int = 16, work=None, desc: str = "f
 
 def attach_whisper(train: list, val: list, settings, whisper: str, run=None) -> tuple[list, list]:
     """The clips with their Whisper features, computed once per clip (by `run`, a Ray map, when given); clips
-    whose audio fails are skipped with the reason."""
+    whose audio fails are skipped with the reason. Clips from shards must carry features of this very encoder
+    file: else a RunError says how many do not and how to write them."""
     from curate.models import sha256_of
     from training.clips import FeatureCache, cache_dir, describe_skipped
-    from training.latent_windows import AudioFeatureCache, whisper_features_in
+    from training.latent_windows import AudioFeatureCache, LatentClip, whisper_features_in
 
+    encoder_sha256 = sha256_of(Path(whisper))
+    if any(clip.sample is not None for clip in train + val):
+        other = [c for c in train + val if c.sample.whisper_sha256 != encoder_sha256]
+        if other:
+            raise RunError(f"{len(other)} of the {len(train) + len(val)} clips in the shards (the first: "
+                           f"{other[0].path}) have no Whisper features of {whisper} (sha256 {encoder_sha256[:12]}...): "
+                           "write the shards again, to a new folder, with that encoder installed (`curate shards` "
+                           "uses the `latentsync` model's whisper/tiny.pt)")
+        return ([LatentClip(c.path, c.frames, c.mel, c.sample) for c in train],
+                [LatentClip(c.path, c.frames, c.mel, c.sample) for c in val])
     folder = cache_dir(settings)
     entries = FeatureCache(folder).entries
-    cache = AudioFeatureCache(folder, whisper, sha256_of(Path(whisper)))
+    cache = AudioFeatureCache(folder, whisper, encoder_sha256)
     mapped = None
     if run is not None:
         mapped = lambda items, encoder: run(items, encoder, work=whisper_features_in, desc="whisper")  # noqa: E731
@@ -79,3 +94,23 @@ def attach_whisper(train: list, val: list, settings, whisper: str, run=None) -> 
     if train and not out[0]:
         raise RunError("no usable training clips: the Whisper features of all of them failed")
     return out[0], out[1]
+
+
+def sample_clip_files(clips: list, count: int, folder: Path) -> tuple[str, ...]:
+    """The files of the first `count` clips, for the validation sample videos: a clip's own file, or for a clip
+    in a shard its mp4 copied out of the shard into `folder` (once)."""
+    from training.clips import read_sample
+
+    out = []
+    for clip in clips[:count]:
+        if clip.sample is None:
+            out.append(clip.path)
+            continue
+        target = Path(folder) / f"{clip.path.rpartition('#')[2]}.mp4"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            partial.write_bytes(read_sample(clip.sample)["mp4"])
+            partial.replace(target)
+        out.append(str(target))
+    return tuple(out)

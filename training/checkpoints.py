@@ -45,18 +45,21 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def save_checkpoint(run_dir: Path, recipe, model: nn.Module, optimizer, scaler, step: int, epoch: int,
+def save_checkpoint(run_dir: Path, recipe, model: nn.Module, optimizer, scaler, step: int, position: dict,
                     best: dict | None, keep: int, adversary: nn.Module | None = None,
                     rival=None) -> Path:
+    """The checkpoint of `step`: the model in the recipe's export, and the state a resumed run needs, with
+    `position`, where in the data the next micro-batch is (its `epoch`, shard and key, ...)."""
     folder = Path(run_dir) / CHECKPOINTS
     target = folder / f"step-{step:09d}"
     partial = folder / f"{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    epoch = int(position.get("epoch", 0))
     torch.save(recipe.export(model, step, epoch), partial / recipe.export_name)
     names = [recipe.export_name, STATE_FILE]
-    state = {"step": step, "epoch": epoch, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-             "rng": rng_state(), "best": best}
+    state = {"step": step, "epoch": epoch, "data": position, "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict(), "rng": rng_state(), "best": best}
     if hasattr(recipe, "state_dict"):
         state["recipe"] = recipe.state_dict()
     if adversary is not None:
@@ -86,7 +89,9 @@ def prune(run_dir: Path, keep: int, best: dict | None) -> None:
 
 
 def restore(checkpoint: Path, recipe, model: nn.Module, optimizer, scaler, device,
-             adversary: nn.Module | None = None, rival=None) -> tuple[int, dict | None]:
+             adversary: nn.Module | None = None, rival=None) -> tuple[int, dict | None, dict | None]:
+    """Load a checkpoint into the model, optimizer and scaler (and the adversary's); returns its step, its best
+    so far and where in the data it stopped (None for an older checkpoint)."""
     exported = load_tensors(checkpoint / recipe.export_name)
     model.load_state_dict(exported["state_dict"], strict=True)
     # our own file, with numpy's RNG state among plain values: not a network's checkpoint
@@ -102,7 +107,7 @@ def restore(checkpoint: Path, recipe, model: nn.Module, optimizer, scaler, devic
         rival.optimizer.load_state_dict(state["adversary"]["optimizer"])
         rival.scaler.load_state_dict(state["adversary"]["scaler"])
     set_rng_state(state["rng"], device)
-    return int(state["step"]), state.get("best")
+    return int(state["step"]), state.get("best"), state.get("data")
 
 
 def rng_state() -> dict:

@@ -10,11 +10,20 @@ a cache folder under a key made of the clip's absolute path and the sha256 of it
 name in different folders never collide, and a clip whose audio changes (the sync stage shifts it) gets a
 new entry. `index.jsonl` maps (path, size, mtime) to the entry, so a later start only looks at the files.
 Training reads the mel from the cache and never decodes audio.
+
+**Or shards** (`curate shards`: WebDataset tars and their index.parquet, on a local folder or any fsspec URL):
+`read_lists` reads the index, and each clip is a `ShardSample`, the byte range of its sample in its shard.
+The features are in the sample (the mel, and LatentSync's Whisper features), so nothing is prepared or
+cached, and a clip is read with one ranged read (`read_clip`): the trainers' stream draws clips from a seeded
+shuffle of the whole list, so they need any sample at any time, not a shard front to back (which is what the
+webdataset package reads, and what a shuffle buffer would make depend on the buffer, the ranks and the loader
+processes). Both give their clips in clip-id order, so the same clips give the same batches.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
@@ -47,17 +56,30 @@ class Lists:
     train: list[str]
     val: list[str]
     source: str          # what they were read from, for messages
+    shards: "tuple[list[Clip], list[Clip]] | None" = None   # read from shards: the clips, features in them
+    fingerprint: str = ""                                   # of the shards' index: which samples, where
 
 
-def read_lists(lists: Path, val_list: Path | None = None) -> Lists:
-    """Clip paths for training and validation from a `curate filelist` folder or a plain list file."""
+def is_shards(lists: str | Path) -> bool:
+    """Whether LISTS names shards (an fsspec URL, an index.parquet, or a folder holding one)."""
+    text = str(lists)
+    return "://" in text or text.endswith(SHARD_INDEX) or (Path(text) / SHARD_INDEX).is_file()
+
+
+def read_lists(lists: str | Path, val_list: Path | None = None) -> Lists:
+    """Clip paths for training and validation from a `curate filelist` folder or a plain list file, or the
+    clips of `curate shards`' shards (a folder or URL holding index.parquet)."""
+    if is_shards(lists):
+        if val_list is not None:
+            raise DataError("--val-list goes with clip lists; shards carry their own split")
+        return read_shard_index(str(lists))
     lists = Path(lists)
     if lists.is_dir():
         split = lists / "split.parquet"
         if split.is_file():
             import pyarrow.parquet as pq
 
-            table = pq.read_table(split, columns=["abs_path", "split"]).to_pydict()
+            table = pq.read_table(split, columns=["clip_id", "abs_path", "split"]).sort_by("clip_id").to_pydict()
             train = [p for p, s in zip(table["abs_path"], table["split"]) if s == "train"]
             val = [p for p, s in zip(table["abs_path"], table["split"]) if s == "val"]
         elif (lists / "train.txt").is_file():
@@ -99,10 +121,22 @@ def cache_dir(settings) -> Path:
 
 
 @dataclass(frozen=True)
+class ShardSample:
+    """Where a clip's sample lies: its shard's URL, the offset and length of its bytes there, and each
+    member's (suffix, start within those bytes, size)."""
+    shard: str
+    offset: int
+    length: int
+    members: tuple[tuple[str, int, int], ...]
+    whisper_sha256: str | None = None     # the encoder file its Whisper features come from (None: it has none)
+
+
+@dataclass(frozen=True)
 class Clip:
-    path: str
+    path: str            # the clip's file; for a clip in a shard, "SHARD#KEY" (its name in messages)
     frames: int          # frames with audio under them
-    mel: str             # the cached mel (.npy, 80 x columns)
+    mel: str = ""        # the cached mel (.npy); "" for a clip in a shard, whose sample holds it
+    sample: ShardSample | None = None
 
     def last_start(self, num_frames: int) -> int:
         """The last start of a window of `num_frames` frames whose mel columns are all there."""
@@ -111,6 +145,79 @@ class Clip:
         while last >= 0 and mel_start(last) + mel_columns(num_frames) > columns:
             last -= 1
         return last
+
+
+@dataclass(frozen=True)
+class ClipData:
+    video: "str | io.BytesIO"         # what PyAV opens
+    mel: np.ndarray                   # 80 x columns
+    whisper: np.ndarray | None        # rows x 5 x 384 float16 (LatentSync's clips)
+
+
+def read_clip(clip: Clip) -> ClipData:
+    """A clip's video, mel and (for LatentSync's clips) Whisper features: from its files and the cache, or from
+    its shard with one ranged read. Raises OSError or ValueError saying what failed."""
+    whisper = getattr(clip, "whisper", "")
+    if clip.sample is None:
+        return ClipData(clip.path, np.load(clip.mel, mmap_mode="r"),
+                        np.load(whisper, mmap_mode="r") if whisper else None)
+    members = read_sample(clip.sample)
+    try:
+        mel = np.load(io.BytesIO(members["mel.npy"]))
+        features = np.load(io.BytesIO(members["whisper.npy"])) if "whisper.npy" in members else None
+    except KeyError as exc:
+        raise ValueError(f"its sample has no {exc.args[0]} member") from None
+    return ClipData(io.BytesIO(members["mp4"]), mel, features)
+
+
+def read_sample(sample: ShardSample) -> dict[str, bytes]:
+    """A sample's members by suffix (mp4, npz, mel.npy, ...), read with one ranged read of its shard."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(sample.shard)
+    data = fs.cat_file(path, start=sample.offset, end=sample.offset + sample.length)
+    if len(data) != sample.length:
+        raise ValueError(f"{sample.shard} holds {len(data)} bytes at {sample.offset}, not the {sample.length} its "
+                         "index says: the shard changed since it was indexed")
+    return {suffix: data[start:start + size] for suffix, start, size in sample.members}
+
+
+SHARD_INDEX = "index.parquet"
+
+
+def read_shard_index(where: str) -> Lists:
+    """The train and val clips of `curate shards`' shards: `where` is their folder or URL, or its index.parquet.
+    Clips are in clip-id order, as `read_lists` gives a filelist's."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    root = where.removesuffix(SHARD_INDEX).rstrip("/")
+    if "://" not in root:
+        root = str(Path(root).resolve())      # the training workers may start elsewhere
+    try:
+        fs, path = fsspec.core.url_to_fs(f"{root}/{SHARD_INDEX}")
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(handle)
+    except (ImportError, ValueError, OSError) as exc:
+        raise DataError(f"cannot read the shards' index {root}/{SHARD_INDEX}: {type(exc).__name__}: {exc}") from None
+    needed = {"shard", "split", "key", "clip_id", "frames", "offset", "length", "members", "whisper_sha256"}
+    if needed - set(table.column_names):
+        raise DataError(f"{root}/{SHARD_INDEX} lacks {', '.join(sorted(needed - set(table.column_names)))}: "
+                        "written by an older `curate shards`; write the shards again to a new folder")
+    table = table.sort_by("clip_id")
+    digest = hashlib.sha256()
+    out: dict[str, list[Clip]] = {"train": [], "val": []}
+    for row in table.select(sorted(needed)).to_pylist():
+        members = tuple((m["suffix"], int(m["start"]), int(m["size"])) for m in row["members"])
+        sample = ShardSample(f"{root}/{row['shard']}", int(row["offset"]), int(row["length"]), members,
+                             row["whisper_sha256"])
+        digest.update(f"{row['clip_id']}\t{row['shard']}\t{row['offset']}\t{row['length']}\n".encode())
+        if row["split"] in out:
+            out[row["split"]].append(Clip(f"{sample.shard}#{row['key']}", int(row["frames"]), "", sample))
+    if not out["train"]:
+        raise DataError(f"{root}/{SHARD_INDEX} lists no training clips")
+    return Lists([c.path for c in out["train"]], [c.path for c in out["val"]], root, (out["train"], out["val"]),
+                 digest.hexdigest())
 
 
 def prepare_clip(path: str, folder: str) -> dict:
@@ -125,9 +232,8 @@ def prepare_clip(path: str, folder: str) -> dict:
         return {"path": path, "problem": f"{exc.reason}: {exc.detail}"}
     except (OSError, FFmpegError, ValueError) as exc:
         return {"path": path, "problem": f"unreadable: {type(exc).__name__}: {exc}"}
-    if abs(len(samples) - frames * SAMPLES_PER_FRAME) > SAMPLES_PER_FRAME:
-        return {"path": path, "problem": f"audio_mismatch: {len(samples) / SAMPLE_RATE:.2f} s of audio under "
-                                         f"{frames / FPS:.2f} s of frames"}
+    if (problem := audio_mismatch(frames, samples)) is not None:
+        return {"path": path, "problem": problem}
     key = hashlib.sha256(f"{path}\n{sha256}".encode()).hexdigest()[:32]
     target = Path(folder) / key[:2] / f"{key}.npy"
     if not target.is_file():
@@ -136,9 +242,20 @@ def prepare_clip(path: str, folder: str) -> dict:
         with open(partial, "wb") as handle:
             np.save(handle, melspectrogram(samples))
         os.replace(partial, target)
-    usable = min(frames, len(samples) // SAMPLES_PER_FRAME)
     return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256,
-            "frames": usable, "mel": str(target)}
+            "frames": usable_frames(frames, samples), "mel": str(target)}
+
+
+def audio_mismatch(frames: int, samples: np.ndarray) -> str | None:
+    """Why a clip's audio and frames disagree too much to train on (more than a frame apart), or None."""
+    if abs(len(samples) - frames * SAMPLES_PER_FRAME) > SAMPLES_PER_FRAME:
+        return f"audio_mismatch: {len(samples) / SAMPLE_RATE:.2f} s of audio under {frames / FPS:.2f} s of frames"
+    return None
+
+
+def usable_frames(frames: int, samples: np.ndarray) -> int:
+    """The frames of a clip with audio under them."""
+    return min(frames, len(samples) // SAMPLES_PER_FRAME)
 
 
 def clip_audio(path: str) -> tuple[int, np.ndarray]:

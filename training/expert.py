@@ -126,8 +126,8 @@ def train_expert(job: ExpertJob, placement: Placement = Placement()) -> dict:
     val = ValWindows(job.val_clips, framing, job.data, job.loop.seed) if placement.main and job.val_clips else None
     recipe = ExpertRecipe(job.arch, job.model_config, (lambda: val.batches()) if val is not None and len(val) else None,
                           framing.width)
-    batches, epoch_of = stream_batches(
+    batches, position_of = stream_batches(
         partial(WindowStream, job.train_clips, framing, job.data, job.loop.micro_batch, job.loop.seed),
         placement.rank, placement.world_size, job.run_dir)
-    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, epoch_of=epoch_of,
+    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, position_of=position_of,
                init=recipe.init_from(job.init) if job.init else None)

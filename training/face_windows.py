@@ -33,7 +33,7 @@ import torch
 from media.frames import MediaUnreadable, read_pictures
 from media.mel import mel_start
 from networks.syncnet.experts import Framing
-from training.clips import SAMPLES_PER_FRAME, Clip
+from training.clips import SAMPLES_PER_FRAME, Clip, ClipData, read_clip
 from training.windows import ClipUnreadable, WindowStream, in_batches
 
 NUM_FRAMES = 5          # frames of a window (Wav2Lip's syncnet_T)
@@ -49,7 +49,7 @@ class FaceWindowSettings:
     clips_per_batch: int = 16         # a batch draws its windows from this many clips, equally
     batches_per_clip: int = 16        # consecutive batches a decoded clip serves
     num_workers: int = 4              # data-loading processes per training worker
-    val_clips: int = 256              # validation clips, at most (sorted by path, the first ones)
+    val_clips: int = 256              # validation clips, at most (the first ones of the list)
     val_windows_per_clip: int = 4     # fixed, seeded windows per validation clip
 
     def __post_init__(self):
@@ -100,7 +100,7 @@ def references_for(rng: np.random.Generator, targets: np.ndarray, last: int, fra
     return out
 
 
-def decode_faces(path: str, size: int, count: int, channel_order: str = "bgr") -> np.ndarray:
+def decode_faces(path, size: int, count: int, channel_order: str = "bgr") -> np.ndarray:
     """The first `count` frames of a clip as (count, size, size, 3) uint8 whole faces, BGR (Wav2Lip's) or RGB
     (LatentSync's)."""
     try:
@@ -136,8 +136,8 @@ class FaceStream(WindowStream):
         targets = rng.integers(0, last + 1, count)
         return targets, references_for(rng, targets, last)
 
-    def _decode(self, clip: Clip) -> np.ndarray:
-        return decode_faces(clip.path, self.framing.width, last_start(clip) + NUM_FRAMES)
+    def _decode(self, clip: Clip, data: ClipData) -> np.ndarray:
+        return decode_faces(data.video, self.framing.width, last_start(clip) + NUM_FRAMES)
 
     def _batch(self, index: int, batch: int, share: list) -> dict:
         size, count = self.framing.width, len(share) * self.per_clip
@@ -164,10 +164,10 @@ class FaceStream(WindowStream):
 
 def target_reference_plan(clips: list, last_start_of: Callable, frames: int, settings: FaceWindowSettings,
                           seed: int) -> tuple[list, list[tuple]]:
-    """The generators' fixed validation windows: the first `val_clips` clips (by path) with room for a window of
+    """The generators' fixed validation windows: the first `val_clips` clips (in the list's order) with room for a window of
     `frames` frames and a reference that does not overlap it, and for each `(clip, targets, references)`:
     `val_windows_per_clip` seeded target starts and their references' starts."""
-    usable = [c for c in sorted(clips, key=lambda c: c.path) if last_start_of(c) >= 2 * frames - 1]
+    usable = [c for c in clips if last_start_of(c) >= 2 * frames - 1]
     usable = usable[:settings.val_clips]
     plan = []
     for number, clip in enumerate(usable):
@@ -180,7 +180,7 @@ def target_reference_plan(clips: list, last_start_of: Callable, frames: int, set
 
 class FaceValWindows:
     """The fixed validation set: `val_windows_per_clip` seeded (target, reference) windows of each of the first
-    `val_clips` clips (by path), for self-reenactment: the generator remakes the target's lower half from its
+    `val_clips` clips (in the list's order), for self-reenactment: the generator remakes the target's lower half from its
     upper half, the reference and the clip's own audio, so the truth is known."""
 
     def __init__(self, clips: list[Clip], size: int, settings: FaceWindowSettings, seed: int):
@@ -197,8 +197,9 @@ class FaceValWindows:
     def _windows(self) -> Iterator[tuple]:
         for number, (clip, targets, refs) in enumerate(self.plan):
             try:
-                pictures = decode_faces(clip.path, self.size, int(max(targets.max(), refs.max())) + NUM_FRAMES)
-                spectrogram = np.load(clip.mel, mmap_mode="r")
+                data = read_clip(clip)
+                pictures = decode_faces(data.video, self.size, int(max(targets.max(), refs.max())) + NUM_FRAMES)
+                spectrogram = data.mel
             except (ClipUnreadable, OSError, ValueError) as exc:
                 warnings.warn(f"skipping {clip.path} in validation: {exc}")
                 continue

@@ -43,7 +43,7 @@ import torch
 from manifests.rejected import Rejected
 from media.mel import mel_columns, mel_start
 from networks.syncnet.experts import Framing
-from training.clips import Clip, clip_audio
+from training.clips import Clip, ClipData, clip_audio, read_clip
 from training.face_windows import FaceStream, FaceWindowSettings, decode_faces, references_for, target_reference_plan
 from training.windows import ClipUnreadable, in_batches
 
@@ -105,7 +105,7 @@ class AudioFeatureCache:
             if problems.get(clip.path):
                 skipped.append((clip.path, problems[clip.path]))
             else:
-                kept.append(LatentClip(clip.path, clip.frames, clip.mel, str(targets[clip.path])))
+                kept.append(LatentClip(clip.path, clip.frames, clip.mel, whisper=str(targets[clip.path])))
         return kept, skipped
 
 
@@ -164,13 +164,11 @@ class LatentStream(FaceStream):
         targets = rng.integers(0, last + 1, count)
         return targets, references_for(rng, targets, last, NUM_FRAMES)
 
-    def _decode(self, clip: LatentClip) -> tuple[np.ndarray, np.ndarray]:
-        pictures = decode_faces(clip.path, self.framing.width, clip.last_start(NUM_FRAMES) + NUM_FRAMES, "rgb")
-        try:
-            features = np.load(clip.whisper, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise ClipUnreadable(f"its Whisper features {clip.whisper}: {exc}") from None
-        return pictures, features
+    def _decode(self, clip: LatentClip, data: ClipData) -> tuple[np.ndarray, np.ndarray]:
+        if data.whisper is None:
+            raise ClipUnreadable("it has no Whisper features")
+        pictures = decode_faces(data.video, self.framing.width, clip.last_start(NUM_FRAMES) + NUM_FRAMES, "rgb")
+        return pictures, data.whisper
 
     def _batch(self, index: int, batch: int, share: list) -> dict:
         size, count = self.framing.width, len(share) * self.per_clip
@@ -199,7 +197,7 @@ class LatentStream(FaceStream):
 
 class LatentValWindows:
     """The fixed validation set: `val_windows_per_clip` seeded (target, reference) windows of each of the first
-    `val_clips` clips (by path), with the audio of each clip itself (self-reenactment: the truth is known).
+    `val_clips` clips (in the list's order), with the audio of each clip itself (self-reenactment: the truth is known).
     Batches as LatentStream's, `sample` numbering the windows of the whole set (the recipe fixes each
     window's noise and timestep by it) and `clip` an index into `self.clips`."""
 
@@ -218,10 +216,12 @@ class LatentValWindows:
         sample = 0
         for number, (clip, targets, refs) in enumerate(self.plan):
             try:
-                pictures = decode_faces(clip.path, self.resolution,
+                data = read_clip(clip)
+                if data.whisper is None:
+                    raise ClipUnreadable("it has no Whisper features")
+                pictures = decode_faces(data.video, self.resolution,
                                         int(max(targets.max(), refs.max())) + NUM_FRAMES, "rgb")
-                spectrogram = np.load(clip.mel, mmap_mode="r")
-                features = np.load(clip.whisper, mmap_mode="r")
+                spectrogram, features = data.mel, data.whisper
             except (ClipUnreadable, OSError, ValueError) as exc:
                 warnings.warn(f"skipping {clip.path} in validation: {exc}")
                 sample += len(targets)

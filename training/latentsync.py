@@ -400,9 +400,9 @@ def train_latentsync(job: LatentSyncJob, placement: Placement = Placement()) -> 
                               networks.get("expert"), networks.get("expert_resolution"), networks.get("lpips"),
                               networks.get("trepa"), (lambda: val.batches()) if val is not None and len(val) else None,
                               job.loop.seed, precision_of(job.loop.precision, torch.device(placement.device)))
-    batches, epoch_of = stream_batches(
+    batches, position_of = stream_batches(
         partial(LatentStream, job.train_clips, job.resolution, job.data, job.loop.micro_batch, job.loop.seed),
         placement.rank, placement.world_size, job.run_dir)
-    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, epoch_of=epoch_of,
+    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, position_of=position_of,
                init=recipe.init_from(job.init) if job.init else None, on_validate=job.on_validate)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,11 +142,13 @@ def precision_of(setting: str, device: torch.device) -> torch.dtype | None:
 
 
 def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable[[int], Iterator[dict]],
-        placement: Placement = Placement(), epoch_of: Callable[[int], int] = lambda position: 0,
+        placement: Placement = Placement(), position_of: Callable[[int], dict] = lambda micro_batch: {"epoch": 0},
         init: Callable[[nn.Module], None] | None = None,
         on_validate: Callable[[nn.Module, int], dict | None] | None = None) -> dict:
     """Train from the run folder's last checkpoint (or from the start) to `settings.max_steps`; returns the
-    last logged metrics. `epoch_of(micro_batch)` tells the epoch a position is in (for the checkpoint);
+    last logged metrics. `position_of(micro_batch)` says where in the data a micro-batch is (its `epoch`, and
+    for the trainers' streams its place in the shuffle and its first clip, with shard and key): a checkpoint
+    keeps it, and a resumed run that would now be elsewhere in the data says so;
     `init(model)` loads starting weights when there is no checkpoint yet; `on_validate(model, step)` runs on
     rank 0 after each validation (e.g. to write samples), and the numbers it returns join the validation's."""
     device = torch.device(placement.device)
@@ -169,8 +172,12 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
 
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
-        step, best = restore(checkpoint, recipe, model, optimizer, scaler, device, adversary, rival)
+        step, best, position = restore(checkpoint, recipe, model, optimizer, scaler, device, adversary, rival)
         log.keep_until(step)
+        now = position_of(step * settings.grad_accum)
+        if position is not None and position != now and placement.main:
+            warnings.warn(f"the data changed since {checkpoint.name}: its next micro-batch was at {position}, "
+                          f"it is now at {now}; training goes on from there")
     else:
         step, best = 0, None
         if init is not None:
@@ -263,7 +270,7 @@ def fit(recipe: Recipe, settings: LoopSettings, run_dir: Path, batches: Callable
         if step % settings.checkpoint_every == 0 or step == settings.max_steps:
             if placement.main:
                 save_checkpoint(run_dir, recipe, model, optimizer, scaler, step,
-                                epoch_of(step * settings.grad_accum), best, settings.keep_checkpoints,
+                                position_of(step * settings.grad_accum), best, settings.keep_checkpoints,
                                 adversary, rival)
                 plot_metrics(run_dir, panels)
             _barrier(placement)

@@ -305,8 +305,8 @@ def train_wav2lip(job: Wav2LipJob, placement: Placement = Placement()) -> dict:
     _, expert = load_expert(job.expert, placement.device, arch="wav2lip")
     recipe = Wav2LipRecipe(job.size, expert, job.loss, job.gan,
                            (lambda: val.batches()) if val is not None and len(val) else None)
-    batches, epoch_of = stream_batches(
+    batches, position_of = stream_batches(
         partial(FaceStream, job.train_clips, job.size, job.data, job.loop.micro_batch, job.loop.seed),
         placement.rank, placement.world_size, job.run_dir)
-    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, epoch_of=epoch_of,
+    return fit(recipe, job.loop, Path(job.run_dir), batches, placement, position_of=position_of,
                init=recipe.init_from(job.init) if job.init else None, on_validate=job.on_validate)

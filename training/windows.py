@@ -39,7 +39,7 @@ import torch
 from media.frames import MediaUnreadable, read_pictures
 from media.mel import mel_columns, mel_start
 from networks.syncnet.experts import Framing
-from training.clips import Clip, DataError
+from training.clips import Clip, ClipData, DataError, read_clip
 
 VAL_SHIFT = 15          # offset accuracy looks at shifts -15 .. +15 frames, as SyncNet's evaluation does
 
@@ -56,7 +56,7 @@ class WindowSettings:
     clips_per_batch: int = 32         # a batch draws its windows from this many clips, equally
     batches_per_clip: int = 2         # consecutive batches a decoded clip serves
     num_workers: int = 4              # data-loading processes per training worker
-    val_clips: int = 256              # validation clips, at most (sorted by path, the first ones)
+    val_clips: int = 256              # validation clips, at most (the first ones of the list)
     val_windows_per_clip: int = 4     # fixed, seeded windows per validation clip
 
     def __post_init__(self):
@@ -77,7 +77,7 @@ class ClipUnreadable(Exception):
     pass
 
 
-def decode_lower_halves(path: str, framing: Framing, count: int) -> np.ndarray:
+def decode_lower_halves(path, framing: Framing, count: int) -> np.ndarray:
     """The first `count` frames of a clip as (count, height, width, 3) uint8: the lower half of the aligned
     face in the framing's size and channel order."""
     try:
@@ -188,8 +188,9 @@ class WindowStream(torch.utils.data.IterableDataset):
         for item in share:
             clip = item[1]
             try:
-                item[2] = self._decode(clip)
-                item[3] = np.load(clip.mel, mmap_mode="r")
+                data = read_clip(clip)
+                item[2] = self._decode(clip, data)
+                item[3] = data.mel
                 decoded.append(item)
             except (ClipUnreadable, OSError, ValueError) as exc:
                 if clip.path not in self.skipped:
@@ -209,10 +210,22 @@ class WindowStream(torch.utils.data.IterableDataset):
                 item[4] = self.windows(group, item[0], stand_in[1])
         return share
 
-    def _decode(self, clip: Clip) -> np.ndarray:
+    def _decode(self, clip: Clip, data: ClipData) -> np.ndarray:
         # the whole clip: a stand-in for a clip that fails may need any of its frames
         n = self.framing.num_frames
-        return decode_lower_halves(clip.path, self.framing, clip.last_start(n) + n)
+        return decode_lower_halves(data.video, self.framing, clip.last_start(n) + n)
+
+    def position(self, index: int) -> dict:
+        """Where global micro-batch `index` is in the data, for a checkpoint: its epoch, its group's place in
+        the epoch's shuffle, and the first clip it draws from (with its shard and key when it is in one)."""
+        group, batch = self.locate(index)
+        first = self.clips[self.group_clips(group)[0]]
+        where = {"micro_batch": index, "epoch": self.epoch_of(index),
+                 "position": group * self.settings.clips_per_batch % len(self.clips), "batch_of_group": batch,
+                 "clip": first.path}
+        if first.sample is not None:
+            where["shard"], where["key"] = first.sample.shard, first.path.rpartition("#")[2]
+        return where
 
     def _batch(self, index: int, batch: int, share: list) -> dict:
         n_frames, columns = self.framing.num_frames, mel_columns(self.framing.num_frames)
@@ -240,14 +253,15 @@ class WindowStream(torch.utils.data.IterableDataset):
 def stream_batches(make_stream: Callable, rank: int, world_size: int, run_dir) -> tuple[Callable, Callable]:
     """What the harness's `fit` takes from a recipe's stream: `batches(start)`, this worker's share from
     micro-batch `start` (through `loader`; unreadable clips listed in the run's skipped_clips.txt), and the
-    stream's `epoch_of`. `make_stream(rank, world_size, start, problems_file=...)` builds the stream; called
-    with nothing, the whole of it."""
+    stream's `position` (the checkpoint's record of where in the data a micro-batch is, its epoch among it).
+    `make_stream(rank, world_size, start, problems_file=...)` builds the stream; called with nothing, the whole
+    of it."""
     problems = f"{run_dir}/skipped_clips.txt"
 
     def batches(start: int) -> Iterator[dict]:
         return loader(make_stream(rank, world_size, start, problems_file=problems))
 
-    return batches, make_stream().epoch_of
+    return batches, make_stream().position
 
 
 def loader(stream: WindowStream) -> Iterator[dict]:
@@ -266,14 +280,15 @@ def loader(stream: WindowStream) -> Iterator[dict]:
 # -- validation -----------------------------------------------------------------------------------------------
 
 class ValWindows:
-    """The fixed validation set: `val_windows_per_clip` windows of each of the first `val_clips` clips, with
+    """The fixed validation set: `val_windows_per_clip` windows of each of the first `val_clips` clips (in the
+    list's order: clip-id order for a filelist or shards), with
     their frames and the audio windows at shifts -15 .. +15; one of the shifts at least `min_negative_shift`
     away is the window's negative. Starts leave room for every shift."""
 
     def __init__(self, clips: list[Clip], framing: Framing, settings: WindowSettings, seed: int):
         self.framing, self.settings = framing, settings
         need = 2 * VAL_SHIFT
-        self.clips = [c for c in sorted(clips, key=lambda c: c.path) if c.last_start(framing.num_frames) >= need]
+        self.clips = [c for c in clips if c.last_start(framing.num_frames) >= need]
         self.clips = self.clips[:settings.val_clips]
         self.plan = []
         shifts = np.arange(-VAL_SHIFT, VAL_SHIFT + 1)
@@ -297,8 +312,9 @@ class ValWindows:
         n_frames, columns = self.framing.num_frames, mel_columns(self.framing.num_frames)
         for number, (clip, starts, negatives) in enumerate(self.plan):
             try:
-                pictures = decode_lower_halves(clip.path, self.framing, int(starts.max()) + n_frames)
-                mel = np.load(clip.mel, mmap_mode="r")
+                data = read_clip(clip)
+                pictures = decode_lower_halves(data.video, self.framing, int(starts.max()) + n_frames)
+                mel = data.mel
             except (ClipUnreadable, OSError, ValueError) as exc:
                 warnings.warn(f"skipping {clip.path} in validation: {exc}")
                 continue
