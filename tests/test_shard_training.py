@@ -18,7 +18,7 @@ from curate.shards import write_shards
 from curate.train_data import prepare_clips
 from networks.syncnet.experts import framing_of
 from training.clips import read_lists
-from training.face_windows import FaceStream, FaceValWindows, FaceWindowSettings, face_framing, usable_faces
+from training.face_windows import FaceStream, FaceValWindows, FaceWindowSettings, usable_faces
 from training.windows import ValWindows, WindowSettings, WindowStream, loader
 
 SETTINGS = WindowSettings(clips_per_batch=2, batches_per_clip=2, num_workers=0, val_clips=8, val_windows_per_clip=2)
@@ -177,6 +177,11 @@ def test_train_syncnet_reads_shards_and_refuses_them_once_appended_to(readme_run
     assert not features.exists() or not any(features.rglob("*.npy"))
     identity = json.loads((run / "run.json").read_text())
     assert identity["lists"] == str(shards) and len(identity["shards"]) == 64
+    # the expert judged on the shards' validation clips
+    assert main(["eval-syncnet", str(run), str(shards), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["split"] == "val" and row["clips"] == len(pq.read_table(shards / "index.parquet").filter(
+        pq.read_table(shards / "index.parquet")["split"].to_numpy(zero_copy_only=False) == "val"))
 
     write_shards(split, str(shards))            # one more clip
     assert main([*train, "--max-steps", "4"]) == 2

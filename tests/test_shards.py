@@ -149,3 +149,34 @@ def test_an_output_url_no_filesystem_reads_is_refused_in_one_line(readme_run, ca
     assert main(["shards", str(readme_run["out"]), "--out", "nosuchprotocol://bucket/x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("curate: error: --out nosuchprotocol://bucket/x") and err.count("\n") == 1, err
+
+
+def test_a_clip_the_trainers_would_skip_is_not_written_and_says_why(readme_run, tmp_path):
+    """A clip whose audio stops halfway (the trainers' audio-mismatch check): left out with its reason, the
+    others written; the index gives each sample's frames and the byte range of every member."""
+    import subprocess
+
+    from curate.shards import write_shards
+    from footage import ffmpeg_exe
+    from training.clips import ShardSample, read_sample
+
+    assert main(["filelist", str(readme_run["out"]), "--out", str(tmp_path / "lists")]) == 0
+    table = pq.read_table(tmp_path / "lists" / "split.parquet").sort_by("clip_id")
+    rows = table.to_pylist()
+    half = tmp_path / "half.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", rows[0]["abs_path"], "-map", "0:v", "-map", "0:a",
+                    "-c:v", "copy", "-af", "atrim=0:2", "-c:a", "aac", str(half)], check=True)
+    rows[0]["abs_path"] = str(half)
+    written = write_shards(table.from_pylist(rows, table.schema), str(tmp_path / "shards"))
+    assert [clip for clip, _ in written.skipped] == [rows[0]["clip_id"]]
+    assert written.skipped[0][1].startswith("audio_mismatch: 2.0")
+    index = pq.read_table(tmp_path / "shards" / "index.parquet").to_pylist()
+    assert sorted(r["clip_id"] for r in index) == sorted(r["clip_id"] for r in rows[1:])
+    for entry in index:
+        sample = ShardSample.of(str(tmp_path / "shards" / entry["shard"]), entry["offset"], entry["length"],
+                                [(m["suffix"], m["start"], m["size"]) for m in entry["members"]])
+        members = read_sample(sample)
+        clip = next(r for r in rows if r["clip_id"] == entry["clip_id"])["abs_path"]
+        assert members["mp4"] == open(clip, "rb").read()
+        assert json.loads(members["json"])["clip_id"] == entry["clip_id"]
+        assert abs(entry["frames"] - entry["duration_s"] * 25) <= 1

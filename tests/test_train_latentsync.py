@@ -159,6 +159,40 @@ def test_windows_references_mel_and_whisper_features(clips, models):
         assert ((a["target_start"] - a["reference_start"]).abs() >= NUM_FRAMES).all()
 
 
+def test_shards_carry_the_whisper_features_and_give_the_cached_clips_batches(readme_run, clips, models, tmp_path,
+                                                                               monkeypatch):
+    """`curate shards` with the `latentsync` model installed puts each clip's Whisper features in its sample
+    (those the cache holds, and the encoder's sha256 in the index); LatentSync's stream over the shards gives
+    the cached clips' batches, features from the shards; an encoder the shards were not made with is refused."""
+    from curate.errors import RunError
+    from curate.models import sha256_of
+    from curate.train_data import attach_whisper, prepare_clips
+    from training.clips import read_lists
+    from training.face_windows import face_framing
+
+    monkeypatch.setenv("CURATE_MODELS_DIR", str(models))
+    shards = tmp_path / "shards"
+    assert main(["shards", str(readme_run["out"]), "--out", str(shards), "--val-fraction", "0"]) == 0
+    encoder = models / "whisper" / "tiny.pt"
+    settings = dataclasses.replace(load_latentsync_config("2", SMALL_CONFIG).data, clips_per_batch=3,
+                                   batches_per_clip=2, num_workers=0, cache_dir=str(tmp_path / "nothing"))
+    train, val = prepare_clips(read_lists(shards), settings, face_framing(64), keep=usable_latent)
+    train, val = attach_whisper(train, val, settings, str(encoder))
+    assert not (tmp_path / "nothing").exists()                           # nothing prepared, nothing cached
+    cached = sorted(clips["train"] + clips["val"], key=lambda c: c.path)   # the same five clips, in clip-id order
+    assert [c.frames for c in train + val] == [c.frames for c in cached] and all(c.sample for c in train)
+    assert {c.sample.whisper_sha256 for c in train} == {sha256_of(encoder)}
+    make = lambda c: LatentStream(c, 64, settings, micro_batch=3, seed=5)  # noqa: E731
+    ours, theirs = ([b for _, b in zip(range(4), iter(make(c)))] for c in (train + val, cached))
+    for a, b in zip(ours, theirs):
+        for key in ("faces", "references", "mel", "audio", "clip", "target_start", "reference_start"):
+            assert torch.equal(a[key], b[key]), key
+    other = tmp_path / "other.pt"
+    other.write_bytes(encoder.read_bytes() + b"\0")
+    with pytest.raises(RunError, match="have no Whisper features of .*other.pt"):
+        attach_whisper(train, val, settings, str(other))
+
+
 def test_whisper_features_are_computed_once_per_clip_and_content(clips, models, tmp_path):
     """A second look finds the features without running Whisper; the same file at another path, or the clip
     changed, or another encoder, gets features of its own; a clip without audio is skipped with the reason."""

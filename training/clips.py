@@ -120,18 +120,31 @@ def cache_dir(settings) -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "lipsync-curate" / "features"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ShardSample:
-    """Where a clip's sample lies: its shard's URL, the offset and length of its bytes there, and each
-    member's (suffix, start within those bytes, size)."""
+    """Where a clip's sample lies: its shard's URL, the offset and length of its bytes there, its members'
+    suffixes and their (start within those bytes, size) pairs, packed as int64 (a million of these are what
+    every training worker holds: benchmark 16)."""
     shard: str
     offset: int
     length: int
-    members: tuple[tuple[str, int, int], ...]
+    suffixes: tuple[str, ...]
+    spans: bytes
     whisper_sha256: str | None = None     # the encoder file its Whisper features come from (None: it has none)
 
+    @classmethod
+    def of(cls, shard: str, offset: int, length: int, members, whisper_sha256: str | None = None) -> "ShardSample":
+        """From (suffix, start, size) triples."""
+        members = list(members)
+        spans = np.array([(start, size) for _, start, size in members], np.int64).tobytes()
+        return cls(shard, offset, length, tuple(suffix for suffix, _, _ in members), spans, whisper_sha256)
 
-@dataclass(frozen=True)
+    def members(self) -> list[tuple[str, int, int]]:
+        spans = np.frombuffer(self.spans, np.int64).reshape(-1, 2)
+        return [(suffix, int(start), int(size)) for suffix, (start, size) in zip(self.suffixes, spans)]
+
+
+@dataclass(frozen=True, slots=True)
 class Clip:
     path: str            # the clip's file; for a clip in a shard, "SHARD#KEY" (its name in messages)
     frames: int          # frames with audio under them
@@ -159,8 +172,13 @@ def read_clip(clip: Clip) -> ClipData:
     its shard with one ranged read. Raises OSError or ValueError saying what failed."""
     whisper = getattr(clip, "whisper", "")
     if clip.sample is None:
-        return ClipData(clip.path, np.load(clip.mel, mmap_mode="r"),
-                        np.load(whisper, mmap_mode="r") if whisper else None)
+        video = clip.path
+        if "://" in video:        # a clip on an fsspec filesystem (its features still in the local cache)
+            import fsspec
+
+            with fsspec.open(video, "rb") as handle:
+                video = io.BytesIO(handle.read())
+        return ClipData(video, np.load(clip.mel, mmap_mode="r"), np.load(whisper, mmap_mode="r") if whisper else None)
     members = read_sample(clip.sample)
     try:
         mel = np.load(io.BytesIO(members["mel.npy"]))
@@ -179,7 +197,7 @@ def read_sample(sample: ShardSample) -> dict[str, bytes]:
     if len(data) != sample.length:
         raise ValueError(f"{sample.shard} holds {len(data)} bytes at {sample.offset}, not the {sample.length} its "
                          "index says: the shard changed since it was indexed")
-    return {suffix: data[start:start + size] for suffix, start, size in sample.members}
+    return {suffix: data[start:start + size] for suffix, start, size in sample.members()}
 
 
 SHARD_INDEX = "index.parquet"
@@ -205,15 +223,30 @@ def read_shard_index(where: str) -> Lists:
         raise DataError(f"{root}/{SHARD_INDEX} lacks {', '.join(sorted(needed - set(table.column_names)))}: "
                         "written by an older `curate shards`; write the shards again to a new folder")
     table = table.sort_by("clip_id")
-    digest = hashlib.sha256()
+    # column by column: a million rows become a million small objects, and nothing else is kept per row
+    clip_ids, names = table["clip_id"].to_pylist(), table["shard"].to_pylist()
+    offsets, lengths = table["offset"].to_numpy(), table["length"].to_numpy()
+    digest = hashlib.sha256("\n".join(clip_ids).encode())
+    for part in ("\n".join(names).encode(), offsets.tobytes(), lengths.tobytes()):
+        digest.update(part)
+    members = table["members"].combine_chunks()
+    bounds = members.offsets.to_numpy()
+    flat = members.flatten()
+    suffix_of = flat.field("suffix").to_pylist()
+    pairs = np.stack([flat.field("start").to_numpy(), flat.field("size").to_numpy()], axis=1).astype(np.int64)
+    shards: dict[str, str] = {}        # one URL string per shard, one tuple per member layout
+    layouts: dict[tuple, tuple] = {}
     out: dict[str, list[Clip]] = {"train": [], "val": []}
-    for row in table.select(sorted(needed)).to_pylist():
-        members = tuple((m["suffix"], int(m["start"]), int(m["size"])) for m in row["members"])
-        sample = ShardSample(f"{root}/{row['shard']}", int(row["offset"]), int(row["length"]), members,
-                             row["whisper_sha256"])
-        digest.update(f"{row['clip_id']}\t{row['shard']}\t{row['offset']}\t{row['length']}\n".encode())
-        if row["split"] in out:
-            out[row["split"]].append(Clip(f"{sample.shard}#{row['key']}", int(row["frames"]), "", sample))
+    for row, (split, key, frames, whisper) in enumerate(zip(
+            table["split"].to_pylist(), table["key"].to_pylist(), table["frames"].to_pylist(),
+            table["whisper_sha256"].to_pylist())):
+        if split not in out:
+            continue
+        low, high = bounds[row], bounds[row + 1]
+        layout = tuple(suffix_of[low:high])
+        sample = ShardSample(shards.setdefault(names[row], f"{root}/{names[row]}"), int(offsets[row]),
+                             int(lengths[row]), layouts.setdefault(layout, layout), pairs[low:high].tobytes(), whisper)
+        out[split].append(Clip(f"{sample.shard}#{key}", frames, "", sample))
     if not out["train"]:
         raise DataError(f"{root}/{SHARD_INDEX} lists no training clips")
     return Lists([c.path for c in out["train"]], [c.path for c in out["val"]], root, (out["train"], out["val"]),

@@ -51,7 +51,7 @@ NUM_FRAMES = 16                          # LatentSync's num_frames
 EXPERT_COLUMNS = mel_columns(NUM_FRAMES)  # 52: StableSyncNet's mel window
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LatentClip(Clip):
     whisper: str = ""                    # the cached Whisper features (.npy, rows x 5 x 384 float16)
 
