@@ -186,3 +186,8 @@ def test_train_syncnet_reads_shards_and_refuses_them_once_appended_to(readme_run
     write_shards(split, str(shards))            # one more clip
     assert main([*train, "--max-steps", "4"]) == 2
     assert "holds a run with other settings (shards:" in capsys.readouterr().err
+    # shards that are not there: one line, before any work
+    assert main(["train", "syncnet", "memory://no-such-shards", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("curate: error: cannot read the shards' index memory://no-such-shards/index.parquet")
+    assert err.count("\n") == 1 and not (tmp_path / "none").exists()
