@@ -4,8 +4,9 @@ One sample per clip, under a key made from its clip id (WebDataset splits a memb
 after the last slash, so the key has no dots):
 
 - `KEY.mp4`: the clip as curated, byte for byte;
-- `KEY.npz`: its side file (landmarks, affine matrices; `docs/output.md`);
 - `KEY.mel.npy`: the mel spectrogram the trainers prepare (`training.clips.prepare_clip` computes the same);
+- `KEY.whisper.npy` (see below);
+- `KEY.npz`: its side file (landmarks, affine matrices; `docs/output.md`);
 - `KEY.json`: the clip's row of the split table (`curate filelist`'s split.parquet: its manifest columns,
   `speaker` and `split`, without the machine's absolute path).
 
@@ -86,7 +87,8 @@ def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 
 def sample_members(row: dict, key: str, encoder: Encoder | None = None) -> tuple[list[tuple[str, bytes]], int]:
-    """The files of one clip's sample, in the order a reader wants them (the manifest row last), and its frames
+    """The files of one clip's sample, in the order a trainer wants them (the side file and manifest row last),
+    and its frames
     with audio under them. Raises SkippedClip for a clip the trainers would skip, ShardError for one that is
     not there."""
     from manifests.rejected import Rejected
@@ -106,14 +108,15 @@ def sample_members(row: dict, key: str, encoder: Encoder | None = None) -> tuple
                          "as `curate run` left it") from None
     if (problem := audio_mismatch(frames, samples)) is not None:
         raise SkippedClip(problem)
-    members = [(f"{key}.mp4", video), (f"{key}.npz", side_file), (f"{key}.mel.npy", _npy(melspectrogram(samples)))]
+    # what the trainers read first, so that their ranged read stops before the side file and the manifest
+    members = [(f"{key}.mp4", video), (f"{key}.mel.npy", _npy(melspectrogram(samples)))]
     if encoder is not None and len(samples):
         from networks.whisper import whisper_features
 
         features = whisper_features(encoder.model, samples).numpy().astype(np.float16)
         members.append((f"{key}.whisper.npy", _npy(features)))
     manifest = {k: v for k, v in row.items() if k != "abs_path"}
-    members.append((f"{key}.json", json.dumps(manifest, default=str, sort_keys=True).encode()))
+    members += [(f"{key}.npz", side_file), (f"{key}.json", json.dumps(manifest, default=str, sort_keys=True).encode())]
     return members, usable_frames(frames, samples)
 
 

@@ -156,6 +156,10 @@ def test_an_expert_resumes_from_shards_exactly_with_the_shard_and_key_in_its_che
     ours, theirs = (load_expert(run / "checkpoints" / "step-000000004" / "lipsync_expert.pth")[1].state_dict()
                     for run in (tmp_path / "parts", tmp_path / "whole"))
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # other data under the same run (a clip more): it goes on, and says the data moved
+    more = dataclasses.replace(job(tmp_path / "parts", 5), train_clips=train + val)
+    with pytest.warns(UserWarning, match="the data changed since step-000000004"):
+        train_expert(more)
 
 
 @pytest.mark.timeout(900)

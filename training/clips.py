@@ -179,7 +179,7 @@ def read_clip(clip: Clip) -> ClipData:
             with fsspec.open(video, "rb") as handle:
                 video = io.BytesIO(handle.read())
         return ClipData(video, np.load(clip.mel, mmap_mode="r"), np.load(whisper, mmap_mode="r") if whisper else None)
-    members = read_sample(clip.sample)
+    members = read_sample(clip.sample, ("mp4", "mel.npy", "whisper.npy"))
     try:
         mel = np.load(io.BytesIO(members["mel.npy"]))
         features = np.load(io.BytesIO(members["whisper.npy"])) if "whisper.npy" in members else None
@@ -188,16 +188,20 @@ def read_clip(clip: Clip) -> ClipData:
     return ClipData(io.BytesIO(members["mp4"]), mel, features)
 
 
-def read_sample(sample: ShardSample) -> dict[str, bytes]:
-    """A sample's members by suffix (mp4, npz, mel.npy, ...), read with one ranged read of its shard."""
+def read_sample(sample: ShardSample, wanted: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """A sample's members by suffix (mp4, mel.npy, npz, ...), read with one ranged read of its shard: all of
+    them, or those of `wanted` it has (the read stops at the last of them: `curate shards` writes the
+    trainers' members first)."""
     import fsspec
 
+    members = [m for m in sample.members() if wanted is None or m[0] in wanted]
+    length = max(start + size for _, start, size in members) if wanted is not None and members else sample.length
     fs, path = fsspec.core.url_to_fs(sample.shard)
-    data = fs.cat_file(path, start=sample.offset, end=sample.offset + sample.length)
-    if len(data) != sample.length:
-        raise ValueError(f"{sample.shard} holds {len(data)} bytes at {sample.offset}, not the {sample.length} its "
-                         "index says: the shard changed since it was indexed")
-    return {suffix: data[start:start + size] for suffix, start, size in sample.members()}
+    data = fs.cat_file(path, start=sample.offset, end=sample.offset + length)
+    if len(data) != length:
+        raise ValueError(f"{sample.shard} holds {len(data)} bytes at {sample.offset}, not the {length} its index "
+                         "says: the shard changed since it was indexed")
+    return {suffix: data[start:start + size] for suffix, start, size in members}
 
 
 SHARD_INDEX = "index.parquet"
