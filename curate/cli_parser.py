@@ -147,8 +147,8 @@ def build_parser(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> ar
         "shards", help="the kept clips as WebDataset tar shards (a local folder or any fsspec URL), split by speaker",
         description="Write the kept clips, split as `curate filelist` splits them, into SPLIT-NNNNNN.tar shards of "
                     "about --shard-size each under OUT (a folder, or an fsspec URL: s3://, gs://, memory://), one "
-                    "sample per clip (KEY.mp4, KEY.npz, KEY.mel.npy, KEY.whisper.npy when the latentsync model is "
-                    "installed, KEY.json), and OUT/index.parquet listing every sample's shard, split, clip, "
+                    "sample per clip (KEY.mp4, KEY.mel.npy, KEY.whisper.npy when the latentsync model is installed, "
+                    "KEY.npz, KEY.json), and OUT/index.parquet listing every sample's shard, split, clip, "
                     "speaker, size and byte range. Run again after more curation, it adds the new clips in new "
                     "shards and leaves the old ones as they are. The trainers take OUT where they take lists.")
     shards.add_argument("output", type=Path, metavar="OUT_DIR", help="the curation run")
